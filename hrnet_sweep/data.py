@@ -1,0 +1,362 @@
+"""Images in, network inputs and DBNet targets out.
+
+- `read_image`: any JPEG/PNG as RGB uint8, EXIF orientation applied.
+- `build_transforms`: the letterbox (resize the longest side, pad bottom/right, ImageNet
+  normalisation) plus, for training, the augmentations of `data.augment`. Word polygons
+  travel through albumentations as keypoints, so they stay aligned with the pixels.
+- `DetectionDataset`: a training/validation sample with the four target maps, computed
+  here in the data workers (`targets.make_targets`), and the meta post-processing and
+  the metric need. `ImageFolderDataset`: the same input for prediction, no targets.
+- `collate`: tensors stacked, meta kept as lists.
+
+Failure policy. A missing image, or one whose header cannot be read, fails at dataset
+construction with every bad name listed, so a training fails before epoch 1. An image
+whose content turns out unreadable later (a truncated JPEG) is logged as a warning
+naming the file (once per file and worker) and the next readable sample is returned in
+its place: an epoch never dies at step 3,000 for one broken file, and the log says
+which file was skipped. `DetectionDataset.bad_files` lists them. Prediction never
+substitutes: every test image needs its own row, so there it is a `DataError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import AugmentConfig
+from .errors import ConfigError, DataError
+from .io import ImageAnnotation, clamp_polygon
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DetectionDataset",
+    "ImageFolderDataset",
+    "Pipeline",
+    "build_transforms",
+    "collate",
+    "letterbox_size",
+    "read_image",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Augmentation strengths that are not knobs of `data.augment` (only their probabilities are).
+_TRANSLATE = 0.05  # fraction of the image side
+_COLOR = dict(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02)
+_NOISE_STD = (0.02, 0.06)  # fraction of 255
+_BLUR_KERNEL = (3, 5)
+_MIN_VISIBLE = 0.5  # a word less than half inside the input after augmentation is ignored
+
+# ----------------------------------------------------------------------------- images
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode == "RGB":
+        return np.asarray(im)
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit PNG: keep the top 8 bits
+        arr = np.asarray(im).astype(np.float32) / 257.0
+        return np.repeat(np.clip(arr + 0.5, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    if im.mode == "F":
+        return np.repeat(np.clip(np.asarray(im), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        # Transparent pixels of a scan are paper: composite on white, not on black.
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(im.convert("RGB"))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as (H, W, 3) RGB uint8 with its EXIF orientation applied.
+
+    Grayscale, palette, RGBA (composited on white) and 16-bit PNGs are converted.
+    A missing, unidentifiable or truncated file raises `DataError` naming the file.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            upright = ImageOps.exif_transpose(im) or im
+            return np.ascontiguousarray(_to_rgb(upright))
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+
+
+def _check_files(image_dir: Path, names: Sequence[str]) -> None:
+    """Fail before training starts when an image is missing or is not an image at all."""
+    bad = []
+    for name in names:
+        path = image_dir / name
+        try:
+            with Image.open(path):  # reads the header only
+                pass
+        except FileNotFoundError:
+            bad.append(f"{path} (not found)")
+        except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as err:
+            bad.append(f"{path} ({type(err).__name__}: {err})")
+    if bad:
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise DataError(f"{len(bad)} of {len(names)} images unusable: " + "; ".join(bad[:10]) + more)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def letterbox_size(height0: int, width0: int, height: int, width: int) -> tuple[float, tuple[int, int]]:
+    """Scale and (h, w) of an `height0 x width0` image fitted into `height x width`.
+
+    The same arithmetic as albumentations' `LongestMaxSize(max_size_hw=...)`, so
+    post-processing can map predictions back to original pixels.
+    """
+    scale = min(height / height0, width / width0)
+    return scale, (max(1, round(height0 * scale)), max(1, round(width0 * scale)))
+
+
+class Pipeline:
+    """An albumentations pipeline that carries polygons as keypoints.
+
+    Call it with an RGB uint8 image and a list of (K, 2) polygons; get back the
+    normalised (H, W, 3) float32 input and the polygons in input coordinates (possibly
+    outside it after augmentation; the caller decides what to do with those).
+    """
+
+    def __init__(self, transforms: list, height: int, width: int, train: bool):
+        self.height, self.width, self.train = height, width, train
+        # remove_invisible=False: a polygon corner rotated out of the image is still a
+        # corner; dropping it would silently change the polygon.
+        self.compose = A.Compose(
+            transforms, keypoint_params=A.KeypointParams(format="xy", remove_invisible=False, check_each_transform=True)
+        )
+        self._seeded_pid: int | None = None
+
+    def _reseed_per_process(self) -> None:
+        # A Compose carries its own RNG. DataLoader workers fork it, so without this every
+        # worker, and every epoch of non-persistent workers, replays the same
+        # augmentations. torch.initial_seed() differs per worker and epoch and follows
+        # the training seed, so runs stay reproducible.
+        if self._seeded_pid != os.getpid():
+            self.compose.set_random_seed(torch.initial_seed() % 2**32)
+            self._seeded_pid = os.getpid()
+
+    def __call__(self, image: np.ndarray, polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        if self.train:
+            self._reseed_per_process()
+        lengths = [len(p) for p in polygons]
+        points = np.concatenate(polygons).astype(np.float32) if polygons else np.zeros((0, 2), np.float32)
+        out = self.compose(image=image, keypoints=points)
+        if not polygons:
+            return out["image"], []
+        moved = np.asarray(out["keypoints"], dtype=np.float32).reshape(len(points), -1)[:, :2]
+        return out["image"], np.split(moved, np.cumsum(lengths)[:-1])
+
+
+def _augment_config(cfg_aug: AugmentConfig | Mapping[str, Any] | None) -> AugmentConfig:
+    if cfg_aug is None:
+        return AugmentConfig()
+    if isinstance(cfg_aug, AugmentConfig):
+        return cfg_aug
+    if isinstance(cfg_aug, Mapping):
+        from pydantic import ValidationError
+
+        try:
+            return AugmentConfig(**cfg_aug)
+        except ValidationError as err:
+            first = err.errors()[0]
+            key = "data.augment." + ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{key}={first.get('input')!r}: {first['msg']}") from None
+    raise ConfigError(f"data.augment: expected a mapping, got {type(cfg_aug).__name__}")
+
+
+def build_transforms(
+    cfg_aug: AugmentConfig | Mapping[str, Any] | None, height: int, width: int, train: bool
+) -> Pipeline:
+    """Letterbox to `height x width` (content top-left, padding bottom/right, zeros before
+    normalisation); with `train=True` also the augmentations of `cfg_aug`.
+
+    Geometry and colour run on the resized content before padding: cheaper, and a
+    rotation turns the receipt about its own centre, not about the canvas centre.
+    """
+    if height < 1 or width < 1:
+        raise ConfigError(f"data.image_height={height}, data.image_width={width}: must be positive")
+    steps: list = [A.LongestMaxSize(max_size_hw=(height, width), area_for_downscale="image", p=1.0)]
+    if train:
+        aug = _augment_config(cfg_aug)
+        border = dict(border_mode=cv2.BORDER_CONSTANT, fill=0)
+        optional = [
+            (aug.hflip, lambda p: A.HorizontalFlip(p=p)),
+            (aug.rotate_p if aug.rotate > 0 else 0.0, lambda p: A.Rotate(limit=(-aug.rotate, aug.rotate), **border, p=p)),
+            (aug.affine_p, lambda p: A.Affine(scale=tuple(aug.scale), translate_percent=(-_TRANSLATE, _TRANSLATE),
+                                              keep_ratio=True, **border, p=p)),
+            (aug.color_p, lambda p: A.ColorJitter(**_COLOR, p=p)),
+            (aug.noise_p, lambda p: A.GaussNoise(std_range=_NOISE_STD, p=p)),
+            (aug.blur_p, lambda p: A.OneOf([A.GaussianBlur(blur_limit=_BLUR_KERNEL),
+                                            A.MotionBlur(blur_limit=_BLUR_KERNEL)], p=p)),
+        ]
+        steps += [make(p) for p, make in optional if p > 0]  # a p=0 step only costs time
+    steps += [
+        A.PadIfNeeded(min_height=height, min_width=width, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0),
+        A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0),
+    ]
+    return Pipeline(steps, height, width, train)
+
+
+def _fit_polygons(polygons: Sequence[np.ndarray], width: int, height: int) -> tuple[list[np.ndarray], list[bool]]:
+    """Clamp augmented polygons into the input; mark as ignored the ones that are now
+    mostly outside it or degenerate. Non-finite ones are dropped (nothing to mask)."""
+    kept, ignore = [], []
+    for poly in polygons:
+        if len(poly) < 3 or not np.isfinite(poly).all():
+            continue
+        inside = clamp_polygon(poly, width, height)
+        area, area_inside = abs(cv2.contourArea(poly)), abs(cv2.contourArea(inside))
+        kept.append(inside)
+        ignore.append(bool(area_inside < 1.0 or area_inside < _MIN_VISIBLE * area))
+    return kept, ignore
+
+
+def _to_chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Training / validation samples: input image, the four DBNet target maps and meta.
+
+    Args:
+        image_dir: folder of the images named in `annotations`.
+        annotations: `{name: ImageAnnotation}` from `io.load_annotations`.
+        names: the images of this split (e.g. from `folds.split`).
+        transforms: a `Pipeline` from `build_transforms`.
+        shrink_ratio, thresh_min, thresh_max, min_text_size: passed to `targets.make_targets`.
+        check_files: open every image header now, so a bad file fails before epoch 1.
+    """
+
+    def __init__(
+        self,
+        image_dir: str | os.PathLike,
+        annotations: Mapping[str, ImageAnnotation],
+        names: Sequence[str],
+        transforms: Pipeline,
+        *,
+        shrink_ratio: float = 0.4,
+        thresh_min: float = 0.3,
+        thresh_max: float = 0.7,
+        min_text_size: int = 8,
+        check_files: bool = True,
+    ):
+        self.image_dir = Path(image_dir)
+        unknown = [n for n in names if n not in annotations]
+        if unknown:
+            raise DataError(f"{len(unknown)} images have no annotation, e.g. {unknown[:3]}")
+        if not names:
+            raise DataError(f"{self.image_dir}: no images in this split")
+        self.names = list(names)
+        self.annotations = annotations
+        self.transforms = transforms
+        self.target_params = dict(
+            shrink_ratio=shrink_ratio, thresh_min=thresh_min, thresh_max=thresh_max, min_text_size=min_text_size
+        )
+        self.bad_files: set[str] = set()
+        self._size_warned: set[str] = set()
+        if check_files:
+            _check_files(self.image_dir, self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for step in range(len(self.names)):
+            name = self.names[(index + step) % len(self.names)]
+            try:
+                image = read_image(self.image_dir / name)
+            except DataError as err:
+                if name not in self.bad_files:
+                    self.bad_files.add(name)
+                    log.warning("%s; using the next readable image instead", err)
+                continue
+            return self._sample(name, image)
+        raise DataError(f"{self.image_dir}: none of the {len(self.names)} images can be read")
+
+    def _sample(self, name: str, image: np.ndarray) -> dict[str, Any]:
+        from .targets import make_targets  # imported here: workers build targets, not the main process
+
+        h0, w0 = image.shape[:2]
+        ann = self.annotations[name]
+        if ann.width and ann.height and (ann.width, ann.height) != (w0, h0) and name not in self._size_warned:
+            # Most often an EXIF rotation the annotator did not see: the polygons may be off.
+            self._size_warned.add(name)
+            log.warning("%s: annotation says img_w=%d img_h=%d, the image is %dx%d after EXIF orientation",
+                        self.image_dir / name, ann.width, ann.height, w0, h0)
+        original = [clamp_polygon(p, w0, h0) for p in ann.polygons()]
+        inp, moved = self.transforms(image, original)
+        height, width = inp.shape[:2]
+        polygons, ignore = _fit_polygons(moved, width, height)
+        maps = make_targets(polygons, height, width, ignore=ignore, **self.target_params)
+        sample = {key: torch.from_numpy(np.asarray(maps[key], dtype=np.float32))
+                  for key in ("prob_map", "prob_mask", "thresh_map", "thresh_mask")}
+        sample.update(
+            image=_to_chw(inp),
+            name=name,
+            image_size=(h0, w0),
+            content_size=letterbox_size(h0, w0, self.transforms.height, self.transforms.width)[1],
+            polygons=original,
+        )
+        return sample
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """Prediction inputs: every .jpg/.jpeg/.png of a folder (sorted), eval letterbox only."""
+
+    def __init__(self, image_dir: str | os.PathLike, transforms: Pipeline, *, names: Sequence[str] | None = None):
+        self.image_dir = Path(image_dir)
+        if not self.image_dir.is_dir():
+            raise DataError(f"{self.image_dir}: not a folder")
+        if names is None:
+            names = sorted(p.name for p in self.image_dir.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not names:
+            raise DataError(f"{self.image_dir}: no {'/'.join(IMAGE_EXTENSIONS)} images")
+        self.names = list(names)
+        self.transforms = transforms
+        _check_files(self.image_dir, self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        name = self.names[index]
+        image = read_image(self.image_dir / name)  # DataError names the file
+        h0, w0 = image.shape[:2]
+        inp, _ = self.transforms(image, [])
+        return {
+            "image": _to_chw(inp),
+            "name": name,
+            "image_size": (h0, w0),
+            "content_size": letterbox_size(h0, w0, self.transforms.height, self.transforms.width)[1],
+            "polygons": [],
+        }
+
+
+def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack tensors along a new batch dimension; everything else becomes a list."""
+    if not batch:
+        raise ValueError("collate got an empty batch")
+    return {
+        key: torch.stack([s[key] for s in batch]) if isinstance(batch[0][key], torch.Tensor) else [s[key] for s in batch]
+        for key in batch[0]
+    }
