@@ -4,29 +4,30 @@ The definition is the DB paper's, as its public code computes it (MhLiao/DB,
 `make_seg_detection_data.py` and `make_border_map.py`), so that a model trained here
 sees the same targets as one trained there:
 
-* polygons are clamped into the image; one with area < 1, a min(bbox height, bbox
-  width) below `min_text_size`, an ignore flag, or an empty shrink is *ignored*:
-  `prob_mask` is 0 over it and it adds nothing else;
-* shrink and dilation offset D = A (1 - r^2) / L (area, perimeter), done with pyclipper
-  (round joins) on the polygon's points, which pyclipper truncates to integers;
-* the border value of a pixel is 1 - min(dist / D, 1), where dist is the smallest
-  distance to the polygon's edges, taken as a max over polygons, over the bounding box
-  of the dilated polygon; `thresh_mask` is 1 inside the dilated polygons; the map is
-  then scaled into [thresh_min, thresh_max].
+* polygons are clamped into the image; one with area < 1, a bounding box thinner than
+  `min_text_size`, an ignore flag, or an empty shrink is *ignored*: `prob_mask` is 0
+  over it and it adds nothing else;
+* shrink and dilation by D = A (1 - r^2) / L (area, perimeter), with pyclipper (round
+  joins) on the polygon's points, which pyclipper truncates to integers;
+* the border value of a pixel is 1 - min(dist / D, 1), dist its distance to the
+  polygon's edges, over the bounding box of the dilated polygon, the max over
+  polygons, scaled into [thresh_min, thresh_max]; `thresh_mask` is 1 inside the dilated
+  polygons.
 
-The public code's point-to-edge distance has a quirk that is kept here on purpose (the
-targets are compared with that code): where the angle that an edge subtends at the
-pixel is acute, it takes the distance to the nearer endpoint instead of the distance to
-the segment. The two differ only near the ends of an edge, outside the polygon, by
-less than 1e-3 on the map for word-sized quadrilaterals; more for polygons with edges
-shorter than about 2 D.
+Two details of the public code are kept on purpose, since the targets are compared
+with it: its pixel-to-edge distance is the distance to the nearer endpoint wherever
+the edge subtends an acute angle at the pixel (not only beyond the edge's ends), which
+raises the map slightly outside corners and more around edges shorter than about 2 D;
+and on pixels lying exactly on an edge that runs along a pixel row or column (as
+clamping to the border makes), its arithmetic gives NaN now and then, which leaves that
+pixel's value to the other polygons.
 
-Speed: the public code evaluates the distance in float64 over the whole bounding box,
-one edge at a time, with about twenty full-size temporaries per edge. Here each edge's
-distance is written in the edge's own frame, where both coordinates are sums of a
-per-column and a per-row term, so all edges of a polygon are done together in a few
-float32 passes over the window, and the map is scaled only inside the windows (the
-background already holds thresh_min). See benchmarks/bench_targets.py.
+Speed (benchmarks/bench_targets.py): the public code evaluates some twenty float64
+temporaries per edge over the whole bounding box. Here the distance field of a polygon
+is the minimum of squared vertex distances and of squared line distances masked to each
+edge's circle; all of these are a quadratic in the row plus a quadratic in the column,
+so the planes of all edges come from one small matrix product, followed by a handful
+of cv2 passes. The border map starts at thresh_min and is scaled inside the windows.
 """
 
 from __future__ import annotations
@@ -37,12 +38,7 @@ import cv2
 import numpy as np
 import pyclipper
 
-__all__ = ["make_targets", "shrink_distance"]
-
-
-def shrink_distance(area: float, perimeter: float, shrink_ratio: float) -> float:
-    """The DB offset D = A (1 - r^2) / L used to shrink and to dilate a polygon."""
-    return area * (1.0 - shrink_ratio * shrink_ratio) / perimeter
+__all__ = ["make_targets"]
 
 
 def make_targets(
@@ -87,95 +83,210 @@ def make_targets(
     prob_mask = np.ones((height, width), np.float32)
     thresh_map = np.full((height, width), thresh_min, np.float32)
     thresh_mask = np.zeros((height, width), np.float32)
+    maps = {"prob_map": prob_map, "prob_mask": prob_mask, "thresh_map": thresh_map, "thresh_mask": thresh_mask}
+    if not len(polygons):
+        return maps
 
-    for index, (raw, flagged) in enumerate(zip(polygons, flags)):
-        poly = _clamped(raw, index, width, height)
-        area = abs(cv2.contourArea(poly))
-        lo, hi = poly.min(axis=0), poly.max(axis=0)
-        if flagged or area < 1.0 or min(hi - lo) < min_text_size:
+    points, bounds, area, perimeter, span, exact = _geometry(polygons, width, height)
+    mono = _monomials(max(height, width))
+    for index, ((start, stop), a, length, thin, flagged) in enumerate(zip(bounds, area, perimeter, span, flags)):
+        poly = points[start:stop]
+        if flagged or a < 1.0 or thin < min_text_size:
             cv2.fillPoly(prob_mask, [poly.astype(np.int32)], 0.0)
             continue
-        distance = shrink_distance(area, cv2.arcLength(poly, True), shrink_ratio)
-        points = poly.tolist()
-        shrunk = _offset(points, -distance)
+        distance = a * (1.0 - shrink_ratio * shrink_ratio) / length
+        path = poly.tolist()  # pyclipper truncates these to integers, as in the public code
+        shrunk = _offset(path, -distance)
         if not shrunk:
             cv2.fillPoly(prob_mask, [poly.astype(np.int32)], 0.0)
             continue
         cv2.fillPoly(prob_map, [np.array(shrunk[0], np.int32)], 1.0)
-        dilated = np.array(_offset(points, distance)[0], np.int32)
+        dilated = np.array(_offset(path, distance)[0], np.int32)
         cv2.fillPoly(thresh_mask, [dilated], 1.0)
-        _draw_border(thresh_map, poly, dilated, distance, thresh_min, thresh_max)
+        box = cv2.boundingRect(dilated)
+        _draw_border(thresh_map, poly, box, distance, thresh_min, thresh_max, mono, exact.get(index, ()))
+    return maps
 
-    return {"prob_map": prob_map, "prob_mask": prob_mask, "thresh_map": thresh_map, "thresh_mask": thresh_mask}
 
+def _geometry(polygons: Sequence[np.ndarray], width: int, height: int):
+    """Clamp all polygons into the image at once and measure them.
 
-def _clamped(raw: np.ndarray, index: int, width: int, height: int) -> np.ndarray:
-    poly = np.array(raw, dtype=np.float32)  # a copy: the caller's polygon is not modified
-    if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3:
-        raise ValueError(f"polygon {index} has shape {list(poly.shape)}, expected [K, 2] with K >= 3")
-    if not np.isfinite(poly).all():
+    Returns the clamped points of all polygons stacked, (N, 2) float64, the (start,
+    stop) rows of each polygon, per polygon its area, perimeter and the smaller side of
+    its bounding box (lists of floats), and {polygon: [edge, ...]} for the edges on
+    which the public code's distance can be NaN (see `_public_code_holes`).
+    """
+    arrays = []
+    for index, raw in enumerate(polygons):
+        poly = np.asarray(raw)
+        if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3:
+            raise ValueError(f"polygon {index} has shape {list(poly.shape)}, expected [K, 2] with K >= 3")
+        arrays.append(poly)
+    points = np.concatenate(arrays).astype(np.float64)  # always a copy: callers' arrays stay as they are
+    if not np.isfinite(points).all():
+        index = next(i for i, p in enumerate(arrays) if not np.isfinite(p).all())
         raise ValueError(f"polygon {index} has NaN or infinite coordinates")
-    np.clip(poly[:, 0], 0, width - 1, out=poly[:, 0])
-    np.clip(poly[:, 1], 0, height - 1, out=poly[:, 1])
-    return poly
+    np.clip(points, 0.0, (width - 1, height - 1), out=points)
+
+    sizes = np.fromiter((len(p) for p in arrays), np.int64, len(arrays))
+    stops = np.cumsum(sizes)
+    starts = stops - sizes
+    following = np.arange(1, len(points) + 1)
+    following[stops - 1] = starts  # the point after each polygon's last is its first
+    x, y = points[:, 0], points[:, 1]
+    xn, yn = x[following], y[following]
+    area = 0.5 * np.abs(np.add.reduceat(x * yn - xn * y, starts))
+    perimeter = np.add.reduceat(np.hypot(xn - x, yn - y), starts)
+    span = (np.maximum.reduceat(points, starts) - np.minimum.reduceat(points, starts)).min(axis=1)
+    bounds = zip(starts.tolist(), stops.tolist())
+
+    # Edges along a pixel row or column (clamping to the border makes these) pass
+    # exactly through pixel centres, where the public code's arithmetic can give NaN.
+    on_grid = ((x == xn) & (x == np.floor(x))) | ((y == yn) & (y == np.floor(y)))
+    exact: dict[int, list[int]] = {}
+    for row in np.flatnonzero(on_grid).tolist():
+        owner = int(np.searchsorted(stops, row, side="right"))
+        exact.setdefault(owner, []).append(row - int(starts[owner]))
+    return points, list(bounds), area.tolist(), perimeter.tolist(), span.tolist(), exact
 
 
-def _offset(points: list, delta: float) -> list:
+def _monomials(n: int) -> np.ndarray:
+    """[1, v, v^2] for v = 0 .. n-1, shape (3, n), float64."""
+    v = np.arange(n, dtype=np.float64)
+    return np.stack([np.ones_like(v), v, v * v])
+
+
+def _offset(path: list, delta: float) -> list:
     offset = pyclipper.PyclipperOffset()
-    offset.AddPath(points, pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
+    offset.AddPath(path, pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
     return offset.Execute(delta)
 
 
-def _draw_border(canvas: np.ndarray, poly: np.ndarray, dilated: np.ndarray, distance: float, lo: float, hi: float) -> None:
-    """canvas = max(canvas, hi - (hi - lo) * dist / D) over the dilated polygon's bounding box.
+def _draw_border(
+    canvas: np.ndarray,
+    poly: np.ndarray,
+    box: tuple,
+    distance: float,
+    lo: float,
+    hi: float,
+    mono: np.ndarray,
+    exact_edges: Sequence[int] = (),
+) -> None:
+    """canvas = max(canvas, hi - (hi - lo) * dist / D) over `box`, the dilated polygon's
+    bounding rectangle (x, y, w, h), clipped to the canvas.
 
     Values below `lo` never win because the canvas starts at `lo`; this equals scaling
-    max(0, 1 - dist / D) into [lo, hi] after the max over polygons.
+    max(0, 1 - dist / D) into [lo, hi] after the max over polygons, as the paper does.
+    Pixels where the public code's distance to one of `exact_edges` is NaN are left as
+    they are, as its np.fmax does.
     """
-    x0, y0 = np.maximum(dilated.min(axis=0), 0)
-    x1 = min(int(dilated[:, 0].max()), canvas.shape[1] - 1)
-    y1 = min(int(dilated[:, 1].max()), canvas.shape[0] - 1)
-    if x1 < x0 or y1 < y0:
+    x, y, w, h = box
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + w, canvas.shape[1]), min(y + h, canvas.shape[0])
+    if x1 <= x0 or y1 <= y0:
         return
-    sq = _edge_distance_sq(poly.astype(np.float64) - (x0, y0), y1 - y0 + 1, x1 - x0 + 1)
-    dist = np.sqrt(sq, out=sq)
-    dist *= np.float32(-(hi - lo) / distance)
-    dist += np.float32(hi)
-    view = canvas[y0 : y1 + 1, x0 : x1 + 1]
-    np.maximum(view, dist, out=view)
+    sq = _distance_sq(poly, mono[:, y0:y1], mono[:, x0:x1])
+    cv2.sqrt(sq, dst=sq)
+    value = cv2.addWeighted(sq, -(hi - lo) / distance, sq, 0.0, hi, dtype=cv2.CV_32F)
+    for i in exact_edges:
+        for hx, hy in _public_code_holes(poly[i], poly[(i + 1) % len(poly)], (x, y)):
+            if x0 <= hx < x1 and y0 <= hy < y1:
+                value[hy - y0, hx - x0] = lo
+    view = canvas[y0:y1, x0:x1]
+    cv2.max(view, value, dst=view)
 
 
-def _edge_distance_sq(poly: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Squared distance of every pixel of an (h, w) window to the nearest edge of `poly`.
+def _public_code_holes(a: np.ndarray, b: np.ndarray, origin: tuple[int, int]) -> list[tuple[int, int]]:
+    """Pixels on the row or column edge AB where the public code's distance is NaN.
 
-    In the frame of an edge (origin at its midpoint, unit vector u along it, half length
-    a) a pixel has coordinates s = (p - m).u and c = (p - m) x u, each a per-column plus
-    a per-row term. The public code's distance is |c| where s^2 + c^2 <= a^2 (the edge
-    subtends a right or obtuse angle) and the distance to the nearer endpoint,
-    sqrt(c^2 + (|s| - a)^2), elsewhere.
+    On a pixel strictly inside the edge the public code's cosine is 1 up to rounding,
+    and where rounding makes 1 - cos^2 negative its square root is NaN; a repeated
+    point (A = B) gives 0 / 0 at that pixel. This repeats its float64 arithmetic, in
+    its window coordinates (relative to the dilated polygon's top-left `origin`), on
+    those pixels only, so that the maps agree there too.
     """
-    start = poly
-    end = np.roll(poly, -1, axis=0)
-    vec = end - start
-    length = np.hypot(vec[:, 0], vec[:, 1])
-    degenerate = length == 0  # repeated point: the distance to that point
-    ux = np.where(degenerate, 1.0, vec[:, 0] / np.where(degenerate, 1.0, length))
-    uy = np.where(degenerate, 0.0, vec[:, 1] / np.where(degenerate, 1.0, length))
-    mid = (start + end) / 2
-    half = (length / 2).astype(np.float32)[:, None, None]
+    ox, oy = origin
+    (ax, ay), (bx, by) = a.tolist(), b.tolist()
+    if ax == bx and ay == by:
+        integral = ax == int(ax) and ay == int(ay)
+        return [(int(ax), int(ay))] if integral else []
+    along_y = ax == bx
+    lo, hi = sorted((ay, by) if along_y else (ax, bx))
+    steps = np.arange(np.ceil(lo), np.floor(hi) + 1)
+    if along_y:
+        px, py = np.full_like(steps, ax) - ox, steps - oy
+    else:
+        px, py = steps - ox, np.full_like(steps, ay) - oy
+    p1 = (ax - ox, ay - oy)
+    p2 = (bx - ox, by - oy)
+    d1 = np.square(px - p1[0]) + np.square(py - p1[1])
+    d2 = np.square(px - p2[0]) + np.square(py - p2[1])
+    edge = np.square(p1[0] - p2[0]) + np.square(p1[1] - p2[1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cosine = (edge - d1 - d2) / (2 * np.sqrt(d1 * d2))
+        nan = 1 - np.square(cosine) < 0
+    hits = steps[nan].astype(int).tolist()
+    return [(int(ax), v) for v in hits] if along_y else [(v, int(ay)) for v in hits]
 
-    dx = np.arange(w, dtype=np.float64)[None, :] - mid[:, 0:1]  # (K, w)
-    dy = np.arange(h, dtype=np.float64)[None, :] - mid[:, 1:2]  # (K, h)
-    s = (dx * ux[:, None]).astype(np.float32)[:, None, :] + (dy * uy[:, None]).astype(np.float32)[:, :, None]
-    c = (dx * uy[:, None]).astype(np.float32)[:, None, :] - (dy * ux[:, None]).astype(np.float32)[:, :, None]
 
-    c *= c  # c^2
-    outside = s * s
-    outside += c
-    outside = outside > half * half
-    np.abs(s, out=s)
-    s -= half
-    s *= s
-    s += c  # squared distance to the nearer endpoint
-    np.copyto(c, s, where=outside)
-    return c.min(axis=0)
+def _distance_sq(poly: np.ndarray, mono_y: np.ndarray, mono_x: np.ndarray) -> np.ndarray:
+    """Squared public-code distance from every pixel of a window to the edges of `poly`.
+
+    For edge k from A to B, with c the signed distance to its line, the public code
+    takes |c| where the pixel P sees the edge under a right or obtuse angle, i.e. inside
+    the circle on AB as diameter, where T = (A - P).(B - P) <= 0, and the distance to
+    the nearer endpoint elsewhere. The minimum of that over edges equals
+
+        min( min over vertices V of |P - V|^2,  min over edges with T <= 0 of c^2 )
+
+    because c^2 never exceeds the squared distance to either endpoint. c, T and |P - V|^2
+    are each a quadratic in the row plus a quadratic in the column, so all 3K planes are
+    one matrix product of per-row monomials [1, y, y^2] and per-column monomials
+    [1, x, x^2]. float64 keeps the sign of T as exact as the public code's arithmetic.
+
+    Args:
+        poly: (K, 2) float64 vertices in image pixels.
+        mono_y, mono_x: (3, h) and (3, w) monomials of the window's rows and columns.
+
+    Returns:
+        (h, w) float64 squared distances.
+    """
+    k = len(poly)
+    h = mono_y.shape[1]
+    a = poly
+    b = np.concatenate((poly[1:], poly[:1]))
+    edge = b - a
+    length = np.hypot(edge[:, 0], edge[:, 1])
+    length[length == 0] = np.inf  # a repeated point: c = 0, its vertex term decides
+    u = edge / length[:, None]
+    pair = a + b
+    # plane = r0 + r1 y + r2 y^2 + c1 x + c2 x^2 for plane = c, T, |P - A|^2, stored as
+    # coef[plane] = [[r0, c1, c2], [r1, 0, 0], [r2, 0, 0]] so that [1, y, y^2] @ coef
+    # gives the row part and the two column coefficients in one product.
+    coef = np.zeros((3, k, 3, 3))
+    coef[0, :, 0, 0] = a[:, 1] * u[:, 0] - a[:, 0] * u[:, 1]  # c = (x - ax) uy - (y - ay) ux
+    coef[0, :, 1, 0] = -u[:, 0]
+    coef[0, :, 0, 1] = u[:, 1]
+    coef[1, :, 0, 0] = (a * b).sum(axis=1)  # T = (x - ax)(x - bx) + (y - ay)(y - by)
+    coef[1, :, 1, 0] = -pair[:, 1]
+    coef[1, :, 0, 1] = -pair[:, 0]
+    coef[2, :, 0, 0] = (a * a).sum(axis=1)  # |P - A|^2
+    coef[2, :, 1, 0] = -2.0 * a[:, 1]
+    coef[2, :, 0, 1] = -2.0 * a[:, 0]
+    coef[1:, :, 2, 0] = 1.0
+    coef[1:, :, 0, 2] = 1.0
+
+    planes = (mono_y.T @ coef.reshape(3 * k, 3, 3)) @ mono_x  # (3k, h, w)
+    flat = planes.reshape(3 * k * h, -1)
+    c, t, v = flat[: k * h], flat[k * h : 2 * k * h], flat[2 * k * h :]
+    cv2.multiply(c, c, dst=c)
+    cv2.threshold(t, 0.0, _FAR, cv2.THRESH_BINARY, dst=t)  # outside the circle: no c term
+    cv2.max(c, t, dst=c)
+    cv2.min(c, v, dst=c)
+    acc = planes[0]
+    for i in range(1, k):
+        cv2.min(acc, planes[i], dst=acc)
+    return acc
+
+
+_FAR = 1e30

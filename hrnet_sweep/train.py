@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 from .config import Config, apply_overrides, load_config, save_config
 from .constants import CONTROL_DIR_ENV, METRIC, VAL_PRECISION, VAL_RECALL
 from .errors import ConfigError, UserError
-from .io import atomic_path, atomic_write_json, load_annotations
+from .io import atomic_path, atomic_write_json, atomic_write_text, load_annotations
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,15 @@ class RunControl(pl.Callback):
     def __init__(self, run_dir: Path, control_dir: Path | None):
         self.run_dir, self.control_dir = run_dir, control_dir
         self.stop_requested = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # After a resume, rows of epochs that are about to be re-run are dropped, so each
+        # epoch appears once (the Hyperband rule counts logged values).
+        path = self.run_dir / "metrics.jsonl"
+        rows = _read_history(self.run_dir)
+        keep = [r for r in rows if r.get("epoch", -1) < trainer.current_epoch]
+        if len(keep) != len(rows):
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not pl_module.last_val:
@@ -300,7 +309,10 @@ def _fit(cfg: Config, run_name: str, run_dir: Path, control_dir: Path | None, ex
 
     ckpt_cfg = cfg.callbacks.model_checkpoint
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch:02d}", monitor=METRIC, mode="max",
-                           save_top_k=ckpt_cfg.save_top_k, save_last=ckpt_cfg.save_last, auto_insert_metric_name=False)
+                           save_top_k=ckpt_cfg.save_top_k, save_last=ckpt_cfg.save_last, auto_insert_metric_name=False,
+                           # saved after the epoch ends, so a resume starts the next epoch
+                           # instead of re-running this one's validation
+                           save_on_train_epoch_end=True)
     control = RunControl(run_dir, control_dir)
     callbacks = [ckpt, control, *extra_callbacks]
     es = cfg.callbacks.early_stopping

@@ -23,6 +23,8 @@ from hrnet_sweep.data import (
     build_transforms,
     collate,
     letterbox_size,
+    normalize_chw,
+    normalize_hwc,
     read_image,
 )
 from hrnet_sweep.errors import ConfigError, DataError
@@ -122,12 +124,27 @@ def test_truncated_and_garbage_files_raise_dataerror_naming_file(tmp_path):
 # ----------------------------------------------------------------------------- transforms
 
 
+def test_normalize_chw_matches_albumentations():
+    import albumentations as A
+
+    img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    ref = A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)(image=img)["image"].transpose(2, 0, 1)
+    out = normalize_chw(img)
+    assert out.shape == (3, 37, 53) and out.dtype == np.float32 and out.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    hwc = normalize_hwc(img)
+    assert hwc.shape == (37, 53, 3) and hwc.dtype == np.float32
+    np.testing.assert_allclose(hwc, ref.transpose(1, 2, 0), atol=1e-5)
+
+
 def test_letterbox_content_size_and_padding():
     img = np.full((100, 300, 3), 255, np.uint8)
     pipe = build_transforms(None, 128, 256, train=False)
     out, polys = pipe(img, [_quad(30, 10, 150, 50)])
     scale, (h, w) = letterbox_size(100, 300, 128, 256)
     assert (h, w) == (85, 256) and out.shape == (128, 256, 3) and out.dtype == np.float32
+    chw, _ = pipe.chw(img, [])
+    np.testing.assert_array_equal(chw, out.transpose(2, 0, 1))
     back = _denormalize(out)
     assert (back[:h] > 250).all()  # content top-left
     assert (back[h:] < 5).all()  # padding at the bottom, black before normalisation
@@ -177,6 +194,28 @@ def test_augmentation_reproducible_from_torch_seed_and_different_per_seed():
 
     np.testing.assert_array_equal(draw(1), draw(1))
     assert not np.allclose(draw(1), draw(2))
+
+
+def test_all_augmentations_on_keep_contract():
+    img = np.random.default_rng(0).integers(0, 256, (90, 60, 3), dtype=np.uint8)
+    aug = dict(hflip=1.0, rotate=10.0, rotate_p=1.0, affine_p=1.0, color_p=1.0, noise_p=1.0, blur_p=1.0)
+    pipe = build_transforms(aug, 96, 64, train=True)
+    out, polys = pipe.chw(img, [_quad(5, 5, 30, 20), _quad(-10, 50, 80, 70)])
+    assert out.shape == (3, 96, 64) and out.dtype == np.float32 and np.isfinite(out).all()
+    assert [p.shape for p in polys] == [(4, 2), (4, 2)]
+
+
+def test_gray_noise_strength_and_reproducibility():
+    import albumentations as A
+
+    from hrnet_sweep.data import _GrayNoise
+
+    img = np.full((200, 100, 3), 128, np.uint8)
+    a = A.Compose([_GrayNoise((0.04, 0.04), p=1.0)], seed=5)(image=img)["image"]
+    b = A.Compose([_GrayNoise((0.04, 0.04), p=1.0)], seed=5)(image=img)["image"]
+    np.testing.assert_array_equal(a, b)
+    diff = a.astype(float) - 128
+    assert abs(diff.std() - 0.04 * 255) < 1.0 and (diff[..., 0] == diff[..., 2]).all()
 
 
 def test_bad_augment_config_names_key():
@@ -285,9 +324,12 @@ def test_image_folder_dataset(tmp_path):
     s = ds[0]
     assert s["image"].shape == (3, 64, 64) and s["image_size"] == (40, 20) and s["content_size"] == (64, 32)
     assert "prob_map" not in s
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no .jpg"):
-        ImageFolderDataset(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None,
-                           build_transforms(None, 64, 64, train=False))
+        ImageFolderDataset(tmp_path / "empty", build_transforms(None, 64, 64, train=False))
+    (tmp_path / "d.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="d.jpg"):
+        ImageFolderDataset(tmp_path, build_transforms(None, 64, 64, train=False))
 
 
 @pytest.mark.skipif(not (SROIE / "train.json").is_file(), reason=f"sroie-mini not found at {SROIE}")

@@ -28,15 +28,20 @@ from ..errors import ConfigError
 __all__ = [
     "DEFAULT_COMMAND",
     "DISTRIBUTIONS",
+    "STRICT_DEFAULT",
     "HyperbandSpec",
     "ParamSpec",
     "SweepSpec",
+    "command_args",
     "expand_command",
     "format_value",
     "load_sweep",
     "parse_sweep",
     "read_param_file",
+    "read_sweep_doc",
+    "uses_args_json_file",
     "validate_sweep",
+    "write_args_json_file",
     "write_param_file",
 ]
 
@@ -280,17 +285,26 @@ def _read(path: str | os.PathLike) -> tuple[dict, dict[tuple, int]]:
     if not isinstance(doc, dict):
         raise ConfigError(f"{p}: a sweep file must be a mapping of W&B sweep keys, found {type(doc).__name__}")
     lines: dict[tuple, int] = {}
-    _key_lines(node, (), lines)
+    dup = _key_lines(node, (), lines)
+    if dup:
+        key, line = dup
+        raise ConfigError(f"{p}:{line}: duplicate key '{key}' (YAML would silently keep only the last one)")
     return doc, lines
 
 
-def _key_lines(node: Any, prefix: tuple, out: dict[tuple, int]) -> None:
+def _key_lines(node: Any, prefix: tuple, out: dict[tuple, int]) -> tuple[str, int] | None:
+    """Fill key path -> line; return the first duplicate key (name, line), if any."""
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             if isinstance(k, yaml.ScalarNode):
                 key = prefix + (k.value,)
-                out.setdefault(key, k.start_mark.line + 1)
-                _key_lines(v, key, out)
+                if key in out:
+                    return k.value, k.start_mark.line + 1
+                out[key] = k.start_mark.line + 1
+                dup = _key_lines(v, key, out)
+                if dup:
+                    return dup
+    return None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -421,6 +435,10 @@ def _parameters(params: Any, err: _Errors) -> dict[str, ParamSpec]:
             err.add(path, f"parameter '{name}' names a list position; sweep a whole field "
                     "(e.g. models.optimizer.betas: {values: [[0.9, 0.999], [0.95, 0.999]]}), never an index")
             continue
+        if isinstance(body, Mapping) and "parameters" in body:
+            err.add(path, f"nested 'parameters' under '{name}' is not supported; name the leaf key with dots "
+                    "(models.optimizer.lr), so the run gets key=value overrides")
+            continue
         try:
             check_key(name)
         except ConfigError as e:
@@ -436,10 +454,6 @@ def _parameters(params: Any, err: _Errors) -> dict[str, ParamSpec]:
 
 
 def _param(name: str, body: Mapping[str, Any], path: tuple, err: _Errors) -> ParamSpec | None:
-    if "parameters" in body:
-        err.add(path, f"nested 'parameters' under '{name}' is not supported; name the leaf key with dots "
-                "(models.optimizer.lr), so the run gets key=value overrides")
-        return None
     dist = body.get("distribution")
     if dist is None:  # W&B's inference
         if "value" in body:
@@ -617,7 +631,15 @@ def _check_values(spec: SweepSpec, err: _Errors) -> None:
         try:
             load_config({"preset": preset, **fixed})
         except ConfigError as e:
-            err.add(("parameters",), f"fixed values do not load{where}: {e}")
+            alone = False  # name the key when one value is wrong by itself
+            for name, v in fixed.items():
+                try:
+                    load_config({"preset": preset, name: v})
+                except ConfigError as e1:
+                    err.add(("parameters", name), f"'{name}' value {v!r}{where} is not allowed: {_short(e1)}")
+                    alone = True
+            if not alone:
+                err.add(("parameters",), f"the fixed values together{where} do not load: {_short(e)}")
             continue
         bad = False
         for name, p in searched.items():

@@ -1,0 +1,461 @@
+"""`hrnet_sweep kfold PRESET --folds 0-4`: retrain every fold with the same parameters.
+
+One fold is one training process, launched exactly as a sweep agent launches a run:
+
+    python -m hrnet_sweep.train preset=PRESET [extra ...] data.fold=K output_dir=PARENT
+        run_name=RETRAIN/foldK resume_from_checkpoint=auto logging.group=RETRAIN
+
+so fold K lives in `PARENT/RETRAIN/foldK/` (default `outputs/<preset>-kfold/foldK/`).
+Folds run in parallel, one per GPU (pinned with `CUDA_VISIBLE_DEVICES`), queued when
+there are more folds than GPUs, one at a time on a CPU. A fold whose `status.json` says
+finished is skipped; any other fold is (re)started with `resume_from_checkpoint=auto`,
+so an interrupted one continues from its `last.ckpt`. All folds are one W&B group.
+
+The split is checked, not trusted: the retrain writes its own manifest (`folds.json`),
+refuses to continue a retrain folder made with another split, compares every fold's
+manifest with it, and compares it with the sweep's (the exported preset's provenance).
+`kfold_summary.json` records each fold's state, best checkpoint and score; it is
+rewritten atomically after every fold, and `predict` / `tune-postprocess` read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .constants import METRIC
+from .errors import ConfigError, UserError
+
+__all__ = ["FoldResult", "SUMMARY_FILE", "fold_command", "load_summary", "main", "parse_folds", "retrain_dir",
+           "run_kfold"]
+
+SUMMARY_FILE = "kfold_summary.json"
+MANIFEST_FILE = "folds.json"
+SUMMARY_VERSION = 1
+_OWN_KEYS = ("data.fold", "run_name", "output_dir", "resume_from_checkpoint", "logging.group", "preset")
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def parse_folds(text: str | None, num_folds: int) -> list[int]:
+    """`0-4`, `0,2,3`, `1`, or None / `all` -> sorted fold indices, each < num_folds."""
+    if text is None or text.strip().lower() == "all":
+        return list(range(num_folds))
+    folds: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, sep, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise UserError(f"--folds {text!r}: expected e.g. 0-4 or 0,2,3") from None
+        if a > b:
+            raise UserError(f"--folds {text!r}: range {part} is empty")
+        folds.update(range(a, b + 1))
+    bad = sorted(f for f in folds if not 0 <= f < num_folds)
+    if bad or not folds:
+        raise UserError(f"--folds {text!r}: folds must be in 0..{num_folds - 1} (data.num_folds={num_folds})")
+    return sorted(folds)
+
+
+def retrain_dir(preset: str, cfg, out: str | os.PathLike | None = None) -> Path:
+    """Where a retrain lives: `--out`, else `<output_dir>/<preset name>-kfold`."""
+    if out is not None:
+        return Path(out)
+    return Path(cfg.output_dir) / f"{Path(preset).stem}-kfold"
+
+
+def _preset_ref(preset: str) -> str:
+    """A YAML path becomes absolute (folds run from anywhere); a shipped name stays."""
+    p = Path(preset).expanduser()
+    return str(p.resolve()) if p.suffix in (".yaml", ".yml") and p.is_file() else preset
+
+
+def fold_command(preset: str, fold: int, root: Path, extra: Sequence[str], *,
+                 python: str = sys.executable) -> list[str]:
+    """The training command of one fold (what a sweep agent would run)."""
+    return [python, "-m", "hrnet_sweep.train", f"preset={preset}", *extra, f"data.fold={fold}",
+            f"output_dir={root.parent}", f"run_name={root.name}/fold{fold}", "resume_from_checkpoint=auto",
+            f"logging.group={root.name}"]
+
+
+def _child_env(gpu: str | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    # The package as this process imports it, whatever the child's working directory.
+    pkg_parent = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_parent, env.get("PYTHONPATH")]))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+# ----------------------------------------------------------------------------- manifests
+
+
+def _split_manifest(cfg, root: Path) -> Path:
+    """Write (or check) the retrain's own manifest, computed from the preset's data."""
+    from .folds import assign_folds, read_manifest, word_counts, write_manifest
+    from .io import load_annotations
+
+    d = cfg.data
+    train_json = d.resolved_root() / d.train_json
+    ann = load_annotations(train_json)
+    counts = word_counts(ann)
+    assignment = assign_folds(list(counts), list(counts.values()), d.num_folds, d.fold_seed)
+    path = root / MANIFEST_FILE
+    if path.is_file():
+        old = read_manifest(path)
+        if not old.matches(train_json, d.num_folds, d.fold_seed) or old.assignment != assignment:
+            raise UserError(f"{root} holds a retrain made with another split ({path}: num_folds={old.num_folds}, "
+                            f"seed={old.seed}, annotations sha256 {old.sha256[:12]}); now data.num_folds="
+                            f"{d.num_folds}, data.fold_seed={d.fold_seed}, {train_json}. Use another --out")
+        return path
+    write_manifest(path, train_json, assignment, d.num_folds, d.fold_seed, word_counts_by_name=counts)
+    return path
+
+
+def _same_split(a_path: str | os.PathLike, b_path: str | os.PathLike) -> str | None:
+    """None when two manifests describe the same split, else why not."""
+    from .folds import read_manifest
+
+    a, b = read_manifest(a_path), read_manifest(b_path)
+    if a.sha256 != b.sha256:
+        return f"annotation files differ (sha256 {a.sha256[:12]} vs {b.sha256[:12]})"
+    if (a.num_folds, a.seed) != (b.num_folds, b.seed):
+        return f"num_folds/seed {a.num_folds}/{a.seed} vs {b.num_folds}/{b.seed}"
+    if a.assignment != b.assignment:
+        n = sum(1 for k in a.assignment if a.assignment.get(k) != b.assignment.get(k))
+        return f"{n} images are in other folds"
+    return None
+
+
+def _check_sweep_split(preset: str, cfg, manifest: Path) -> str:
+    """Compare the retrain's split with the sweep's, as recorded by `best --export`."""
+    from .select import read_provenance
+
+    p = Path(preset)
+    prov = read_provenance(p) if p.suffix in (".yaml", ".yml") and p.is_file() else {}
+    folds = prov.get("folds") or {}
+    if not folds:
+        return "no sweep provenance in the preset: split not compared with a sweep"
+    d = cfg.data
+    for key, mine in (("num_folds", d.num_folds), ("fold_seed", d.fold_seed), ("train_json", d.train_json)):
+        if key in folds and folds[key] != mine:
+            raise UserError(f"the sweep ran with data.{key}={folds[key]!r} but this retrain uses {mine!r}: the folds "
+                            f"would differ from the sweep's; drop the override or export again")
+    sweep_manifest = folds.get("manifest")
+    if sweep_manifest and Path(sweep_manifest).is_file():
+        why = _same_split(manifest, sweep_manifest)
+        if why:
+            raise UserError(f"the retrain's folds differ from the sweep's ({sweep_manifest}): {why}")
+        return f"split identical to the sweep's ({sweep_manifest})"
+    return "split settings equal the sweep's (num_folds, fold_seed, train_json)"
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    state: str  # finished | stopped | failed | interrupted | crashed | pending | skipped-finished
+    run_dir: str
+    best: float | None = None
+    best_epoch: int | None = None
+    best_ckpt: str | None = None
+    last_ckpt: str | None = None
+    reason: str | None = None
+    exit_code: int | None = None
+    seconds: float | None = None
+    log: str | None = None
+    gpu: str | None = None
+    skipped: bool = False
+    manifest_ok: bool | None = None
+
+
+def _rel(path: str | None, root: Path) -> str | None:
+    if not path:
+        return path
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(root.resolve()))
+    except ValueError:
+        return str(p)
+
+
+def _write_summary(root: Path, preset: str, extra: Sequence[str], cfg, results: Mapping[int, FoldResult],
+                   split_note: str) -> Path:
+    from .io import atomic_write_json, read_json
+
+    path = root / SUMMARY_FILE
+    old = read_json(path) if path.is_file() else {}
+    folds = dict(old.get("folds") or {})
+    for k, r in results.items():
+        doc = {**r.__dict__}
+        for key in ("run_dir", "best_ckpt", "last_ckpt", "log"):
+            doc[key] = _rel(doc[key], root)
+        folds[str(k)] = doc
+    finished = [f for f in folds.values() if f.get("state") == "finished" and f.get("best") is not None]
+    summary = {
+        "version": SUMMARY_VERSION,
+        "retrain": root.name,
+        "preset": _preset_ref(preset),
+        "overrides": list(extra),
+        "metric": METRIC,
+        "num_folds": cfg.data.num_folds,
+        "fold_seed": cfg.data.fold_seed,
+        "train_json": str(cfg.data.resolved_root() / cfg.data.train_json),
+        "manifest": MANIFEST_FILE,
+        "split": split_note,
+        "folds": dict(sorted(folds.items(), key=lambda kv: int(kv[0]))),
+        "mean_best": (sum(f["best"] for f in finished) / len(finished)) if finished else None,
+        "postprocess": old.get("postprocess"),
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return atomic_write_json(path, summary, indent=2)
+
+
+def load_summary(path_or_dir: str | os.PathLike) -> tuple[dict, Path]:
+    """Read a `kfold_summary.json` (or the retrain folder holding it); paths resolved."""
+    from .io import read_json
+
+    p = Path(path_or_dir)
+    path = p / SUMMARY_FILE if p.is_dir() else p
+    if not path.is_file():
+        raise UserError(f"{path}: no k-fold summary (run hrnet_sweep kfold first)")
+    doc = read_json(path)
+    root = path.parent
+    for f in (doc.get("folds") or {}).values():
+        for key in ("run_dir", "best_ckpt", "last_ckpt", "log"):
+            if f.get(key) and not Path(f[key]).is_absolute():
+                f[key] = str(root / f[key])
+    return doc, root
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _read_status(run_dir: Path) -> dict | None:
+    try:
+        doc = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+@dataclass
+class _Job:
+    fold: int
+    run_dir: Path
+    log: Path
+    gpu: str | None = None
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    seen: int = 0  # metrics.jsonl rows already printed
+    best: float | None = None
+
+
+def _print_progress(job: _Job, out: Callable[[str], None]) -> None:
+    path = job.run_dir / "metrics.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return
+    for line in lines[job.seen:]:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break  # a line still being written
+        job.seen += 1
+        v = row.get(METRIC)
+        if isinstance(v, (int, float)):
+            job.best = v if job.best is None else max(job.best, v)
+            out(f"  fold {job.fold} epoch {row.get('epoch')}: {METRIC} {v:.4f} (best {job.best:.4f})")
+
+
+def _finish(job: _Job, rc: int, root: Path, manifest: Path) -> FoldResult:
+    status = _read_status(job.run_dir) or {}
+    state = status.get("state") or ("crashed" if rc else "finished")
+    if rc and state == "finished":
+        state = "failed"
+    r = FoldResult(job.fold, state, str(job.run_dir), best=status.get("best"), best_epoch=status.get("best_epoch"),
+                   best_ckpt=status.get("best_ckpt"), last_ckpt=status.get("last_ckpt"),
+                   reason=status.get("reason") or (f"exit code {rc}; see {job.log}" if rc else None), exit_code=rc,
+                   seconds=round(time.monotonic() - job.started, 1), log=str(job.log), gpu=job.gpu)
+    fold_manifest = job.run_dir / MANIFEST_FILE
+    if fold_manifest.is_file():
+        why = _same_split(manifest, fold_manifest)
+        r.manifest_ok = why is None
+        if why:
+            r.state, r.reason = "failed", f"fold split differs from the retrain's {manifest}: {why}"
+    return r
+
+
+def run_kfold(preset: str, folds: Sequence[int] | str | None = None, *, gpus: Sequence[str] | None = None,
+              out: str | os.PathLike | None = None, extra: Sequence[str] = (), poll_s: float = 1.0,
+              python: str = sys.executable, printer: Callable[[str], None] | None = None,
+              env: Mapping[str, str] | None = None) -> dict:
+    """Train the folds of `preset`; return the summary (also in `<retrain>/kfold_summary.json`).
+
+    Args:
+        preset: shipped preset name or YAML path (e.g. from `best --export`).
+        folds: fold indices, or text like `0-4`; default every fold.
+        gpus: GPU ids, one fold per GPU at a time; None detects them; [] = CPU, one at a time.
+        out: the retrain folder (default `<output_dir>/<preset name>-kfold`).
+        extra: more `key=value` overrides for every fold (not the keys kfold sets itself).
+    """
+    from .config import load_config, parse_overrides
+    from .sweep.agent import _die_with_parent
+    from .sweep.launcher import detect_gpus
+
+    say = printer or (lambda s: print(s, flush=True))
+    extra = list(extra)
+    own = sorted(set(parse_overrides(extra)) & set(_OWN_KEYS))
+    if own:
+        raise UserError(f"kfold sets {', '.join(own)} itself; drop them from the overrides (use --out for the folder)")
+    preset = _preset_ref(preset)
+    cfg = load_config([f"preset={preset}", *extra])
+    if cfg.data.fold is None:
+        raise ConfigError("data.fold=null is train/val mode; kfold needs fold mode (data.num_folds folds of train_json)")
+    fold_list = folds if isinstance(folds, (list, tuple)) else parse_folds(folds, cfg.data.num_folds)
+    fold_list = parse_folds(",".join(map(str, fold_list)), cfg.data.num_folds)
+    root = retrain_dir(preset, cfg, out).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = _split_manifest(cfg, root)
+    split_note = _check_sweep_split(preset, cfg, manifest)
+    slots: list[str | None] = list(detect_gpus() if gpus is None else gpus) or [None]
+    where = f"{len(slots)} GPU(s) {', '.join(slots)}" if slots[0] is not None else "the CPU, one fold at a time"
+    say(f"k-fold retrain {root.name}: folds {fold_list} of {cfg.data.num_folds} on {where}; {split_note}")
+    say(f"  folder {root}")
+
+    results: dict[int, FoldResult] = {}
+    queue: list[_Job] = []
+    for k in fold_list:
+        run_dir = root / f"fold{k}"
+        status = _read_status(run_dir)
+        if status and status.get("state") == "finished":
+            r = FoldResult(k, "finished", str(run_dir), best=status.get("best"), best_epoch=status.get("best_epoch"),
+                           best_ckpt=status.get("best_ckpt"), last_ckpt=status.get("last_ckpt"), skipped=True)
+            if (run_dir / MANIFEST_FILE).is_file():
+                r.manifest_ok = _same_split(manifest, run_dir / MANIFEST_FILE) is None
+            results[k] = r
+            best = "n/a" if r.best is None else f"{r.best:.4f}"
+            say(f"fold {k}: already finished (best {METRIC} {best}), skipped")
+            continue
+        queue.append(_Job(k, run_dir, root / f"fold{k}.log"))
+    if results:
+        _write_summary(root, preset, extra, cfg, results, split_note)
+
+    running: dict[str | None, _Job] = {}
+    free = list(slots)
+    interrupted = False
+    try:
+        while queue or running:
+            while queue and free:
+                job, gpu = queue.pop(0), free.pop(0)
+                job.gpu = gpu
+                resume = (job.run_dir / "checkpoints" / "last.ckpt").is_file()
+                cmd = fold_command(preset, job.fold, root, extra, python=python)
+                job.log.parent.mkdir(parents=True, exist_ok=True)
+                with open(job.log, "ab") as log:
+                    log.write(f"=== {datetime.now():%Y-%m-%d %H:%M:%S} {' '.join(cmd)}\n".encode())
+                    log.flush()
+                    job.proc = subprocess.Popen(cmd, env=_child_env(gpu, env), stdin=subprocess.DEVNULL, stdout=log,
+                                                stderr=subprocess.STDOUT, start_new_session=True,
+                                                preexec_fn=_die_with_parent())
+                job.started = time.monotonic()
+                job.seen = _count_lines(job.run_dir / "metrics.jsonl")
+                running[gpu] = job
+                on = f"GPU {gpu}" if gpu is not None else "CPU"
+                say(f"fold {job.fold}: {'resuming from last.ckpt' if resume else 'started'} on {on} "
+                    f"(pid {job.proc.pid}, log {job.log})")
+            time.sleep(poll_s)
+            for gpu, job in list(running.items()):
+                _print_progress(job, say)
+                rc = job.proc.poll()
+                if rc is None:
+                    continue
+                _print_progress(job, say)
+                r = _finish(job, rc, root, manifest)
+                results[job.fold] = r
+                del running[gpu]
+                free.append(gpu)
+                best = "n/a" if r.best is None else f"{r.best:.4f} (epoch {r.best_epoch})"
+                say(f"fold {job.fold}: {r.state} in {r.seconds:.0f} s, best {METRIC} {best}"
+                    + (f"; {r.reason}" if r.state != "finished" and r.reason else ""))
+                _write_summary(root, preset, extra, cfg, results, split_note)
+    except KeyboardInterrupt:
+        interrupted = True
+        say("interrupted: stopping the running folds (they keep last.ckpt; run the same command to resume)")
+        for job in running.values():
+            _signal(job.proc, signal.SIGINT)
+        deadline = time.monotonic() + 60
+        for job in running.values():
+            try:
+                job.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal(job.proc, signal.SIGKILL)
+                job.proc.wait()
+            results[job.fold] = _finish(job, job.proc.returncode, root, manifest)
+    path = _write_summary(root, preset, extra, cfg, results, split_note)
+    doc, _ = load_summary(path)
+    _print_table(doc, say)
+    say(f"summary: {path}")
+    if interrupted:
+        raise KeyboardInterrupt
+    return doc
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        return len(path.read_text(encoding="utf-8").splitlines())
+    except OSError:
+        return 0
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _print_table(doc: Mapping[str, Any], say: Callable[[str], None]) -> None:
+    say(f"{'fold':>4}  {'state':<11} {METRIC:>9}  {'epoch':>5}  best checkpoint")
+    for k, f in doc["folds"].items():
+        best = "-" if f.get("best") is None else f"{f['best']:.4f}"
+        epoch = "-" if f.get("best_epoch") is None else str(f["best_epoch"])
+        say(f"{k:>4}  {f.get('state', '?'):<11} {best:>9}  {epoch:>5}  {f.get('best_ckpt') or '-'}")
+    if doc.get("mean_best") is not None:
+        say(f"mean best {METRIC} over finished folds: {doc['mean_best']:.4f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .sweep.launcher import parse_gpus
+
+    ap = argparse.ArgumentParser(prog="hrnet_sweep kfold", description=(
+        "Retrain every fold of a preset (one fold per GPU, resumable, finished folds skipped) and record each "
+        "fold's best checkpoint and score in <retrain>/kfold_summary.json."))
+    ap.add_argument("preset", help="preset name or YAML (e.g. from hrnet_sweep best --export)")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="extra overrides for every fold")
+    ap.add_argument("--folds", default=None, help="folds to train, e.g. 0-4 or 0,2 (default: all)")
+    ap.add_argument("--gpus", help="GPU ids, e.g. 0,1 (default: all visible; 'cpu' = CPU)")
+    ap.add_argument("--out", help="retrain folder (default <output_dir>/<preset name>-kfold)")
+    args = ap.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+    doc = run_kfold(args.preset, args.folds, gpus=parse_gpus(args.gpus) if args.gpus is not None else None,
+                    out=args.out, extra=args.overrides)
+    bad = [k for k, f in doc["folds"].items() if f.get("state") != "finished"]
+    if bad:
+        print(f"folds not finished: {', '.join(bad)}; run the same command again to resume them", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,575 @@
+"""`hrnet_sweep best`: pick the best finished run of a sweep and export it as a preset.
+
+Three layers, so the rule can be tested without W&B:
+
+- `rank_runs(runs)` is a pure function over plain `RunRecord`s: only finished runs with a
+  finite metric count; they are ranked by the best logged `val/hmean` (not the last one,
+  which early stopping and cosine tails make noisy), ties to the earlier epoch.
+- Sources turn a sweep into records: `wandb_runs("entity/project/id")` (public API, with
+  an HTTP timeout, retries on transient errors and an overall deadline, so it never
+  hangs) and `local_runs(dir_or_id)` (the embedded engine's `LocalSweep.runs()`).
+- `export_preset` writes the base preset plus the winning parameters as plain numbers,
+  with the provenance in a YAML comment block at the top (the config forbids unknown
+  keys; comments keep the file loadable by any preset loader). Atomic; refuses to replace
+  an existing file unless `force`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from numbers import Real
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import yaml
+
+from .constants import METRIC
+from .errors import ConfigError, UserError
+
+__all__ = [
+    "Ranking",
+    "RankedRun",
+    "RunRecord",
+    "SweepRuns",
+    "export_preset",
+    "load_runs",
+    "local_runs",
+    "main",
+    "preset_text",
+    "rank_runs",
+    "read_provenance",
+    "wandb_runs",
+]
+
+FINISHED = "finished"
+NOT_EXPORTED = ("preset", "base", "run_name", "output_dir", "resume_from_checkpoint", "wandb", "data.root")
+"""Sweep parameters that describe where or how a run ran, not what it learned with."""
+PROVENANCE_MARK = "# provenance (hrnet_sweep best):"
+WANDB_PATH = re.compile(r"^[\w.-]+/[\w.-]+/[\w-]+$")
+
+# ----------------------------------------------------------------------------- records and ranking
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One sweep run as the selector sees it.
+
+    Args:
+        id: run id.
+        state: W&B / engine state (`finished`, `running`, `crashed`, `failed`, `killed`,
+            `stopped`, ...); compared case-insensitively.
+        config: the run's parameters, dotted config keys -> values.
+        history: the metric's logged values, in order (may hold None / NaN).
+        summary: the run summary (`val/hmean` may be a number or `{"max": x}`).
+        epochs: the epoch of each history entry; default its position.
+        name: display name.
+        run_dir: local output folder, where known.
+    """
+
+    id: str
+    state: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    history: Sequence[Any] = ()
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    epochs: Sequence[int] | None = None
+    name: str | None = None
+    run_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class RankedRun:
+    run: RunRecord
+    best: float
+    epoch: int | None
+    last: float | None
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Ranked runs (best first) and the excluded ones by reason."""
+
+    ranked: list[RankedRun]
+    excluded: dict[str, list[str]]
+
+    def counts(self) -> dict[str, int]:
+        return {reason: len(ids) for reason, ids in self.excluded.items()}
+
+    @property
+    def best(self) -> RankedRun | None:
+        return self.ranked[0] if self.ranked else None
+
+
+def _finite(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, Real):
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def _summary_best(summary: Mapping[str, Any], metric: str) -> float | None:
+    v = summary.get(metric)
+    if isinstance(v, Mapping):  # define_metric(summary="max") stores {"max": x}
+        v = v.get("max", v.get("best"))
+    return _finite(v)
+
+
+def _best_of(run: RunRecord, metric: str) -> RankedRun | None:
+    values = [_finite(v) for v in run.history]
+    finite = [(i, v) for i, v in enumerate(values) if v is not None]
+    if finite:
+        # max value; on a tie the earlier entry (fewer epochs to reach it)
+        i, best = max(finite, key=lambda iv: (iv[1], -iv[0]))
+        epochs = list(run.epochs) if run.epochs is not None and len(run.epochs) == len(values) else None
+        return RankedRun(run, best, epochs[i] if epochs else i, values[-1])
+    best = _summary_best(run.summary, metric)
+    return None if best is None else RankedRun(run, best, None, None)
+
+
+def rank_runs(runs: Iterable[RunRecord], *, metric: str = METRIC) -> Ranking:
+    """Rank finished runs by their best logged metric value (maximised).
+
+    Excluded, by reason: every state other than finished (`crashed`, `failed`,
+    `killed`, `running`, `stopped`, ...) and finished runs without a finite value
+    (`no finite <metric>`, e.g. NaN). Ties go to the earlier epoch, then the run id, so
+    the result does not depend on the order the API lists runs in.
+    """
+    ranked: list[RankedRun] = []
+    excluded: dict[str, list[str]] = {}
+    for run in runs:
+        state = str(run.state or "unknown").lower()
+        if state != FINISHED:
+            excluded.setdefault(state, []).append(run.id)
+            continue
+        r = _best_of(run, metric)
+        if r is None:
+            excluded.setdefault(f"no finite {metric}", []).append(run.id)
+            continue
+        ranked.append(r)
+    ranked.sort(key=lambda r: (-r.best, r.epoch if r.epoch is not None else math.inf, r.run.id))
+    return Ranking(ranked, excluded)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+@dataclass
+class SweepRuns:
+    """A sweep's runs plus what the export needs to know about the sweep."""
+
+    ref: str
+    kind: str  # "wandb" | "local"
+    runs: list[RunRecord]
+    parameters: list[str]
+    default_preset: str | None
+    metric: str = METRIC
+    goal: str = "maximize"
+
+
+def _lookup(config: Mapping[str, Any], key: str) -> Any:
+    """A dotted key from a run config: flat (`models.optimizer.lr`, what the sweep sets)
+    or nested (`models: {optimizer: {lr}}`, what the logger stores)."""
+    if key in config:
+        v = config[key]
+    else:
+        v = config
+        for part in key.split("."):
+            if not isinstance(v, Mapping) or part not in v:
+                return None
+            v = v[part]
+    if isinstance(v, Mapping) and set(v) <= {"value", "desc"} and "value" in v:
+        v = v["value"]  # raw W&B config entries
+    return v
+
+
+def _sweep_parameters(config: Mapping[str, Any]) -> tuple[list[str], str | None]:
+    params = config.get("parameters") or {}
+    names = [str(k) for k in params]
+    preset = params.get("preset") if isinstance(params, Mapping) else None
+    default = str(preset["value"]) if isinstance(preset, Mapping) and "value" in preset else None
+    return names, default
+
+
+# -- W&B
+
+TRANSIENT = (TimeoutError, ConnectionError, OSError)
+
+
+def _transient(err: BaseException) -> bool:
+    """Worth retrying: network trouble, timeouts, rate limits, server errors."""
+    if isinstance(err, TRANSIENT):
+        return True
+    name = type(err).__name__
+    if name in ("CommError", "ReadTimeout", "ConnectTimeout", "ConnectionError", "Timeout", "HTTPError",
+                "ChunkedEncodingError", "ServiceUnavailable"):
+        return True
+    text = str(err).lower()
+    return any(s in text for s in ("timed out", "timeout", "429", "500", "502", "503", "504", "connection"))
+
+
+def _retry(fn: Callable[[], Any], what: str, *, retries: int, backoff: float, sleep: Callable[[float], None]) -> Any:
+    for attempt in range(1, retries + 2):
+        try:
+            return fn()
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - classified below
+            if not _transient(err):
+                raise UserError(f"W&B: {what} failed: {type(err).__name__}: {err}") from None
+            if attempt > retries:
+                raise UserError(f"W&B: {what} failed after {attempt} attempts: {type(err).__name__}: {err}. "
+                                "Check the network (or WANDB_BASE_URL) and try again") from None
+            sleep(backoff * 2 ** (attempt - 1))
+
+
+def _check_credentials() -> None:
+    """wandb.Api() prompts for a key when none is configured: fail clearly instead."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_BASE_URL"):
+        return
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc.is_file() and "wandb" in netrc.read_text(errors="ignore"):
+        return
+    raise UserError("no W&B credentials: run `wandb login` or set WANDB_API_KEY (a local sweep is read "
+                    "from its folder or id instead: hrnet_sweep best outputs/sweeps/<id>)")
+
+
+def _default_api(timeout: float):
+    _check_credentials()
+    import wandb
+
+    return wandb.Api(timeout=int(math.ceil(timeout)))
+
+
+def _wandb_record(run, metric: str) -> RunRecord:
+    rows = list(run.scan_history(keys=[metric]))
+    if rows and not any("epoch" in r for r in rows):
+        by_step = {r.get("_step"): r.get("epoch") for r in run.scan_history(keys=[metric, "epoch"])}
+        rows = [{**r, "epoch": by_step.get(r.get("_step"))} for r in rows]
+    epochs = [r.get("epoch") for r in rows]
+    summary = getattr(run, "summary_metrics", None)
+    if summary is None:
+        summary = dict(getattr(run, "summary", {}) or {})
+    return RunRecord(
+        id=str(run.id), state=str(run.state), config=dict(run.config or {}), history=[r.get(metric) for r in rows],
+        summary=dict(summary or {}), name=getattr(run, "name", None),
+        epochs=[int(e) for e in epochs] if all(isinstance(e, (int, float)) for e in epochs) else None,
+    )
+
+
+def wandb_runs(path: str, *, api_factory: Callable[[float], Any] | None = None, timeout: float = 30.0,
+               retries: int = 3, backoff: float = 2.0, deadline: float | None = None,
+               sleep: Callable[[float], None] = time.sleep) -> SweepRuns:
+    """Read a W&B sweep's runs through the public API.
+
+    Args:
+        path: `entity/project/sweep_id`.
+        api_factory: builds the API object from a timeout (default `wandb.Api(timeout=...)`);
+            tests pass a test double here.
+        timeout: HTTP timeout per request, seconds.
+        retries: extra attempts per call on transient errors (timeouts, connection errors,
+            5xx, rate limits), with exponential backoff from `backoff` seconds.
+        deadline: seconds for the whole read (default enough for the retries); past it a
+            `UserError` is raised even if the client is stuck in its own retry loop.
+    """
+    factory = api_factory or _default_api
+    metric = METRIC
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            kw = dict(retries=retries, backoff=backoff, sleep=sleep)
+            api = _retry(lambda: factory(timeout), "connecting", **kw)
+            sweep = _retry(lambda: api.sweep(path), f"reading sweep {path}", **kw)
+            names, default = _sweep_parameters(_retry(lambda: dict(sweep.config or {}), "reading the sweep config", **kw))
+            m = (sweep.config or {}).get("metric") or {}
+            box["metric"], box["goal"] = m.get("name", metric), m.get("goal", "maximize")
+            runs = _retry(lambda: list(sweep.runs), f"listing the runs of {path}", **kw)
+            box["result"] = SweepRuns(path, "wandb", [
+                _retry(lambda r=r: _wandb_record(r, metric), f"reading run {getattr(r, 'id', '?')}", **kw)
+                for r in runs
+            ], names, default, box["metric"], box["goal"])
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = err
+
+    limit = deadline if deadline is not None else (timeout + backoff * 2 ** retries) * (retries + 1) + 60
+    t = threading.Thread(target=work, name="wandb-read", daemon=True)
+    t.start()
+    t.join(limit)
+    if t.is_alive():
+        raise UserError(f"W&B did not answer within {limit:.0f} s while reading {path}; check the network "
+                        "(or WANDB_BASE_URL) and try again")
+    if "error" in box:
+        err = box["error"]
+        if isinstance(err, UserError):
+            raise err
+        raise UserError(f"W&B: reading {path} failed: {type(err).__name__}: {err}") from None
+    result: SweepRuns = box["result"]
+    if result.metric != METRIC or result.goal != "maximize":
+        raise UserError(f"sweep {path} optimises {result.metric} ({result.goal}); `best` ranks by {METRIC} (maximize)")
+    return result
+
+
+# -- embedded engine
+
+
+def _metrics_epochs(control_dir: str | None, n: int) -> list[int] | None:
+    if not control_dir:
+        return None
+    import json
+
+    path = Path(control_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    epochs = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get(METRIC) is not None and isinstance(row.get("epoch"), int):
+            epochs.append(row["epoch"])
+    return epochs if len(epochs) == n else None
+
+
+def local_runs(ref: str | os.PathLike, *, sweeps_root: str | os.PathLike | None = None) -> SweepRuns:
+    """Read a local sweep (folder or id) of the embedded engine."""
+    from .sweep.engine import DEFAULT_SWEEPS_ROOT, LocalSweep
+
+    sweep = LocalSweep.open(ref, sweeps_root=sweeps_root or DEFAULT_SWEEPS_ROOT)
+    spec = sweep.spec
+    if (spec.metric_name or METRIC) != METRIC or spec.metric_goal != "maximize":
+        raise UserError(f"sweep {ref} optimises {spec.metric_name} ({spec.metric_goal}); "
+                        f"`best` ranks by {METRIC} (maximize)")
+    preset = spec.parameters.get("preset")
+    records = [
+        RunRecord(id=r.run_id, state=r.state, config=dict(r.params), history=list(r.history),
+                  epochs=_metrics_epochs(r.control_dir, len(r.history)), run_dir=r.run_dir)
+        for r in sweep.runs()
+    ]
+    return SweepRuns(str(sweep.root), "local", records, list(spec.parameters),
+                     str(preset.value) if preset is not None and preset.kind == "value" else None)
+
+
+def load_runs(ref: str, **wandb_kwargs: Any) -> SweepRuns:
+    """A local sweep folder or id, else `entity/project/sweep_id` on W&B."""
+    from .sweep.engine import DEFAULT_SWEEPS_ROOT
+
+    p = Path(ref).expanduser()
+    if (p / "sweep.json").is_file() or (DEFAULT_SWEEPS_ROOT / ref / "sweep.json").is_file():
+        return local_runs(ref)
+    if WANDB_PATH.match(ref) and not p.exists():
+        return wandb_runs(ref, **wandb_kwargs)
+    raise UserError(f"sweep {ref!r}: not a local sweep folder (holding sweep.json), not a local sweep id under "
+                    f"{DEFAULT_SWEEPS_ROOT}, and not an entity/project/sweep_id W&B path")
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _plain_number(v: Any) -> Any:
+    """NumPy scalars and numeric strings ('3e-4') -> int / float; other values unchanged."""
+    if hasattr(v, "item") and not isinstance(v, (list, tuple, dict, str)):
+        v = v.item()
+    if isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            return v
+        return int(f) if re.fullmatch(r"[+-]?\d+", v.strip()) else f
+    if isinstance(v, tuple):
+        return [_plain_number(x) for x in v]
+    return v
+
+
+def exported_params(run: RunRecord, parameters: Sequence[str]) -> dict[str, Any]:
+    """The run's value of every sweep parameter (except `NOT_EXPORTED` ones), as plain numbers."""
+    from .config import check_key
+
+    out: dict[str, Any] = {}
+    for key in parameters:
+        if key in NOT_EXPORTED:
+            continue
+        v = _lookup(run.config, key)
+        if v is None:
+            raise UserError(f"run {run.id}: its config has no value for sweep parameter {key!r}")
+        check_key(key, v, where=f"sweep parameter of run {run.id}: ")
+        out[key] = _plain_number(v)
+    return out
+
+
+def _nest(flat: Mapping[str, Any]) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def preset_text(base: str, params: Mapping[str, Any], provenance: Mapping[str, Any]) -> str:
+    """The exported preset: provenance as a commented YAML block, then `base:` and the
+    winning parameters nested by config path."""
+    prov = yaml.safe_dump(dict(provenance), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    header = [PROVENANCE_MARK] + [f"#   {line}" for line in prov.rstrip("\n").splitlines()]
+    header.append(f"# Train it: hrnet_sweep train preset=<this file>; retrain every fold: hrnet_sweep kfold <this file>")
+    body = yaml.safe_dump({"base": base, **_nest(params)}, sort_keys=False, default_flow_style=False)
+    return "\n".join(header) + "\n" + body
+
+
+def read_provenance(path: str | os.PathLike) -> dict:
+    """The provenance block of an exported preset ({} when it has none)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        start = lines.index(PROVENANCE_MARK) + 1
+    except ValueError:
+        return {}
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[4:])
+    try:
+        doc = yaml.safe_load("\n".join(block))
+    except yaml.YAMLError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _base_ref(preset: str) -> str:
+    """A shipped preset name stays a name; a file path becomes absolute, so the exported
+    preset loads from any working directory."""
+    from .config import PRESET_DIR, preset_path
+
+    path = preset_path(preset)
+    return path.stem if path.parent.resolve() == PRESET_DIR.resolve() else str(path.resolve())
+
+
+def export_preset(out: str | os.PathLike, sweep: SweepRuns, winner: RankedRun, *, force: bool = False,
+                  now: datetime | None = None) -> Path:
+    """Write the winning run as a preset that `hrnet_sweep train preset=OUT` accepts.
+
+    The file is validated (loaded through the config) before it replaces anything.
+    """
+    from .config import load_config
+    from .io import atomic_path
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to overwrite it")
+    run = winner.run
+    base = _lookup(run.config, "preset") or sweep.default_preset
+    if base is None:
+        from .config import DEFAULT_PRESET
+
+        base = DEFAULT_PRESET
+    base = _base_ref(str(base))
+    params = exported_params(run, sweep.parameters)
+    cfg = load_config({"preset": base, **params})
+    provenance = {
+        "sweep": sweep.ref,
+        "source": sweep.kind,
+        "run": run.id,
+        "run_name": run.name or run.id,
+        "metric": METRIC,
+        "best": round(winner.best, 6),
+        "epoch": winner.epoch,
+        "last": None if winner.last is None else round(winner.last, 6),
+        "date": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        "folds": {"train_json": cfg.data.train_json, "fold": cfg.data.fold, "num_folds": cfg.data.num_folds,
+                  "fold_seed": cfg.data.fold_seed},
+    }
+    if run.run_dir:
+        provenance["run_dir"] = str(run.run_dir)
+        manifest = Path(run.run_dir) / "folds.json"
+        if manifest.is_file():
+            provenance["folds"]["manifest"] = str(manifest.resolve())
+    text = preset_text(base, params, provenance)
+    _check_loads(text)
+    with atomic_path(out, overwrite=force) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return out
+
+
+def _check_loads(text: str) -> None:
+    """Load a preset text through the config, so no preset that fails to load is written."""
+    import tempfile
+
+    from .config import load_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "preset.yaml"
+        path.write_text(text, encoding="utf-8")
+        try:
+            load_config(preset=str(path))
+        except ConfigError as err:
+            raise UserError(f"the exported preset would not load: {err}") from None
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _short_key(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def print_table(sweep: SweepRuns, ranking: Ranking, top: int, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    fixed = {k for k in sweep.parameters if len({repr(_lookup(r.run.config, k)) for r in ranking.ranked}) <= 1}
+    keys = [k for k in sweep.parameters if k not in fixed and k not in ("run_name", "output_dir")]
+    table = Table(title=f"{sweep.ref}: top {min(top, len(ranking.ranked))} of {len(ranking.ranked)} finished runs "
+                        f"by best {METRIC}")
+    for col in ("#", "run", f"best {METRIC}", "epoch", "last", *map(_short_key, keys)):
+        table.add_column(col, justify="right" if col not in ("run",) else "left")
+    for i, r in enumerate(ranking.ranked[:top], 1):
+        table.add_row(str(i), r.run.name or r.run.id, f"{r.best:.4f}", "-" if r.epoch is None else str(r.epoch),
+                      "-" if r.last is None else f"{r.last:.4f}", *(_fmt(_lookup(r.run.config, k)) for k in keys))
+    console.print(table)
+    counts = ranking.counts()
+    if counts:
+        console.print("excluded: " + ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="hrnet_sweep best", description=(
+        "Rank the finished runs of a sweep by their best logged val/hmean and optionally export the winner "
+        "as a preset."))
+    ap.add_argument("sweep", help="entity/project/sweep_id (W&B), or a local sweep folder or id")
+    ap.add_argument("--export", metavar="PRESET.yaml", help="write the best run as a preset")
+    ap.add_argument("--top", type=int, default=10, help="rows of the table (default 10)")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing --export file")
+    ap.add_argument("--timeout", type=float, default=30.0, help="W&B HTTP timeout per request, seconds")
+    ap.add_argument("--retries", type=int, default=3, help="W&B retries on transient errors")
+    args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.top < 1:
+        raise UserError(f"--top {args.top} must be >= 1")
+    if args.export and Path(args.export).exists() and not args.force:
+        raise UserError(f"{args.export} exists; pass --force to overwrite it")
+    sweep = load_runs(args.sweep, timeout=args.timeout, retries=args.retries)
+    ranking = rank_runs(sweep.runs)
+    print_table(sweep, ranking, args.top)
+    if ranking.best is None:
+        raise UserError(f"sweep {args.sweep}: no finished run with a finite {METRIC} among {len(sweep.runs)} runs")
+    w = ranking.best
+    print(f"best: run {w.run.name or w.run.id}, {METRIC} {w.best:.4f} at epoch {w.epoch}")
+    if args.export:
+        path = export_preset(args.export, sweep, w, force=args.force)
+        print(f"exported {path} (train it: hrnet_sweep train preset={path})")
+    return 0

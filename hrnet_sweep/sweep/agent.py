@@ -1,0 +1,413 @@
+"""The embedded agent: `wandb agent` for a local sweep.
+
+Loop: ask the engine for a run, write the `WANDB_SWEEP_PARAM_PATH` file, expand the
+sweep `command` exactly as `wandb agent` does, launch it in its own process group with
+the W&B environment (`WANDB_SWEEP_ID`, `WANDB_RUN_ID`, `WANDB_SWEEP_PARAM_PATH`,
+`WANDB_MODE=offline`, `WANDB_DIR`) plus `HRNET_SWEEP_CONTROL_DIR`, follow
+`metrics.jsonl`, report each value, apply W&B's Hyperband rule over all runs of the sweep
+and write `STOP` when it says stop; at exit read `status.json` and close the run.
+One failing run never stops the sweep; like `wandb agent`, an agent whose first five
+runs all fail gives up (the command is probably wrong).
+
+Differences from `wandb agent`, on purpose: `${interpreter}` is this Python
+(`sys.executable`) rather than `python` from PATH, so an agent started without an
+activated venv still runs the venv's training; a run's output goes to
+`runs/<run_id>/output.log` rather than the agent's terminal, so parallel agents do not
+interleave; a Hyperband stop is a `STOP` file (training stops at the next epoch
+boundary and keeps `last.ckpt`) rather than SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..constants import CONTROL_DIR_ENV
+from ..errors import UserError
+from ..io import atomic_write_json
+from .engine import (DEFAULT_SWEEPS_ROOT, LocalSweep, RunOutcome, Suggestion, checkpoint_files, delete_files,
+                     read_status)
+from .hyperband import RunRecord, hyperband_stop
+from .spec import expand_command, uses_args_json_file, write_args_json_file, write_param_file
+
+__all__ = ["AgentResult", "classify_exit", "launch_run", "run_agent", "main"]
+
+EXIT_GAVE_UP = 3
+"""Agent exit code when its first runs all failed: restarting it will not help."""
+MAX_INITIAL_FAILURES = 5  # as wandb agent
+KILL_DELAY_S = 30.0  # SIGTERM -> SIGKILL, as wandb agent (WANDB_AGENT_KILL_DELAY)
+HYPERBAND_EVERY_S = 5.0
+HEARTBEAT_S = 10.0  # engine.STALE_AFTER_S is much longer
+
+
+def _now() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+# ----------------------------------------------------------------------------- launching
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """preexec_fn: the child gets SIGTERM if this agent dies (Linux), so a SIGKILLed
+    agent leaves no training behind."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def f() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl
+            os._exit(1)
+
+    return f
+
+
+def launch_run(sweep: LocalSweep, sug: Suggestion, *, base_env: Mapping[str, str] | None = None,
+               interpreter: str = sys.executable) -> tuple[subprocess.Popen, list[str]]:
+    """Start one run as `wandb agent` would; return the process and its command."""
+    env = dict(os.environ if base_env is None else base_env)
+    param_path = sweep.param_path(sug.run_id)
+    write_param_file(param_path, sug.params)
+    env.update({
+        "WANDB_SWEEP_ID": sweep.sweep_id,
+        "WANDB_RUN_ID": sug.run_id,
+        "WANDB_SWEEP_PARAM_PATH": str(param_path),
+        "WANDB_MODE": "disabled" if env.get("WANDB_MODE") == "disabled" else "offline",
+        "WANDB_DIR": str(sweep.root),
+        CONTROL_DIR_ENV: str(sug.control_dir),
+    })
+    json_file = None
+    if uses_args_json_file(sweep.spec.command):
+        json_file = str(param_path.with_suffix(".json"))
+        write_args_json_file(json_file, sug.params)
+    cmd = expand_command(sweep.spec.command, sug.params, interpreter=interpreter, program=sweep.spec.program,
+                         env=env, args_json_file=json_file)
+    log = open(sug.control_dir / "output.log", "ab")
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                process_group=0, preexec_fn=_die_with_parent())
+    except OSError as err:
+        log.write(f"cannot start {cmd[0]!r}: {err}\n".encode())
+        raise
+    finally:
+        log.close()
+    return proc, cmd
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class _MetricsTail:
+    """New values of the metric in a growing metrics.jsonl (complete lines only)."""
+
+    def __init__(self, path: Path, metric: str):
+        self.path, self.metric, self.offset = path, metric, 0
+
+    def read(self) -> list[float]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        out = []
+        for line in data[:end].splitlines():
+            try:
+                v = json.loads(line).get(self.metric)
+            except (ValueError, AttributeError):
+                continue
+            # W&B's Hyperband drops invalid values; steps count valid values only
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out.append(float(v))
+        return out
+
+
+# ----------------------------------------------------------------------------- run outcome
+
+
+def classify_exit(returncode: int, status: Mapping[str, Any] | None, history: Sequence[float], *,
+                  goal: str = "maximize", metric: str = "val/hmean", stop_reason: str | None = None,
+                  interrupted: bool = False) -> RunOutcome:
+    """How a run ended, from its exit code, its status.json and its metric history.
+
+    No status.json means crashed (killed by a signal, or exited without writing it).
+    `finished` needs a finite metric; `stopped` after our STOP is a Hyperband stop.
+    """
+    if status is None:
+        if interrupted:
+            reason = "the agent was stopped"
+        elif returncode < 0:
+            try:
+                name = signal.Signals(-returncode).name
+            except ValueError:
+                name = f"signal {-returncode}"
+            reason = f"killed by {name}"
+        else:
+            reason = f"exited with code {returncode} without writing status.json"
+        return RunOutcome("crashed", reason=reason, exit_code=returncode)
+    common = {"exit_code": returncode, "run_dir": status.get("run_dir"), "best_epoch": status.get("best_epoch"),
+              "best_ckpt": status.get("best_ckpt"), "last_ckpt": status.get("last_ckpt")}
+    finite = [v for v in history if math.isfinite(v)]
+    hist_best = (max(finite) if goal == "maximize" else min(finite)) if finite else None
+    state = status.get("state")
+    if state == "finished":
+        best = status.get("best")
+        value = float(best) if isinstance(best, (int, float)) and math.isfinite(best) else hist_best
+        if value is None:
+            return RunOutcome("failed", reason=f"finished without a finite {metric}", **common)
+        return RunOutcome("finished", value=value, reason=status.get("reason"), **common)
+    if state == "stopped":
+        return RunOutcome("stopped", value=hist_best, reason=stop_reason or status.get("reason") or "stopped",
+                          **common)
+    if state == "failed":
+        return RunOutcome("failed", reason=status.get("reason") or f"failed with exit code {returncode}", **common)
+    if state == "interrupted":
+        why = "the agent was stopped" if interrupted else (status.get("reason") or "interrupted")
+        return RunOutcome("crashed", reason=why, **common)
+    return RunOutcome("failed", reason=f"status.json has unknown state {state!r}", **common)
+
+
+# ----------------------------------------------------------------------------- the agent
+
+
+@dataclass
+class AgentResult:
+    """What an agent did: outcome per run id, why it ended, its exit code."""
+
+    outcomes: dict[str, RunOutcome] = field(default_factory=dict)
+    ended: str = ""
+    exit_code: int = 0
+
+
+class _Agent:
+    def __init__(self, sweep: LocalSweep, *, count: int | None, poll_s: float, keep_stopped_checkpoints: bool,
+                 name: str, out: Callable[[str], None], kill_delay_s: float):
+        self.sweep, self.count, self.poll_s = sweep, count, poll_s
+        self.keep_stopped = keep_stopped_checkpoints
+        self.name, self.out, self.kill_delay_s = name, out, kill_delay_s
+        self.signal: int | None = None
+        self.result = AgentResult()
+        spec = sweep.spec
+        self.metric = spec.metric_name or "val/hmean"
+        self.goal = spec.metric_goal
+
+    def log(self, msg: str) -> None:
+        self.out(f"[{_now()}] {msg}")
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second signal: no more waiting
+            self.kill_delay_s = 0.0
+        self.signal = signum
+
+    def run(self) -> AgentResult:
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            return self._loop()
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+
+    def _loop(self) -> AgentResult:
+        sw = self.sweep
+        reaped = sw.reap_dead_runs()
+        if reaped:
+            self.log(f"marked {len(reaped)} run(s) of dead agents as crashed: {', '.join(reaped)}")
+        self.log(f"agent {self.name} on sweep {sw.sweep_id} ({sw.spec.method}, {self.goal} {self.metric}), "
+                 f"folder {sw.root}")
+        started = succeeded = failed = 0
+        while self.signal is None:
+            if self.count is not None and started >= self.count:
+                self.result.ended = f"count {self.count} reached"
+                break
+            sug = sw.suggest(agent=self.name)
+            if sug is None:
+                self.result.ended = f"sweep done: {sw.exhausted() or 'no more runs'}"
+                break
+            started += 1
+            outcome = self._run(sug, started)
+            self.result.outcomes[sug.run_id] = outcome
+            if outcome.state in ("finished", "stopped"):
+                succeeded += 1
+            elif outcome.state in ("failed", "crashed") and self.signal is None:
+                failed += 1
+                if succeeded == 0 and failed >= MAX_INITIAL_FAILURES:
+                    self.result.ended = (f"giving up: the first {failed} runs all failed; check the sweep command "
+                                         f"and the logs in {sw.root / 'runs'}")
+                    self.result.exit_code = EXIT_GAVE_UP
+                    break
+        if self.signal is not None:
+            self.result.ended = f"stopped by {signal.Signals(self.signal).name}"
+            self.result.exit_code = 128 + self.signal
+        states = [o.state for o in self.result.outcomes.values()]
+        summary = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states)) or "no runs"
+        self.log(f"agent {self.name} done ({self.result.ended}); {len(states)} run(s): {summary}")
+        return self.result
+
+    def _run(self, sug: Suggestion, index: int) -> RunOutcome:
+        sw = self.sweep
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in sug.params.items())
+        of = f"/{self.count}" if self.count else ""
+        try:
+            proc, cmd = launch_run(sw, sug)
+        except (OSError, UserError) as err:
+            outcome = RunOutcome("failed", reason=f"could not start the command: {err}")
+            sw.finish(sug.number, outcome)
+            self.log(f"run {sug.run_id} failed to start: {err}")
+            return outcome
+        self.log(f"run {sug.run_id} ({index}{of}) started, pid {proc.pid}: {params}")
+        self.log(f"  log: {sug.control_dir / 'output.log'}")
+        tail = _MetricsTail(sug.control_dir / "metrics.jsonl", self.metric)
+        history: list[float] = []
+        stop_reason: str | None = None
+        last_beat = last_hb = time.monotonic()
+        term_at: float | None = None
+        beat = sug.control_dir / "heartbeat"
+        while True:
+            rc = proc.poll()
+            new = tail.read()
+            if new:
+                sw.report(sug.number, new, len(history))
+                history += new
+            # thresholds move as other runs reach a band: re-check now and then, not only on new values
+            if stop_reason is None and sw.spec.early_terminate is not None and rc is None and (
+                    new or time.monotonic() - last_hb > HYPERBAND_EVERY_S):
+                stop_reason = self._hyperband(sug)
+                last_hb = time.monotonic()
+            if time.monotonic() - last_beat > HEARTBEAT_S:
+                beat.touch()
+                last_beat = time.monotonic()
+            if rc is not None:
+                break
+            if self.signal is not None:
+                if term_at is None:
+                    self.log(f"run {sug.run_id}: stopping it ({signal.Signals(self.signal).name} received)")
+                    _killpg(proc.pid, signal.SIGTERM)
+                    term_at = time.monotonic()
+                elif time.monotonic() - term_at > self.kill_delay_s:
+                    _killpg(proc.pid, signal.SIGKILL)
+            try:  # returns as soon as the run exits
+                proc.wait(timeout=self.poll_s)
+            except subprocess.TimeoutExpired:
+                pass
+        _killpg(proc.pid, signal.SIGKILL)  # whatever the run left in its group (e.g. loader workers)
+        status = read_status(sug.control_dir)
+        outcome = classify_exit(rc, status, history, goal=self.goal, metric=self.metric,
+                                stop_reason=stop_reason, interrupted=self.signal is not None)
+        for key in ("run_dir", "best_ckpt", "last_ckpt"):  # training writes them relative to our cwd
+            if getattr(outcome, key):
+                setattr(outcome, key, os.path.abspath(getattr(outcome, key)))
+        if outcome.state == "stopped" and stop_reason is not None and not self.keep_stopped:
+            outcome.freed_bytes = delete_files(checkpoint_files(outcome.run_dir, outcome.best_ckpt, outcome.last_ckpt))
+        if not sw.finish(sug.number, outcome):
+            self.log(f"run {sug.run_id}: already closed by another agent (it looked dead to it)")
+        self._report_end(sug, outcome, history, proc.pid)
+        return outcome
+
+    def _hyperband(self, sug: Suggestion) -> str | None:
+        sw = self.sweep
+        records = [RunRecord(r.run_id, r.state, r.history) for r in sw.runs()]
+        decision = hyperband_stop(records, sw.spec.early_terminate, goal=self.goal).get(sug.run_id)
+        if decision is None or not decision.stop:
+            return None
+        reason = f"hyperband {decision.reason}"
+        atomic_write_json(sug.control_dir / "STOP", {"reason": reason, "band": decision.band,
+                                                     "value": decision.value, "threshold": decision.threshold})
+        sw.record_stop(sug.number, {"band": decision.band, "value": decision.value,
+                                    "threshold": decision.threshold, "reason": reason})
+        self.log(f"run {sug.run_id}: STOP written ({reason})")
+        return reason
+
+    def _report_end(self, sug: Suggestion, o: RunOutcome, history: list[float], pid: int) -> None:
+        best = "n/a" if o.value is None else f"{o.value:.4f}"
+        line = f"run {sug.run_id} {o.state} (exit {o.exit_code}): {len(history)} value(s), best {self.metric} {best}"
+        if o.reason and o.state != "finished":
+            line += f"; {o.reason}"
+        if o.freed_bytes:
+            line += f"; checkpoints dropped ({_fmt_bytes(o.freed_bytes)})"
+        self.log(line)
+        if o.state in ("failed", "crashed"):
+            try:
+                lines = (sug.control_dir / "output.log").read_text(errors="replace").splitlines()[-10:]
+            except OSError:
+                lines = []
+            for ln in lines:
+                self.out(f"    | {ln}")
+
+
+def run_agent(sweep: LocalSweep | str | os.PathLike, *, count: int | None = None, poll_s: float = 1.0,
+              keep_stopped_checkpoints: bool = False, name: str = "", out: Callable[[str], None] | None = None,
+              kill_delay_s: float = KILL_DELAY_S, sweeps_root: str | os.PathLike = DEFAULT_SWEEPS_ROOT) -> AgentResult:
+    """Run one agent on a local sweep until `count` runs, the end of the sweep, or a signal.
+
+    Args:
+        sweep: an opened sweep, a sweep folder, or a sweep id under `sweeps_root`.
+        count: runs this agent starts at most (None: until the sweep is done).
+        poll_s: how often metrics.jsonl and the process are checked.
+        keep_stopped_checkpoints: keep the checkpoints of runs Hyperband stopped.
+        name: agent name in the run records (default host:pid).
+        out: where progress lines go (default: stdout, flushed).
+    """
+    if count is not None and count < 1:
+        raise UserError(f"--count {count} must be >= 1")
+    sw = sweep if isinstance(sweep, LocalSweep) else LocalSweep.open(sweep, sweeps_root=sweeps_root)
+    printer = out or (lambda s: print(s, flush=True))
+    agent = _Agent(sw, count=count, poll_s=poll_s, keep_stopped_checkpoints=keep_stopped_checkpoints,
+                   name=name or f"{os.uname().nodename}:{os.getpid()}", out=printer, kill_delay_s=kill_delay_s)
+    return agent.run()
+
+
+def _is_wandb_path(ref: str) -> bool:
+    return ref.count("/") == 2 and not Path(ref).exists()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="hrnet_sweep agent", description=(
+        "Run one agent: a local sweep (folder or id under --sweeps-root) on the embedded engine, "
+        "or ENTITY/PROJECT/SWEEP_ID on W&B (runs `wandb agent`)."))
+    ap.add_argument("sweep", help="sweep folder, local sweep id, or entity/project/sweep_id")
+    ap.add_argument("--count", type=int, help="runs this agent starts at most")
+    ap.add_argument("--sweeps-root", default=str(DEFAULT_SWEEPS_ROOT), help="where local sweep ids are looked up")
+    ap.add_argument("--keep-stopped-checkpoints", action="store_true",
+                    help="keep checkpoints of runs stopped early by Hyperband (dropped by default)")
+    ap.add_argument("--poll", type=float, default=1.0, help="seconds between checks of a running run")
+    args = ap.parse_args(list(argv or []))
+    if _is_wandb_path(args.sweep):
+        cmd = ["wandb", "agent"] + (["--count", str(args.count)] if args.count else []) + [args.sweep]
+        print(f"W&B sweep {args.sweep}: exec {' '.join(cmd)}", flush=True)
+        try:
+            os.execvp(cmd[0], cmd)
+        except FileNotFoundError:
+            raise UserError("`wandb` is not on PATH; pip install wandb") from None
+    result = run_agent(args.sweep, count=args.count, poll_s=args.poll,
+                       keep_stopped_checkpoints=args.keep_stopped_checkpoints, sweeps_root=args.sweeps_root)
+    return result.exit_code

@@ -1,0 +1,661 @@
+"""Embedded sweep engine: W&B sweep semantics on an Optuna study kept in a journal file.
+
+A local sweep is one folder (default `outputs/sweeps/<sweep_id>/`):
+
+    sweep.yaml        the sweep file, copied verbatim (the spec of record)
+    sweep.json        id, creation time, method, metric, run cap, sampler
+    optuna.journal    Optuna `JournalFileBackend`: append-only, fsync'd, replayed on open,
+                      so the state survives a crash and several agents share it
+    engine.lock       `flock` held while a run is suggested (run cap, grid, dead runs)
+    runs/<run_id>/    control dir of each run: metrics.jsonl, status.json, STOP,
+                      heartbeat, output.log (the run-control contract, ARCHITECTURE.md)
+    wandb/sweep-<id>/ `WANDB_SWEEP_PARAM_PATH` files, where `wandb agent` puts them
+    agents/           one log per agent (launcher)
+
+Each run is one Optuna trial. Its record lives in three trial user attributes, written
+once each so the journal stays small: `run` (run id, params, agent, start time),
+`stop` (the Hyperband decision, when one was made) and `outcome` (state, reason, exit
+code, end time, run dir, checkpoints). Metric values are the trial's intermediate
+values, step = position in the run's history (W&B's Hyperband counts logged values).
+
+State mapping: running = RUNNING, finished = COMPLETE (value = best metric), stopped =
+PRUNED (Optuna then uses the last reported value), failed / crashed = FAIL with
+`outcome.state` telling them apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import json
+import math
+import os
+import secrets
+import socket
+import string
+import time
+import warnings
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from ..errors import UserError
+from ..io import atomic_write_json, atomic_write_text, read_json
+from .spec import ParamSpec, SweepSpec, read_sweep_doc, validate_sweep
+
+__all__ = [
+    "DEFAULT_SWEEPS_ROOT",
+    "LocalSweep",
+    "RunInfo",
+    "RunOutcome",
+    "SearchSpace",
+    "Suggestion",
+    "agent_identity",
+    "build_search_space",
+    "checkpoint_files",
+    "delete_files",
+    "make_sampler",
+    "new_id",
+    "read_status",
+    "resolve_sweep_dir",
+]
+
+DEFAULT_SWEEPS_ROOT = Path("outputs") / "sweeps"
+RUN_STATES = ("running", "finished", "stopped", "failed", "crashed")
+STALE_AFTER_S = 300.0
+"""A running run whose agent is on another host counts as crashed when its heartbeat
+file is older than this (same host: checked exactly, by pid, start time and boot id)."""
+GRID_CRASH_RETRIES = 1
+"""A grid point whose run crashed (machine stop, OOM kill) is run again this many times."""
+
+_ID_CHARS = string.ascii_lowercase + string.digits  # W&B's run and sweep id alphabet
+
+
+def new_id(taken: Callable[[str], bool] = lambda _: False, length: int = 8) -> str:
+    """A W&B-style id: 8 base-36 characters, not `taken`."""
+    while True:
+        candidate = "".join(secrets.choice(_ID_CHARS) for _ in range(length))
+        if not taken(candidate):
+            return candidate
+
+
+# ----------------------------------------------------------------------------- search space
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A sweep's parameters as Optuna sees them.
+
+    `distributions` are sampled (in `parameters:` order), `fixed` are passed through
+    unchanged, `decoders` turn an Optuna value into the value the run gets (quantising,
+    JSON-decoding list choices), `grid` is GridSampler's search space (method grid).
+    """
+
+    distributions: dict[str, BaseDistribution]
+    fixed: dict[str, Any]
+    order: tuple[str, ...]
+    decoders: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+    grid: dict[str, list] | None = None
+
+    def decode(self, optuna_params: Mapping[str, Any]) -> dict[str, Any]:
+        """Optuna's params of a trial -> every parameter of the run, in sweep order."""
+        out: dict[str, Any] = {}
+        for name in self.order:
+            if name in self.fixed:
+                out[name] = self.fixed[name]
+            elif name in optuna_params:
+                out[name] = self.decoders.get(name, _identity)(optuna_params[name])
+        return out
+
+    def grid_points(self) -> list[tuple]:
+        assert self.grid is not None
+        return list(itertools.product(*self.grid.values()))
+
+
+def _identity(v: Any) -> Any:
+    return v
+
+
+def _quantize(q: float, integer: bool) -> Callable[[Any], Any]:
+    def f(v: Any) -> Any:
+        x = round(float(v) / q) * q
+        return int(round(x)) if integer else x
+
+    return f
+
+
+def _choices(values: Sequence[Any]) -> tuple[tuple, Callable[[Any], Any] | None]:
+    """Categorical choices; lists and mappings (e.g. betas) travel as JSON strings,
+    because Optuna stores only None, bool, int, float and str."""
+    if all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
+        return tuple(values), None
+    return tuple(json.dumps(v) for v in values), json.loads
+
+
+def _unsupported(p: ParamSpec, why: str) -> UserError:
+    return UserError(
+        f"parameter '{p.name}': distribution {p.distribution} {why}. The embedded engine supports "
+        "value, values, int_uniform, uniform, q_uniform, log_uniform, log_uniform_values, "
+        "q_log_uniform, q_log_uniform_values, inv_log_uniform and inv_log_uniform_values; "
+        "run this sweep on W&B (without --local) or use one of those"
+    )
+
+
+def _map_param(p: ParamSpec) -> tuple[BaseDistribution, Callable[[Any], Any] | None]:
+    """One W&B parameter -> (Optuna distribution, decoder or None)."""
+    if p.kind == "values":
+        if p.probabilities is not None:
+            raise _unsupported(p, "(values with probabilities) has no Optuna equivalent")
+        choices, dec = _choices(p.values or ())
+        return CategoricalDistribution(choices), dec
+    d, lo, hi, q = p.distribution, p.min, p.max, p.q
+    if d == "int_uniform":
+        return IntDistribution(int(lo), int(hi)), None
+    if d == "uniform":
+        return FloatDistribution(float(lo), float(hi)), None
+    if d == "q_uniform":
+        if p.integer and float(lo).is_integer() and float(hi).is_integer():
+            return IntDistribution(int(lo), int(hi), step=int(q)), _quantize(q, True)
+        return FloatDistribution(float(lo), float(hi)), _quantize(q, p.integer)
+    # log_uniform_values(min, max): log X ~ U(log min, log max). inv_log_uniform_values:
+    # log(1/X) uniform over the same bounds -> the same law. The exponent forms take
+    # min/max as exponents of e.
+    bounds = {
+        "log_uniform_values": (lo, hi),
+        "q_log_uniform_values": (lo, hi),
+        "inv_log_uniform_values": (lo, hi),
+        "log_uniform": (math.exp(lo), math.exp(hi)) if lo is not None else None,
+        "q_log_uniform": (math.exp(lo), math.exp(hi)) if lo is not None else None,
+        "inv_log_uniform": (math.exp(-hi), math.exp(-lo)) if lo is not None else None,
+    }
+    if d in bounds:
+        low, high = bounds[d]
+        dec = _quantize(q, p.integer) if d.startswith("q_") and q else None
+        return FloatDistribution(float(low), float(high), log=True), dec
+    raise _unsupported(p, "is unbounded or not a search range Optuna can model" if d != "categorical_w_probabilities"
+                       else "(values with probabilities) has no Optuna equivalent")
+
+
+def build_search_space(spec: SweepSpec) -> SearchSpace:
+    """Map the sweep's W&B parameters to Optuna distributions; reject what cannot map.
+
+    value -> passed through; values -> CategoricalDistribution; int_uniform ->
+    IntDistribution; uniform -> FloatDistribution; log_uniform_values ->
+    FloatDistribution(log=True); q_* -> sampled continuous then rounded to q as W&B does.
+    For method grid every parameter becomes a list of grid values.
+    """
+    dists: dict[str, BaseDistribution] = {}
+    decoders: dict[str, Callable[[Any], Any]] = {}
+    fixed: dict[str, Any] = {}
+    grid: dict[str, list] | None = {} if spec.method == "grid" else None
+    for name, p in spec.parameters.items():
+        if p.kind == "value":
+            fixed[name] = p.value
+            continue
+        if grid is not None:
+            if p.kind == "values":
+                choices, dec = _choices(p.values or ())
+            elif p.distribution == "int_uniform":
+                choices, dec = tuple(range(int(p.min), int(p.max) + 1)), None
+            elif p.distribution == "q_uniform":
+                n = int(math.floor((p.max - p.min) / p.q + 1e-9))
+                raw = [p.min + i * p.q for i in range(n + 1)]
+                choices, dec = tuple(int(round(v)) if p.integer else v for v in raw), None
+            else:
+                raise _unsupported(p, "cannot be enumerated by a grid search")
+            grid[name] = list(choices)
+            dists[name] = CategoricalDistribution(choices)
+        else:
+            dists[name], dec = _map_param(p)
+        if dec is not None:
+            decoders[name] = dec
+    return SearchSpace(dists, fixed, tuple(spec.parameters), decoders, grid)
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """GridSampler without its `study.stop()` at the end of the grid: that call is only
+    legal inside `optimize`, and here the engine itself decides when the grid is done."""
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: D102
+        return None
+
+
+def make_sampler(spec: SweepSpec, space: SearchSpace, *, sweep_id: str,
+                 run_cap: int | None = None) -> optuna.samplers.BaseSampler:
+    """bayes -> TPESampler (multivariate, constant liar); random -> RandomSampler;
+    grid -> GridSampler with a seed shared by every agent (its grid order must agree).
+
+    TPE rather than GPSampler: it uses the intermediate values of pruned trials (with
+    Hyperband most runs end pruned; GPSampler learns from completed ones only), the
+    constant liar keeps parallel agents apart while their runs are still running, it
+    handles categorical parameters (T_max in {15, 18, 20, 25}) natively, and a
+    suggestion costs milliseconds without importing torch in the agent.
+    """
+    if spec.method == "grid":
+        assert space.grid is not None
+        return _GridSampler(space.grid, seed=zlib.crc32(sweep_id.encode()))
+    if spec.method == "random":
+        return optuna.samplers.RandomSampler()
+    startup = 10 if run_cap is None else max(3, min(10, run_cap // 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(n_startup_trials=startup, multivariate=True, constant_liar=True)
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A run handed to an agent."""
+
+    run_id: str
+    number: int
+    params: dict[str, Any]
+    control_dir: Path
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended, as the agent tells the engine."""
+
+    state: str  # finished | stopped | failed | crashed
+    value: float | None = None
+    reason: str | None = None
+    exit_code: int | None = None
+    run_dir: str | None = None
+    best_epoch: int | None = None
+    best_ckpt: str | None = None
+    last_ckpt: str | None = None
+    freed_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.state not in RUN_STATES[1:]:
+            raise ValueError(f"outcome state {self.state!r} must be one of {', '.join(RUN_STATES[1:])}")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run of a local sweep, as `status`, `best` and Hyperband read it."""
+
+    run_id: str
+    number: int
+    state: str
+    params: dict[str, Any]
+    history: list[float]
+    best: float | None
+    started_at: float | None
+    ended_at: float | None
+    exit_code: int | None
+    reason: str | None
+    stop: dict | None
+    run_dir: str | None
+    control_dir: str
+    agent: dict
+    outcome: dict
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+    def checkpoints(self) -> list[Path]:
+        return checkpoint_files(self.run_dir, self.outcome.get("best_ckpt"), self.outcome.get("last_ckpt"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _best(history: Sequence[float], goal: str) -> float | None:
+    finite = [v for v in history if v is not None and math.isfinite(v)]
+    if not finite:
+        return None
+    return max(finite) if goal == "maximize" else min(finite)
+
+
+def checkpoint_files(run_dir: str | os.PathLike | None, *named: str | os.PathLike | None) -> list[Path]:
+    """Checkpoint files of a run: the `named` ones (status.json's best_ckpt / last_ckpt)
+    that exist, plus `run_dir/checkpoints/*.ckpt`, each once."""
+    found: dict[str, Path] = {}
+    for p in named:
+        if p and Path(p).is_file():
+            found[str(Path(p).resolve())] = Path(p)
+    if run_dir and (Path(run_dir) / "checkpoints").is_dir():
+        for p in sorted((Path(run_dir) / "checkpoints").glob("*.ckpt")):
+            found.setdefault(str(p.resolve()), p)
+    return list(found.values())
+
+
+# ----------------------------------------------------------------------------- process liveness
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _pid_start(pid: int) -> str | None:
+    """Start time of a process in clock ticks since boot (guards against pid reuse)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _pid_alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    now_start = _pid_start(pid)
+    return start is None or now_start is None or now_start == start
+
+
+def agent_identity(agent: str = "") -> dict:
+    """Who runs a trial: enough to tell later whether it is still alive."""
+    pid = os.getpid()
+    return {"agent": agent or f"{socket.gethostname()}:{pid}", "host": socket.gethostname(), "pid": pid,
+            "pid_start": _pid_start(pid), "boot_id": _boot_id()}
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def resolve_sweep_dir(ref: str | os.PathLike, sweeps_root: str | os.PathLike = DEFAULT_SWEEPS_ROOT) -> Path:
+    """A sweep folder from a path or a sweep id (looked up under `sweeps_root`)."""
+    p = Path(ref).expanduser()
+    for cand in (p, Path(sweeps_root) / str(ref)):
+        if (cand / "sweep.json").is_file():
+            return cand
+    raise UserError(f"no local sweep at {p} or {Path(sweeps_root) / str(ref)} (a sweep folder holds sweep.json); "
+                    f"list them with: ls {sweeps_root}")
+
+
+class LocalSweep:
+    """A sweep on the embedded engine. Safe to open from several processes at once."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        self.meta = read_json(self.root / "sweep.json")
+        self.sweep_id: str = self.meta["sweep_id"]
+        # The copy was validated against the config when the sweep was created; skip the
+        # (slow: imports timm) value check on every open.
+        doc, lines = read_sweep_doc(self.root / "sweep.yaml")
+        spec, errors = validate_sweep(doc, str(self.root / "sweep.yaml"), lines=lines, check_values=False)
+        if spec is None:
+            raise UserError(f"{self.root / 'sweep.yaml'}: " + "; ".join(m for _, m in errors))
+        self.spec: SweepSpec = spec
+        self.run_cap: int | None = self.meta.get("run_cap")
+        self.space = build_search_space(spec)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        self.storage = JournalStorage(JournalFileBackend(str(self.root / "optuna.journal")))
+        self.study = optuna.load_study(study_name=self.sweep_id, storage=self.storage,
+                                       sampler=make_sampler(spec, self.space, sweep_id=self.sweep_id,
+                                                            run_cap=self.run_cap))
+        self.study_id = self.storage.get_study_id_from_name(self.sweep_id)
+
+    # -- creation
+
+    @classmethod
+    def create(cls, spec_path: str | os.PathLike, *, sweeps_root: str | os.PathLike = DEFAULT_SWEEPS_ROOT,
+               sweep_dir: str | os.PathLike | None = None, run_cap: int | None = None) -> "LocalSweep":
+        """Validate a sweep YAML and create its folder and study; return the opened sweep."""
+        from .spec import load_sweep
+
+        spec = load_sweep(spec_path)
+        space = build_search_space(spec)  # rejects what the engine cannot run, before any file
+        if run_cap is not None and run_cap < 1:
+            raise UserError(f"run cap {run_cap} must be >= 1")
+        if sweep_dir is not None:
+            root = Path(sweep_dir)
+            sweep_id = new_id() if root.name in ("", ".") else root.name
+            if root.exists() and any(root.iterdir()):
+                raise UserError(f"sweep folder {root} exists and is not empty; resume it with --resume {root}, "
+                                "or choose another --sweep-dir")
+        else:
+            sweep_id = new_id(lambda s: (Path(sweeps_root) / s).exists())
+            root = Path(sweeps_root) / sweep_id
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "runs").mkdir(exist_ok=True)
+        atomic_write_text(root / "sweep.yaml", Path(spec_path).read_text(encoding="utf-8"))
+        cap = run_cap if run_cap is not None else spec.run_cap
+        sampler = make_sampler(spec, space, sweep_id=sweep_id, run_cap=cap)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        storage = JournalStorage(JournalFileBackend(str(root / "optuna.journal")))
+        direction = "maximize" if spec.metric_goal == "maximize" else "minimize"
+        optuna.create_study(study_name=sweep_id, storage=storage, direction=direction, sampler=sampler)
+        atomic_write_json(root / "sweep.json", {
+            "sweep_id": sweep_id, "name": spec.name, "source": str(Path(spec_path).resolve()),
+            "created_at": time.time(), "method": spec.method, "metric": spec.metric_name,
+            "goal": spec.metric_goal, "run_cap": cap, "sampler": type(sampler).__name__,
+            "optuna": optuna.__version__, "study": sweep_id, "journal": "optuna.journal",
+        }, indent=2)
+        return cls(root)
+
+    @classmethod
+    def open(cls, ref: str | os.PathLike, *, sweeps_root: str | os.PathLike = DEFAULT_SWEEPS_ROOT) -> "LocalSweep":
+        return cls(resolve_sweep_dir(ref, sweeps_root))
+
+    # -- helpers
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Serialise suggestions across agents (and hosts on a shared filesystem).
+
+        The journal itself is safe for concurrent appends; this lock makes "count runs,
+        check the cap, pick a grid point, ask" one atomic step, so two agents that start
+        at the same instant never get the same grid point or exceed the run cap.
+        """
+        with open(self.root / "engine.lock", "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _trials(self) -> list[FrozenTrial]:
+        return self.storage.get_all_trials(self.study_id, deepcopy=False)
+
+    def _trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def control_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def param_path(self, run_id: str) -> Path:
+        """Where `wandb agent` writes WANDB_SWEEP_PARAM_PATH: $WANDB_DIR/wandb/sweep-<id>/config-<run>.yaml."""
+        return self.root / "wandb" / f"sweep-{self.sweep_id}" / f"config-{run_id}.yaml"
+
+    @staticmethod
+    def _state(t: FrozenTrial) -> str:
+        if t.state == TrialState.RUNNING:
+            return "running"
+        if t.state == TrialState.COMPLETE:
+            return "finished"
+        if t.state == TrialState.PRUNED:
+            return "stopped"
+        if t.state == TrialState.FAIL:
+            return (t.user_attrs.get("outcome") or {}).get("state", "crashed")
+        return "queued"
+
+    # -- suggesting runs
+
+    def _grid_todo(self, trials: Sequence[FrozenTrial]) -> list[tuple]:
+        """Grid points still to run: never run, or only crashed (up to the retry limit)."""
+        assert self.space.grid is not None
+        names = list(self.space.grid)
+        done: set[tuple] = set()
+        crashed: dict[tuple, int] = {}
+        for t in trials:
+            if not all(n in t.params for n in names):
+                continue
+            point = tuple(t.params[n] for n in names)
+            if t.state == TrialState.WAITING or self._state(t) != "crashed":
+                done.add(point)
+            else:
+                crashed[point] = crashed.get(point, 0) + 1
+        done |= {p for p, n in crashed.items() if n > GRID_CRASH_RETRIES}
+        return [p for p in self.space.grid_points() if p not in done]
+
+    def exhausted(self) -> str | None:
+        """Why no further run will be suggested (run cap reached, grid done), or None."""
+        trials = [t for t in self._trials() if t.state != TrialState.WAITING]
+        if self.run_cap is not None and len(trials) >= self.run_cap:
+            return f"run cap {self.run_cap} reached"
+        if self.space.grid is not None and not self._grid_todo(trials):
+            return f"grid of {len(self.space.grid_points())} points done"
+        return None
+
+    def suggest(self, *, agent: str = "") -> Suggestion | None:
+        """Start a run: parameters from the sampler, a new run id, a control dir.
+
+        Returns None when the sweep is done (run cap reached or grid exhausted).
+        """
+        with self._lock():
+            self._reap_dead_runs()
+            if self.exhausted():
+                return None
+            trials = self._trials()
+            if self.space.grid is not None and len(trials) >= len(self.space.grid_points()):
+                # GridSampler hands out each point once, by trial number; a crashed point is
+                # queued again explicitly (GridSampler would otherwise pick a random repeat).
+                point = self._grid_todo(trials)[0]
+                self.study.enqueue_trial(dict(zip(self.space.grid, point)))
+            trial = self.study.ask(self.space.distributions)
+            taken = {(t.user_attrs.get("run") or {}).get("run_id") for t in trials}
+            run_id = new_id(lambda r: r in taken or self.control_dir(r).exists())
+            control = self.control_dir(run_id)
+            control.mkdir(parents=True)
+            (control / "heartbeat").touch()
+            params = self.space.decode(trial.params)
+            trial.set_user_attr("run", {"run_id": run_id, "params": params, "started_at": time.time(),
+                                        "control_dir": str(control), **agent_identity(agent)})
+            return Suggestion(run_id, trial.number, params, control)
+
+    # -- during a run
+
+    def report(self, number: int, values: Sequence[float], start_step: int) -> None:
+        """Record metric values `start_step, start_step+1, ...` of a run."""
+        trial_id = self._trial_id(number)
+        for i, v in enumerate(values):
+            self.storage.set_trial_intermediate_value(trial_id, start_step + i, float(v))
+
+    def record_stop(self, number: int, decision: Mapping[str, Any]) -> None:
+        """Record the Hyperband decision that stopped a run."""
+        self._set_attr(number, "stop", {**decision, "at": time.time()})
+
+    def _set_attr(self, number: int, key: str, value: Any) -> bool:
+        try:
+            self.storage.set_trial_user_attr(self._trial_id(number), key, value)
+            return True
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # already closed, e.g. marked crashed by another agent
+
+    def finish(self, number: int, outcome: RunOutcome) -> bool:
+        """Close a run; returns False when it was already closed elsewhere."""
+        doc = {**asdict(outcome), "ended_at": time.time()}
+        if not self._set_attr(number, "outcome", doc):
+            return False
+        if outcome.state == "finished":
+            self.study.tell(number, outcome.value, skip_if_finished=True)
+        elif outcome.state == "stopped":
+            self.study.tell(number, state=TrialState.PRUNED, skip_if_finished=True)
+        else:
+            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        return True
+
+    # -- dead agents
+
+    def _agent_alive(self, t: FrozenTrial, now: float, stale_after_s: float) -> bool:
+        run = t.user_attrs.get("run")
+        if not run:
+            return False  # its agent died between asking and recording (both happen under the lock)
+        if run.get("host") == socket.gethostname():
+            boot = _boot_id()
+            if run.get("boot_id") and boot and run["boot_id"] != boot:
+                return False  # the machine restarted since
+            return _pid_alive(int(run["pid"]), run.get("pid_start"))
+        beat = Path(run["control_dir"]) / "heartbeat"
+        last = beat.stat().st_mtime if beat.exists() else run.get("started_at", 0)
+        return now - last < stale_after_s
+
+    def _reap_dead_runs(self, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+        now, reaped = time.time(), []
+        for t in self._trials():
+            if t.state != TrialState.RUNNING or self._agent_alive(t, now, stale_after_s):
+                continue
+            run = t.user_attrs.get("run") or {}
+            status = read_status(Path(run["control_dir"])) if run else None
+            reason = f"its agent ({run.get('agent', '?')}) is gone" if run else "its agent died while starting it"
+            outcome = RunOutcome("crashed", reason=reason, run_dir=(status or {}).get("run_dir"))
+            if self.finish(t.number, outcome):
+                reaped.append(run.get("run_id", f"trial {t.number}"))
+        return reaped
+
+    def reap_dead_runs(self, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+        """Mark runs whose agent is gone as crashed; return their run ids."""
+        with self._lock():
+            return self._reap_dead_runs(stale_after_s)
+
+    # -- reading
+
+    def runs(self) -> list[RunInfo]:
+        """Every run, in start order."""
+        goal = self.spec.metric_goal
+        out = []
+        for t in self._trials():
+            run = t.user_attrs.get("run")
+            if t.state == TrialState.WAITING:
+                continue
+            run = run or {}
+            outcome = t.user_attrs.get("outcome") or {}
+            history = [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+            state = self._state(t)
+            best = t.value if state == "finished" else _best(history, goal)
+            run_dir = outcome.get("run_dir")
+            out.append(RunInfo(
+                run_id=run.get("run_id", f"trial-{t.number}"), number=t.number, state=state,
+                params=run.get("params") or self.space.decode(t.params), history=history, best=best,
+                started_at=run.get("started_at"), ended_at=outcome.get("ended_at"),
+                exit_code=outcome.get("exit_code"), reason=outcome.get("reason"), stop=t.user_attrs.get("stop"),
+                run_dir=run_dir, control_dir=run.get("control_dir", ""),
+                agent={k: run.get(k) for k in ("agent", "host", "pid")}, outcome=outcome,
+            ))
+        return out
+
+
+def read_status(control_dir: Path) -> dict | None:
+    """A run's status.json, or None when it is missing or unreadable (a killed run)."""
+    p = control_dir / "status.json"
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def delete_files(paths: Sequence[Path], *, dry_run: bool = False) -> int:
+    """Delete files (never folders); return the bytes freed (or that would be)."""
+    freed = 0
+    for p in paths:
+        try:
+            size = p.stat().st_size
+            if not dry_run:
+                p.unlink()
+            freed += size
+        except FileNotFoundError:
+            continue
+    return freed
+
