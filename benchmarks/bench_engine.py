@@ -45,7 +45,8 @@ def bench_suggest(root: Path, n: int) -> None:
         t0 = time.perf_counter()
         s = sweep.suggest(agent="bench")
         dt = time.perf_counter() - t0
-        key = "random startup (trials 0-9)" if i < 10 else f"TPE, {i // 20 * 20:>3}-{i // 20 * 20 + 19} trials done"
+        lo = max(10, i // 20 * 20)
+        key = "random startup (runs 0-9)" if i < 10 else f"TPE (runs {lo}-{i // 20 * 20 + 19})"
         buckets.setdefault(key, []).append(dt)
         history = []
         for step in range(6):

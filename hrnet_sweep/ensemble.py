@@ -93,7 +93,7 @@ def _summary_for_preset(preset: str) -> Path | None:
     cfg = load_config([f"preset={ref}"])
     candidates = []
     if Path(ref).suffix in (".yaml", ".yml"):
-        candidates.append(Path(ref).parent / SUMMARY_FILE)
+        candidates += [Path(ref).parent / SUMMARY_FILE, Path(ref).parent / f"{Path(ref).stem}-kfold" / SUMMARY_FILE]
     candidates.append(retrain_dir(ref, cfg) / SUMMARY_FILE)
     for c in candidates:
         if c.is_file():

@@ -88,10 +88,14 @@ def fold_command(preset: str, fold: int, root: Path, extra: Sequence[str], *,
             f"logging.group={root.name}"]
 
 
-def _child_env(gpu: str | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def _child_env(gpu: str | None, base: Mapping[str, str] | None = None, *, threads: int | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
+    if threads is not None:
+        # folds sharing the CPU: split the cores, or their thread pools fight each other
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        env.setdefault("MKL_NUM_THREADS", str(threads))
     # The package as this process imports it, whatever the child's working directory.
     pkg_parent = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_parent, env.get("PYTHONPATH")]))
@@ -304,13 +308,15 @@ def _finish(job: _Job, rc: int, root: Path, manifest: Path) -> FoldResult:
 def run_kfold(preset: str, folds: Sequence[int] | str | None = None, *, gpus: Sequence[str] | None = None,
               out: str | os.PathLike | None = None, extra: Sequence[str] = (), poll_s: float = 1.0,
               python: str = sys.executable, printer: Callable[[str], None] | None = None,
-              env: Mapping[str, str] | None = None) -> dict:
+              env: Mapping[str, str] | None = None, cpu_jobs: int = 1) -> dict:
     """Train the folds of `preset`; return the summary (also in `<retrain>/kfold_summary.json`).
 
     Args:
         preset: shipped preset name or YAML path (e.g. from `best --export`).
         folds: fold indices, or text like `0-4`; default every fold.
-        gpus: GPU ids, one fold per GPU at a time; None detects them; [] = CPU, one at a time.
+        gpus: GPU ids, one fold per GPU at a time; None detects them; [] = CPU.
+        cpu_jobs: on the CPU, folds trained at once (default one at a time), each with
+            cores / cpu_jobs threads.
         out: the retrain folder (default `<output_dir>/<preset name>-kfold`).
         extra: more `key=value` overrides for every fold (not the keys kfold sets itself).
     """
@@ -333,8 +339,12 @@ def run_kfold(preset: str, folds: Sequence[int] | str | None = None, *, gpus: Se
     root.mkdir(parents=True, exist_ok=True)
     manifest = _split_manifest(cfg, root)
     split_note = _check_sweep_split(preset, cfg, manifest)
-    slots: list[str | None] = list(detect_gpus() if gpus is None else gpus) or [None]
-    where = f"{len(slots)} GPU(s) {', '.join(slots)}" if slots[0] is not None else "the CPU, one fold at a time"
+    if cpu_jobs < 1:
+        raise UserError(f"--cpu-jobs {cpu_jobs} must be >= 1")
+    slots: list[str | None] = list(detect_gpus() if gpus is None else gpus) or [None] * cpu_jobs
+    threads = None if slots[0] is not None or cpu_jobs == 1 else max(1, (os.cpu_count() or 1) // cpu_jobs)
+    where = (f"{len(slots)} GPU(s) {', '.join(slots)}" if slots[0] is not None else
+             "the CPU, one fold at a time" if cpu_jobs == 1 else f"the CPU, {cpu_jobs} folds at a time")
     say(f"k-fold retrain {root.name}: folds {fold_list} of {cfg.data.num_folds} on {where}; {split_note}")
     say(f"  folder {root}")
 
@@ -356,31 +366,32 @@ def run_kfold(preset: str, folds: Sequence[int] | str | None = None, *, gpus: Se
     if results:
         _write_summary(root, preset, extra, cfg, results, split_note)
 
-    running: dict[str | None, _Job] = {}
-    free = list(slots)
+    running: dict[int, _Job] = {}
+    free = list(range(len(slots)))
     interrupted = False
     try:
         while queue or running:
             while queue and free:
-                job, gpu = queue.pop(0), free.pop(0)
-                job.gpu = gpu
+                job, slot = queue.pop(0), free.pop(0)
+                gpu = job.gpu = slots[slot]
                 resume = (job.run_dir / "checkpoints" / "last.ckpt").is_file()
                 cmd = fold_command(preset, job.fold, root, extra, python=python)
                 job.log.parent.mkdir(parents=True, exist_ok=True)
                 with open(job.log, "ab") as log:
                     log.write(f"=== {datetime.now():%Y-%m-%d %H:%M:%S} {' '.join(cmd)}\n".encode())
                     log.flush()
-                    job.proc = subprocess.Popen(cmd, env=_child_env(gpu, env), stdin=subprocess.DEVNULL, stdout=log,
+                    job.proc = subprocess.Popen(cmd, env=_child_env(gpu, env, threads=threads), stdin=subprocess.DEVNULL,
+                                                stdout=log,
                                                 stderr=subprocess.STDOUT, start_new_session=True,
                                                 preexec_fn=_die_with_parent())
                 job.started = time.monotonic()
                 job.seen = _count_lines(job.run_dir / "metrics.jsonl")
-                running[gpu] = job
+                running[slot] = job
                 on = f"GPU {gpu}" if gpu is not None else "CPU"
                 say(f"fold {job.fold}: {'resuming from last.ckpt' if resume else 'started'} on {on} "
                     f"(pid {job.proc.pid}, log {job.log})")
             time.sleep(poll_s)
-            for gpu, job in list(running.items()):
+            for slot, job in list(running.items()):
                 _print_progress(job, say)
                 rc = job.proc.poll()
                 if rc is None:
@@ -388,8 +399,8 @@ def run_kfold(preset: str, folds: Sequence[int] | str | None = None, *, gpus: Se
                 _print_progress(job, say)
                 r = _finish(job, rc, root, manifest)
                 results[job.fold] = r
-                del running[gpu]
-                free.append(gpu)
+                del running[slot]
+                free.append(slot)
                 best = "n/a" if r.best is None else f"{r.best:.4f} (epoch {r.best_epoch})"
                 say(f"fold {job.fold}: {r.state} in {r.seconds:.0f} s, best {METRIC} {best}"
                     + (f"; {r.reason}" if r.state != "finished" and r.reason else ""))
@@ -451,9 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--folds", default=None, help="folds to train, e.g. 0-4 or 0,2 (default: all)")
     ap.add_argument("--gpus", help="GPU ids, e.g. 0,1 (default: all visible; 'cpu' = CPU)")
     ap.add_argument("--out", help="retrain folder (default <output_dir>/<preset name>-kfold)")
+    ap.add_argument("--cpu-jobs", type=int, default=1, help="without GPUs: folds trained at once (default 1)")
     args = ap.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     doc = run_kfold(args.preset, args.folds, gpus=parse_gpus(args.gpus) if args.gpus is not None else None,
-                    out=args.out, extra=args.overrides)
+                    out=args.out, extra=args.overrides, cpu_jobs=args.cpu_jobs)
     bad = [k for k, f in doc["folds"].items() if f.get("state") != "finished"]
     if bad:
         print(f"folds not finished: {', '.join(bad)}; run the same command again to resume them", file=sys.stderr)

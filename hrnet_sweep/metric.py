@@ -16,17 +16,26 @@ recall 0, one with no detection characters precision 0, and H-Mean is 0 when bot
 
 Two conventions, both exact:
 
-* ``"competition"`` (default): the competition's own copy of CLEval, which takes polygons
-  of 4 or more points. GT points are rounded to integers first (the competition's dataset
-  does), the aspect ratio is that of the minimum-area rectangle (edges of the convex hull in
-  qhull's order, the first strict minimum wins), counts are
-  ``min(round(0.5 + max(ar, 1/ar)), cap)``, the PCCs are interpolated along the top and
-  the reversed bottom half of the points with integer truncation, and the vertical
-  aspect-ratio threshold is not used. Where the competition's float results hinge on a
-  tie, we follow a float64 evaluation (NumPy 1.x promotion rules).
-* ``"cleval"``: the ``cleval`` package (PyPI, clovaai), which takes quadrilaterals only:
-  side-length aspect ratio, PCCs on the mid-line, the vertical threshold rotates the box,
-  and the package caps counts at 10 (pass ``pseudo_char_cap=10`` to match it).
+* ``"competition"`` (default): the competition's own copy of CLEval (its baseline's
+  ``ocr/metrics``), which takes polygons of 4 or more points. GT points are rounded to
+  integers first (its dataset does). Each box's aspect ratio comes from its minimum-area
+  rectangle, found over the convex hull's edges in qhull's order (the first strict minimum
+  wins): ``ar = min(100, h / (w + eps))`` with w along that edge and eps the float32
+  epsilon. A GT box has ``min(round(0.5 + max(ar, 1 / (ar + eps))), cap)`` characters, an
+  unmatched detection ``min(round(0.5 + 1 / (eps + ar)), cap)`` (so it depends on which
+  side the rectangle lies along), ``cap`` = 100. PCCs are interpolated along the top
+  (first half of the points) and the reversed bottom line with integer truncation; the
+  vertical aspect-ratio threshold is not used. Hull edges tie exactly more often than one
+  would think (whenever the same three vertices bound both rectangles); where a tie
+  changes a count, the competition's own procedure runs with its arithmetic as NumPy 1.x
+  evaluates it (float32 points, float64 projections), since only rounding breaks the tie.
+* ``"cleval"``: the ``cleval`` package (PyPI, clovaai) on quadrilaterals:
+  ``ar = (mean top/bottom side + 1e-5) / (mean left/right side + 1e-5)`` from the point
+  order, ``min(round(0.5 + max(ar, 1 / ar)), cap)`` characters per GT box (the package
+  caps at 10: pass ``pseudo_char_cap=10``), ``min(round(0.5 + 1 / (1e-5 + ar)), cap)`` per
+  unmatched detection, PCCs evenly on the mid-line, and a box with ``ar`` below the vertical
+  threshold is read rotated by one corner. (The package itself has no transcription-free
+  mode; this is what it computes when each GT box is given its own pseudo count.)
 
 In both, geometry is done as Polygon3 (the package's clipper) does it: vertices truncated
 to integers, area by the shoelace formula, PCC containment by the even-odd crossing rule
@@ -140,7 +149,8 @@ class _Options:
              vertical_aspect_ratio_thresh=0.5, max_detections=MAX_DETECTIONS, convention="competition"):
         if convention not in _CONVENTIONS:
             raise ValueError(f"convention={convention!r} is not one of {_CONVENTIONS}")
-        if isinstance(pseudo_char_cap, bool) or not isinstance(pseudo_char_cap, (int, np.integer)) or pseudo_char_cap < 1:
+        integer = isinstance(pseudo_char_cap, (int, np.integer)) and not isinstance(pseudo_char_cap, bool)
+        if not integer or pseudo_char_cap < 1:
             raise ValueError(f"pseudo_char_cap={pseudo_char_cap!r} must be an integer >= 1")
         if not 0.0 <= float(area_precision_constraint) <= 1.0:
             raise ValueError(f"area_precision_constraint={area_precision_constraint!r} must be in [0, 1]")
@@ -178,7 +188,9 @@ def _pack(polys, limit: int | None = None, *, convention: str = "competition", w
           round_points: bool = False) -> _Polys:
     """Validate and pad (K, 2) polygons; those with fewer than 4 points or non-finite
     coordinates are skipped (the competition skips short ones)."""
-    polys = list(polys if limit is None else polys[:limit])
+    polys = list(polys)
+    if limit is not None:
+        polys = polys[:limit]
     try:  # fast path: all of one shape
         arr = np.asarray(polys, dtype=np.float64)
         if arr.size == 0:
@@ -271,10 +283,14 @@ def _competition_counts(w, h, cap: int, *, fp: bool):
 
 
 def _min_area_rect_sides(points: np.ndarray) -> tuple[float, float]:
-    """Sides of the minimum-area rectangle the way the competition finds it.
+    """Sides of the minimum-area rectangle exactly as the competition finds them.
 
-    Hull edges in qhull's (scipy) order; the first edge with a strictly smaller rectangle
-    wins; returns (side along that edge, side across it), (0, 0) when qhull fails.
+    `points` is float32. Hull edges in qhull's (scipy) order, the first edge with a
+    strictly smaller rectangle wins; returns (side along that edge, side across it), or
+    (0, 0) when qhull fails. Edges often tie exactly (whenever the same three vertices
+    bound both rectangles), so float rounding picks the winner: the arithmetic follows the
+    competition's code under NumPy 1.x promotion (edge length in float32, the rest in
+    float64, projections with np.dot).
     """
     from scipy.spatial import ConvexHull
 
@@ -282,15 +298,17 @@ def _min_area_rect_sides(points: np.ndarray) -> tuple[float, float]:
         order = ConvexHull(points).vertices
     except Exception:  # flat or too few distinct points: the competition returns zeros
         return 0.0, 0.0
-    hull = [(float(x), float(y)) for x, y in points[order]]
+    hull = [points[i] for i in order]
     hull.append(hull[0])
+    hull64 = [p.astype(np.float64) for p in hull]
     best = None
-    for (x0, y0), (x1, y1) in zip(hull, hull[1:]):
-        dx, dy = x1 - x0, y1 - y0
-        norm = math.sqrt(dx * dx + dy * dy)
-        ux, uy = dx / norm, dy / norm
-        along = [x * ux + y * uy for x, y in hull]
-        across = [x * -uy + y * ux for x, y in hull]
+    for p0, p1 in zip(hull, hull[1:]):
+        dx, dy = p1[0] - p0[0], p1[1] - p0[1]  # float32; ** 2 rounds unlike dx * dx
+        norm = math.sqrt(dx ** 2 + dy ** 2)
+        u = np.array([float(dx) / norm, float(dy) / norm])
+        o = np.array([-u[1], u[0]])
+        along = [np.dot(u, p) for p in hull64]
+        across = [np.dot(o, p) for p in hull64]
         w, h = max(along) - min(along), max(across) - min(across)
         if best is None or w * h < best[0]:
             best = (w * h, w, h)
@@ -300,8 +318,9 @@ def _min_area_rect_sides(points: np.ndarray) -> tuple[float, float]:
 def _competition_ratio_counts(polys: _Polys, cap: int, *, fp: bool) -> np.ndarray:
     """Character counts from the minimum-area rectangle, vectorised for convex polygons.
 
-    Points are taken as float32 first (the competition casts them). Near-ties between hull
-    edges go through qhull's order only where they change the count.
+    Points are taken as float32 first (the competition casts them). Where hull edges tie
+    (within 1e-6) and the tied rectangles give different counts, the exact procedure
+    (`_min_area_rect_sides`) decides.
     """
     pts = polys.raw.astype(np.float32).astype(np.float64)
     counts = np.full(polys.n, -1, dtype=np.int64)
@@ -557,7 +576,8 @@ def _evaluate_image(gt_polys, det_polys, opts: _Options) -> ImageResult:
         slow = overlap & ~fast
         if fast.any():
             gf, df = g[fast], d[fast]
-            inter[fast] = _convex_pair_areas(G.ints[:, :, gf], og[gf].astype(float), D.ints[:, :, df], od[df].astype(float))
+            inter[fast] = _convex_pair_areas(G.ints[:, :, gf], og[gf].astype(float),
+                                             D.ints[:, :, df], od[df].astype(float))
         if slow.any():
             inter[slow] = _shapely_pair_areas(G, D, g[slow], d[slow])
     det_area = _shoelace_area(D.ints)
@@ -667,7 +687,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gt", required=True, help="ground-truth annotation JSON")
     parser.add_argument("--pred", required=True, help="prediction JSON or submission CSV")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
-    parser.add_argument("--cap", type=int, default=100, help="pseudo character cap (default 100; the cleval package uses 10)")
+    parser.add_argument("--cap", type=int, default=100,
+                        help="pseudo character cap (default 100; the cleval package uses 10)")
     parser.add_argument("--convention", choices=_CONVENTIONS, default="competition",
                         help="'competition' (default) or the 'cleval' package's quadrilateral rules")
     args = parser.parse_args(argv)

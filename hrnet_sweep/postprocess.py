@@ -170,13 +170,16 @@ def _mean_inside(pred: np.ndarray, points: np.ndarray) -> float:
     """Mean of `pred` over the polygon `points` (truncated to integers, as the public
     code does), computed on the polygon's bounding-box crop only."""
     height, width = pred.shape
-    xs, ys = points[:, 0].tolist(), points[:, 1].tolist()
-    x0 = min(max(math.floor(min(xs)), 0), width - 1)
-    x1 = min(max(math.ceil(max(xs)), 0), width - 1)
-    y0 = min(max(math.floor(min(ys)), 0), height - 1)
-    y1 = min(max(math.ceil(max(ys)), 0), height - 1)
+    if points.dtype == np.int32:  # contour points: the bounding box in one call
+        x, y, w, h = cv2.boundingRect(points)
+        left, top, right, bottom = x, y, x + w - 1, y + h - 1
+    else:
+        xs, ys = points[:, 0].tolist(), points[:, 1].tolist()
+        left, top, right, bottom = math.floor(min(xs)), math.floor(min(ys)), math.ceil(max(xs)), math.ceil(max(ys))
+    x0, x1 = min(max(left, 0), width - 1), min(max(right, 0), width - 1)
+    y0, y1 = min(max(top, 0), height - 1), min(max(bottom, 0), height - 1)
     mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
-    cv2.fillPoly(mask, [points.astype(np.int32)], 1, offset=(-x0, -y0))
+    cv2.fillPoly(mask, [points.astype(np.int32, copy=False)], 1, offset=(-x0, -y0))
     return cv2.mean(pred[y0 : y1 + 1, x0 : x1 + 1], mask)[0]
 
 

@@ -32,7 +32,8 @@ of cv2 passes. The border map starts at thresh_min and is scaled inside the wind
 
 from __future__ import annotations
 
-from typing import Sequence
+import threading
+from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -87,14 +88,15 @@ def make_targets(
     if not len(polygons):
         return maps
 
-    points, bounds, area, perimeter, span, exact = _geometry(polygons, width, height)
+    geo = _measure(polygons, width, height)
     mono = _monomials(max(height, width))
-    for index, ((start, stop), a, length, thin, flagged) in enumerate(zip(bounds, area, perimeter, span, flags)):
-        poly = points[start:stop]
-        if flagged or a < 1.0 or thin < min_text_size:
+    for index, (start, stop) in enumerate(geo.bounds):
+        poly = geo.points[start:stop]
+        area, perimeter = geo.area[index], geo.perimeter[index]
+        if flags[index] or area < 1.0 or geo.span[index] < min_text_size:
             cv2.fillPoly(prob_mask, [poly.astype(np.int32)], 0.0)
             continue
-        distance = a * (1.0 - shrink_ratio * shrink_ratio) / length
+        distance = area * (1.0 - shrink_ratio * shrink_ratio) / perimeter
         path = poly.tolist()  # pyclipper truncates these to integers, as in the public code
         shrunk = _offset(path, -distance)
         if not shrunk:
@@ -103,19 +105,46 @@ def make_targets(
         cv2.fillPoly(prob_map, [np.array(shrunk[0], np.int32)], 1.0)
         dilated = np.array(_offset(path, distance)[0], np.int32)
         cv2.fillPoly(thresh_mask, [dilated], 1.0)
-        box = cv2.boundingRect(dilated)
-        _draw_border(thresh_map, poly, box, distance, thresh_min, thresh_max, mono, exact.get(index, ()))
+        _draw_border(thresh_map, geo, index, cv2.boundingRect(dilated), distance, thresh_min, thresh_max, mono)
     return maps
 
 
-def _geometry(polygons: Sequence[np.ndarray], width: int, height: int):
-    """Clamp all polygons into the image at once and measure them.
+def _draw_border(canvas, geo, index, box, distance, lo, hi, mono) -> None:
+    """canvas = max(canvas, hi - (hi - lo) * dist / D) over `box`, the dilated polygon's
+    bounding rectangle (x, y, w, h), clipped to the canvas.
 
-    Returns the clamped points of all polygons stacked, (N, 2) float64, the (start,
-    stop) rows of each polygon, per polygon its area, perimeter and the smaller side of
-    its bounding box (lists of floats), and {polygon: [edge, ...]} for the edges on
-    which the public code's distance can be NaN (see `_public_code_holes`).
+    The canvas starts at `lo`, so values below it never win, and the max over polygons
+    of the scaled values is the scaled max: the paper's map, touched only in windows.
     """
+    height, width = canvas.shape
+    start, stop = geo.bounds[index]
+    x, y, w, h = box
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+    dist = _distance_sq(geo.coef[:, start:stop], mono[:, y0:y1], mono[:, x0:x1])
+    cv2.sqrt(dist, dst=dist)
+    value = cv2.addWeighted(dist, -(hi - lo) / distance, dist, 0.0, hi, dtype=cv2.CV_32F)
+    poly = geo.points[start:stop]
+    for i in geo.exact.get(index, ()):
+        for hx, hy in _public_code_holes(poly[i], poly[(i + 1) % len(poly)], (x, y)):
+            if x0 <= hx < x1 and y0 <= hy < y1:
+                value[hy - y0, hx - x0] = lo  # NaN in the public code: its np.fmax keeps the canvas
+    view = canvas[y0:y1, x0:x1]
+    cv2.max(view, value, dst=view)
+
+
+class _Geometry(NamedTuple):
+    """All polygons of an image, clamped and measured at once."""
+
+    points: np.ndarray  # (N, 2) float64, the clamped points of all polygons stacked
+    bounds: list  # (start, stop) rows of each polygon
+    area: list  # per polygon, float
+    perimeter: list
+    span: list  # the smaller side of the bounding box
+    coef: np.ndarray  # (3, N, 3, 3) distance-plane coefficients of each edge, see _distance_sq
+    exact: dict  # polygon -> its edges along a pixel row or column, see _public_code_holes
+
+
+def _measure(polygons: Sequence[np.ndarray], width: int, height: int) -> _Geometry:
     arrays = []
     for index, raw in enumerate(polygons):
         poly = np.asarray(raw)
@@ -136,9 +165,9 @@ def _geometry(polygons: Sequence[np.ndarray], width: int, height: int):
     x, y = points[:, 0], points[:, 1]
     xn, yn = x[following], y[following]
     area = 0.5 * np.abs(np.add.reduceat(x * yn - xn * y, starts))
-    perimeter = np.add.reduceat(np.hypot(xn - x, yn - y), starts)
+    length = np.hypot(xn - x, yn - y)
+    perimeter = np.add.reduceat(length, starts)
     span = (np.maximum.reduceat(points, starts) - np.minimum.reduceat(points, starts)).min(axis=1)
-    bounds = zip(starts.tolist(), stops.tolist())
 
     # Edges along a pixel row or column (clamping to the border makes these) pass
     # exactly through pixel centres, where the public code's arithmetic can give NaN.
@@ -147,7 +176,32 @@ def _geometry(polygons: Sequence[np.ndarray], width: int, height: int):
     for row in np.flatnonzero(on_grid).tolist():
         owner = int(np.searchsorted(stops, row, side="right"))
         exact.setdefault(owner, []).append(row - int(starts[owner]))
-    return points, list(bounds), area.tolist(), perimeter.tolist(), span.tolist(), exact
+
+    return _Geometry(
+        points,
+        list(zip(starts.tolist(), stops.tolist())),
+        area.tolist(),
+        perimeter.tolist(),
+        span.tolist(),
+        _plane_coefficients(x, y, xn, yn, length),
+        exact,
+    )
+
+
+def _plane_coefficients(x, y, xn, yn, length) -> np.ndarray:
+    """coef[plane, edge] (3 x 3) such that plane(x, y) = [1, y, y^2] @ coef @ [1, x, x^2],
+    for the planes c^2, T and |P - A|^2 of `_distance_sq`, every edge (x, y) -> (xn, yn)."""
+    safe = np.where(length > 0, length, 1.0)
+    ux, uy = (xn - x) / safe, (yn - y) / safe  # 0 for a repeated point: c = 0, its vertex term decides
+    alpha, beta = -ux, y * ux - x * uy  # c = alpha y + beta + uy x
+    coef = np.zeros((3, len(x), 3, 3))
+    c2, t, v = coef
+    c2[:, 0, 0], c2[:, 0, 1], c2[:, 0, 2] = beta * beta, 2 * uy * beta, uy * uy
+    c2[:, 1, 0], c2[:, 1, 1], c2[:, 2, 0] = 2 * alpha * beta, 2 * uy * alpha, alpha * alpha
+    t[:, 0, 0], t[:, 0, 1], t[:, 1, 0] = x * xn + y * yn, -(x + xn), -(y + yn)  # (x - ax)(x - bx) + (y - ay)(y - by)
+    v[:, 0, 0], v[:, 0, 1], v[:, 1, 0] = x * x + y * y, -2 * x, -2 * y  # (x - ax)^2 + (y - ay)^2
+    coef[1:, :, 0, 2] = coef[1:, :, 2, 0] = 1.0
+    return coef
 
 
 def _monomials(n: int) -> np.ndarray:
@@ -162,38 +216,72 @@ def _offset(path: list, delta: float) -> list:
     return offset.Execute(delta)
 
 
-def _draw_border(
-    canvas: np.ndarray,
-    poly: np.ndarray,
-    box: tuple,
-    distance: float,
-    lo: float,
-    hi: float,
-    mono: np.ndarray,
-    exact_edges: Sequence[int] = (),
-) -> None:
-    """canvas = max(canvas, hi - (hi - lo) * dist / D) over `box`, the dilated polygon's
-    bounding rectangle (x, y, w, h), clipped to the canvas.
+def _distance_sq(coef: np.ndarray, mono_y: np.ndarray, mono_x: np.ndarray) -> np.ndarray:
+    """Squared public-code distance from every pixel of a window to a polygon's edges.
 
-    Values below `lo` never win because the canvas starts at `lo`; this equals scaling
-    max(0, 1 - dist / D) into [lo, hi] after the max over polygons, as the paper does.
-    Pixels where the public code's distance to one of `exact_edges` is NaN are left as
-    they are, as its np.fmax does.
+    For edge k from A to B, with c the distance to its line, the public code takes c
+    where the pixel P sees the edge under a right or obtuse angle, i.e. inside the
+    circle on AB as diameter, where T = (A - P).(B - P) <= 0, and the distance to the
+    nearer endpoint elsewhere. The minimum of that over edges equals
+
+        min( min over vertices A of |P - A|^2,  min over edges with T <= 0 of c^2 )
+
+    because c^2 never exceeds the squared distance to either endpoint. c^2, T and
+    |P - A|^2 are each [1, y, y^2] @ coef @ [1, x, x^2], so all 3K planes are two
+    batched matrix products, in float64 (exact enough to decide the sign of T as the
+    public code does).
+
+    Args:
+        coef: (3, K, 3, 3) coefficients of the polygon's edges (`_plane_coefficients`).
+        mono_y, mono_x: (3, h) and (3, w) monomials [1, v, v^2] of the window's rows
+            and columns.
+
+    Returns:
+        (h, w) float64 squared distances.
     """
-    x, y, w, h = box
-    x0, y0 = max(x, 0), max(y, 0)
-    x1, y1 = min(x + w, canvas.shape[1]), min(y + h, canvas.shape[0])
-    if x1 <= x0 or y1 <= y0:
-        return
-    sq = _distance_sq(poly, mono[:, y0:y1], mono[:, x0:x1])
-    cv2.sqrt(sq, dst=sq)
-    value = cv2.addWeighted(sq, -(hi - lo) / distance, sq, 0.0, hi, dtype=cv2.CV_32F)
-    for i in exact_edges:
-        for hx, hy in _public_code_holes(poly[i], poly[(i + 1) % len(poly)], (x, y)):
-            if x0 <= hx < x1 and y0 <= hy < y1:
-                value[hy - y0, hx - x0] = lo
-    view = canvas[y0:y1, x0:x1]
-    cv2.max(view, value, dst=view)
+    k, h, w = coef.shape[1], mono_y.shape[1], mono_x.shape[1]
+    step = max(1, _BUDGET // (3 * h * w))  # edges per pass: big polygons go in parts
+    nearest = None
+    for first in range(0, k, step):
+        part = coef[:, first : first + step]
+        n = part.shape[1]
+        planes = np.matmul(mono_y.T @ part, mono_x, out=_scratch(3 * n * h * w).reshape(3, n, h, w))
+        flat = planes.reshape(3 * n * h, w)
+        c2, t, v = flat[: n * h], flat[n * h : 2 * n * h], flat[2 * n * h :]  # c^2, T, |P - A|^2
+        cv2.threshold(t, 0.0, _FAR, cv2.THRESH_BINARY, dst=t)  # outside the circle: no c term
+        cv2.max(c2, t, dst=c2)
+        cv2.min(c2, v, dst=c2)
+        while n > 1:  # fold the edges' planes pairwise: log2(K) passes
+            half = n // 2
+            head, tail = flat[: half * h], flat[(n - half) * h : n * h]
+            cv2.min(head, tail, dst=head)
+            n -= half
+        if step >= k:
+            nearest = planes[0, 0]
+        elif nearest is None:
+            nearest = planes[0, 0].copy()
+        else:
+            cv2.min(nearest, planes[0, 0], dst=nearest)
+    return cv2.max(nearest, 0.0, dst=nearest)  # c^2 can round to a hair below 0 on the line
+
+
+_FAR = 1e30
+_BUDGET = 1 << 20  # float64 elements (8 MB) of planes at a time
+_local = threading.local()
+
+
+def _scratch(size: int) -> np.ndarray:
+    """A float64 buffer of `size` elements, kept per thread across calls up to _BUDGET.
+
+    The planes of a word take about half a megabyte; a fresh array each time comes from
+    fresh pages of memory, whose faults cost more than the arithmetic.
+    """
+    if size > _BUDGET:
+        return np.empty(size)
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _local.buf = np.empty(_BUDGET)
+    return buf[:size]
 
 
 def _public_code_holes(a: np.ndarray, b: np.ndarray, origin: tuple[int, int]) -> list[tuple[int, int]]:
@@ -227,66 +315,3 @@ def _public_code_holes(a: np.ndarray, b: np.ndarray, origin: tuple[int, int]) ->
         nan = 1 - np.square(cosine) < 0
     hits = steps[nan].astype(int).tolist()
     return [(int(ax), v) for v in hits] if along_y else [(v, int(ay)) for v in hits]
-
-
-def _distance_sq(poly: np.ndarray, mono_y: np.ndarray, mono_x: np.ndarray) -> np.ndarray:
-    """Squared public-code distance from every pixel of a window to the edges of `poly`.
-
-    For edge k from A to B, with c the signed distance to its line, the public code
-    takes |c| where the pixel P sees the edge under a right or obtuse angle, i.e. inside
-    the circle on AB as diameter, where T = (A - P).(B - P) <= 0, and the distance to
-    the nearer endpoint elsewhere. The minimum of that over edges equals
-
-        min( min over vertices V of |P - V|^2,  min over edges with T <= 0 of c^2 )
-
-    because c^2 never exceeds the squared distance to either endpoint. c, T and |P - V|^2
-    are each a quadratic in the row plus a quadratic in the column, so all 3K planes are
-    one matrix product of per-row monomials [1, y, y^2] and per-column monomials
-    [1, x, x^2]. float64 keeps the sign of T as exact as the public code's arithmetic.
-
-    Args:
-        poly: (K, 2) float64 vertices in image pixels.
-        mono_y, mono_x: (3, h) and (3, w) monomials of the window's rows and columns.
-
-    Returns:
-        (h, w) float64 squared distances.
-    """
-    k = len(poly)
-    h = mono_y.shape[1]
-    a = poly
-    b = np.concatenate((poly[1:], poly[:1]))
-    edge = b - a
-    length = np.hypot(edge[:, 0], edge[:, 1])
-    length[length == 0] = np.inf  # a repeated point: c = 0, its vertex term decides
-    u = edge / length[:, None]
-    pair = a + b
-    # plane = r0 + r1 y + r2 y^2 + c1 x + c2 x^2 for plane = c, T, |P - A|^2, stored as
-    # coef[plane] = [[r0, c1, c2], [r1, 0, 0], [r2, 0, 0]] so that [1, y, y^2] @ coef
-    # gives the row part and the two column coefficients in one product.
-    coef = np.zeros((3, k, 3, 3))
-    coef[0, :, 0, 0] = a[:, 1] * u[:, 0] - a[:, 0] * u[:, 1]  # c = (x - ax) uy - (y - ay) ux
-    coef[0, :, 1, 0] = -u[:, 0]
-    coef[0, :, 0, 1] = u[:, 1]
-    coef[1, :, 0, 0] = (a * b).sum(axis=1)  # T = (x - ax)(x - bx) + (y - ay)(y - by)
-    coef[1, :, 1, 0] = -pair[:, 1]
-    coef[1, :, 0, 1] = -pair[:, 0]
-    coef[2, :, 0, 0] = (a * a).sum(axis=1)  # |P - A|^2
-    coef[2, :, 1, 0] = -2.0 * a[:, 1]
-    coef[2, :, 0, 1] = -2.0 * a[:, 0]
-    coef[1:, :, 2, 0] = 1.0
-    coef[1:, :, 0, 2] = 1.0
-
-    planes = (mono_y.T @ coef.reshape(3 * k, 3, 3)) @ mono_x  # (3k, h, w)
-    flat = planes.reshape(3 * k * h, -1)
-    c, t, v = flat[: k * h], flat[k * h : 2 * k * h], flat[2 * k * h :]
-    cv2.multiply(c, c, dst=c)
-    cv2.threshold(t, 0.0, _FAR, cv2.THRESH_BINARY, dst=t)  # outside the circle: no c term
-    cv2.max(c, t, dst=c)
-    cv2.min(c, v, dst=c)
-    acc = planes[0]
-    for i in range(1, k):
-        cv2.min(acc, planes[i], dst=acc)
-    return acc
-
-
-_FAR = 1e30

@@ -219,3 +219,32 @@ def test_sigterm_to_the_agent_stops_its_run_and_leaves_no_process(in_tmp, monkey
     (run,) = sweep.runs()  # no further run was started
     assert run.state == "crashed" and run.reason == "the agent was stopped"
     assert json.loads((control / "status.json").read_text())["state"] == "interrupted"
+
+
+# ----------------------------------------------------------------------------- status, clean
+
+
+def test_status_and_clean_keep_the_best_runs_checkpoints(in_tmp, capsys):
+    from hrnet_sweep.sweep.status import main_clean, main_status
+
+    path = make_sweep_yaml(in_tmp, {"seed": {"values": [3, 9, 5]}, "trainer.max_epochs": {"value": 2}},
+                           method="grid")
+    sweep = LocalSweep.create(path)
+    run_agent(sweep, poll_s=0.05, out=_quiet([]))
+    runs = {r.params["seed"]: r for r in sweep.runs()}
+    capsys.readouterr()
+    assert main_status([str(sweep.root)]) == 0
+    table = capsys.readouterr().out
+    assert all(r.run_id in table for r in runs.values()) and f"best: run {runs[9].run_id}" in table
+    assert main_status([sweep.sweep_id, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["sweep"]["best"]["run_id"] == runs[9].run_id and len(doc["runs"]) == 3
+
+    ckpts = {s: sorted(Path(r.run_dir, "checkpoints").glob("*.ckpt")) for s, r in runs.items()}
+    assert all(len(v) == 2 for v in ckpts.values())
+    assert main_clean([str(sweep.root), "--keep-top", "2", "--dry-run"]) == 0
+    assert "would free 0.0 MB (3000 bytes)" in capsys.readouterr().out
+    assert all(p.exists() for v in ckpts.values() for p in v)
+    assert main_clean([str(sweep.root), "--keep-top", "0"]) == 0  # never the best run's
+    assert "freed 0.0 MB (6000 bytes)" in capsys.readouterr().out
+    assert all(p.exists() for p in ckpts[9]) and not any(p.exists() for p in ckpts[3] + ckpts[5])

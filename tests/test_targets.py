@@ -229,3 +229,13 @@ def test_edges_clamped_onto_the_border_equal_reference(dx, dy):
     # the public code's arithmetic is NaN on some pixels; the maps still agree
     polys = [rect(-20 + dx, 3.3 + dy, 20.2, 14.9 + dy), rect(8.1 + dx, 20.6 + dy, 30.8, 45 + dy)]
     _assert_close(make_targets(polys, 32, 40), _reference(polys, 32, 40))
+
+
+def test_large_polygon_with_many_points_equals_reference(monkeypatch):
+    # the distance planes of a big polygon are computed a few edges at a time
+    import hrnet_sweep.targets as targets
+
+    monkeypatch.setattr(targets, "_BUDGET", 3 * 90 * 120 * 3)
+    t = np.linspace(0, 2 * np.pi, 14, endpoint=False)
+    blob = np.stack([60 + 50 * np.cos(t), 45 + 35 * np.sin(t)], 1).astype(np.float32)
+    _assert_close(make_targets([blob], 90, 120), _reference([blob], 90, 120))

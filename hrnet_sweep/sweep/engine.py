@@ -161,27 +161,21 @@ def _map_param(p: ParamSpec) -> tuple[BaseDistribution, Callable[[Any], Any] | N
         return IntDistribution(int(lo), int(hi)), None
     if d == "uniform":
         return FloatDistribution(float(lo), float(hi)), None
-    if d == "q_uniform":
-        if p.integer and float(lo).is_integer() and float(hi).is_integer():
-            return IntDistribution(int(lo), int(hi), step=int(q)), _quantize(q, True)
+    if d == "q_uniform":  # W&B: round(U(min, max) / q) * q
         return FloatDistribution(float(lo), float(hi)), _quantize(q, p.integer)
     # log_uniform_values(min, max): log X ~ U(log min, log max). inv_log_uniform_values:
     # log(1/X) uniform over the same bounds -> the same law. The exponent forms take
     # min/max as exponents of e.
-    bounds = {
-        "log_uniform_values": (lo, hi),
-        "q_log_uniform_values": (lo, hi),
-        "inv_log_uniform_values": (lo, hi),
-        "log_uniform": (math.exp(lo), math.exp(hi)) if lo is not None else None,
-        "q_log_uniform": (math.exp(lo), math.exp(hi)) if lo is not None else None,
-        "inv_log_uniform": (math.exp(-hi), math.exp(-lo)) if lo is not None else None,
-    }
-    if d in bounds:
-        low, high = bounds[d]
-        dec = _quantize(q, p.integer) if d.startswith("q_") and q else None
-        return FloatDistribution(float(low), float(high), log=True), dec
-    raise _unsupported(p, "is unbounded or not a search range Optuna can model" if d != "categorical_w_probabilities"
-                       else "(values with probabilities) has no Optuna equivalent")
+    if d in ("log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values"):
+        low, high = lo, hi
+    elif d in ("log_uniform", "q_log_uniform"):
+        low, high = math.exp(lo), math.exp(hi)
+    elif d == "inv_log_uniform":
+        low, high = math.exp(-hi), math.exp(-lo)
+    else:
+        raise _unsupported(p, "is unbounded or not a range Optuna can sample (normal, log_normal, beta)")
+    dec = _quantize(q, p.integer) if d.startswith("q_") and q else None
+    return FloatDistribution(float(low), float(high), log=True), dec
 
 
 def build_search_space(spec: SweepSpec) -> SearchSpace:

@@ -68,7 +68,10 @@ def render_status(sweep: LocalSweep, runs: Sequence[RunInfo] | None = None, cons
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # logs and pipes: full rows rather than 80 folded columns
+            console = Console(width=220)
     runs = list(sweep.runs() if runs is None else runs)
     summary = sweep_summary(sweep, runs)
     counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items()) or "no runs yet"

@@ -1,0 +1,313 @@
+"""`hrnet_sweep demo`: the whole workflow on synthetic receipts, on a CPU, offline.
+
+    synth receipts (train, held-out test) -> CPU sweep on the embedded engine (2 agents)
+    -> best -> export preset -> 2-fold retrain -> tune post-processing on out-of-fold maps
+    -> fold ensemble on the held-out test images -> submission CSV + validation
+    -> H-Mean of each fold alone vs the ensemble
+
+No W&B account, no GPU, no download: the models start from scratch (`pretrained:
+false`), the sweep runs `sweeps/cpu_demo.yaml` on the embedded engine (logging to W&B
+offline), and every step is the public command or function a user would call. The
+sizes are budgeted to finish in about 15 minutes on a 2-core laptop; `--fast` is a
+smoke run of a few minutes. Everything lands under `--out` (default `outputs/demo`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from .constants import DATA_ROOT_ENV, METRIC
+from .errors import UserError
+
+__all__ = ["Budget", "DEFAULT", "FAST", "main", "run_demo"]
+
+REPO_SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "cpu_demo.yaml"
+MARKER = "demo.json"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The knobs that set the demo's run time. The sweep file keeps its searched ranges;
+    these fixed values are added to a copy of it (recorded in the demo folder)."""
+
+    train_images: int
+    test_images: int
+    canvas: tuple[int, int]  # synthetic receipt (width, height)
+    text_scale: float
+    image_size: int
+    epochs: int
+    run_cap: int
+    agents: int = 2
+    folds: tuple[int, ...] = (0, 1)
+    tune_grid: tuple[str, ...] = ("thresh=0.2,0.3,0.4", "box_thresh=0.3,0.5,0.6", "unclip_ratio=1.5,2.0",
+                                  "mode=polygon,box")
+
+
+DEFAULT = Budget(train_images=60, test_images=16, canvas=(240, 320), text_scale=2.0, image_size=192, epochs=8,
+                 run_cap=4)
+FAST = Budget(train_images=20, test_images=4, canvas=(240, 320), text_scale=2.0, image_size=128, epochs=1,
+              run_cap=2, tune_grid=("thresh=0.2,0.3", "box_thresh=0.3,0.5", "unclip_ratio=1.5", "mode=polygon"))
+
+
+class _Clock:
+    def __init__(self, say: Callable[[str], None]):
+        self.say, self.t0, self.stages = say, time.monotonic(), {}
+
+    def stage(self, name: str, what: str) -> "_Stage":
+        return _Stage(self, name, what)
+
+
+class _Stage:
+    def __init__(self, clock: _Clock, name: str, what: str):
+        self.clock, self.name, self.what = clock, name, what
+
+    def __enter__(self):
+        self.start = time.monotonic()
+        n = len(self.clock.stages) + 1
+        self.clock.say(f"\n== [{n}/7] {self.what}  (t={self.start - self.clock.t0:.0f} s)")
+        return self
+
+    def __exit__(self, *exc):
+        dt = time.monotonic() - self.start
+        self.clock.stages[self.name] = round(dt, 1)
+        if exc[0] is None:
+            self.clock.say(f"   done in {dt:.0f} s")
+        return False
+
+
+def _sweep_yaml(budget: Budget, path: Path) -> Path:
+    """`sweeps/cpu_demo.yaml` with the demo's budget added as fixed values."""
+    doc = yaml.safe_load(REPO_SWEEP.read_text(encoding="utf-8"))
+    params = doc["parameters"]
+    fixed = {
+        "trainer.max_epochs": budget.epochs,
+        "models.scheduler.T_max": budget.epochs,
+        "data.image_height": budget.image_size,
+        "data.image_width": budget.image_size,
+        "data.num_workers": 0,  # one core per agent: loader workers would only compete
+        "trainer.progress_bar": False,
+    }
+    for key, value in fixed.items():
+        params[key] = {"value": value}
+    doc["run_cap"] = budget.run_cap
+    doc["description"] = f"{doc.get('description', '')} (hrnet_sweep demo budget)"
+    text = (f"# Written by hrnet_sweep demo from {REPO_SWEEP.name}: its search space, with the demo's fixed sizes.\n"
+            + yaml.safe_dump(doc, sort_keys=False))
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _watch_sweep(root: Path, stop: threading.Event, say: Callable[[str], None], every: float = 20.0) -> None:
+    """Print the sweep's progress while the agents run."""
+    from .sweep.engine import LocalSweep
+
+    last = None
+    while not stop.wait(every):
+        try:
+            runs = LocalSweep(root).runs()
+        except Exception:  # noqa: BLE001 - the journal may be mid-write; try again later
+            continue
+        counts: dict[str, int] = {}
+        for r in runs:
+            counts[r.state] = counts.get(r.state, 0) + 1
+        scored = [r for r in runs if r.best is not None]
+        best = max(scored, key=lambda r: r.best, default=None)
+        epochs = ", ".join(f"{r.run_id}: epoch {len(r.history)}" for r in runs if r.state == "running")
+        line = (f"   sweep: {len(runs)} run(s) " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                + (f"; best {METRIC} so far {best.best:.4f} ({best.run_id})" if best else "")
+                + (f"; running {epochs}" if epochs else ""))
+        if line != last:
+            say(line)
+            last = line
+
+
+def _fold_vs_ensemble(target, test_dir: Path, gt_json: Path, *, tta: bool) -> dict[str, dict]:
+    """H-Mean of every fold alone and of their probability-map average, one inference
+    per fold and image, with the retrain's tuned post-processing."""
+    from .ensemble import fold_and_ensemble_maps
+    from .io import load_annotations
+    from .metric import evaluate
+    from .predict import load_checkpoint, postprocess_map
+
+    folds = target.finished_folds()
+    models = [load_checkpoint(c) for _, c, _ in folds]
+    pp = target.cfg.models.postprocess
+    gt = {n: a.polygons() for n, a in load_annotations(gt_json).items()}
+    preds: dict[str, dict] = {f"fold {k}": {} for k, _, _ in folds}
+    preds["ensemble"] = {}
+    for name, per_fold, ens in fold_and_ensemble_maps(models, test_dir, sorted(gt), tta_flip=tta):
+        for (k, _, _), prob in zip(folds, per_fold):
+            preds[f"fold {k}"][name] = postprocess_map(prob, pp)[0]
+        preds["ensemble"][name] = postprocess_map(ens, pp)[0]
+    out = {}
+    for label, p in preds.items():
+        r = evaluate(gt, p)
+        out[label] = {"hmean": r.hmean, "precision": r.precision, "recall": r.recall,
+                      "detections": sum(len(v) for v in p.values())}
+    return out
+
+
+def _print_results(rows: dict[str, dict], title: str, say: Callable[[str], None]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("model", "H-Mean", "precision", "recall", "detections"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for label, r in rows.items():
+        t.add_row(label, f"{r['hmean']:.4f}", f"{r['precision']:.4f}", f"{r['recall']:.4f}", str(r["detections"]))
+    Console().print(t)
+
+
+def _prepare(out: Path, say: Callable[[str], None]) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise UserError(f"{out} exists and is not a demo folder; choose another --out")
+        say(f"removing the previous demo run in {out}")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"state": "running", "started": time.time()}), encoding="utf-8")
+
+
+def run_demo(out: str | os.PathLike = "outputs/demo", *, budget: Budget = DEFAULT, seed: int = 0,
+             say: Callable[[str], None] | None = None) -> dict:
+    """Run the demo pipeline; return its summary (also written to `<out>/demo.json`)."""
+    from .ensemble import apply_tuned_postprocess, cache_oof_maps, main as predict_main, resolve_retrain
+    from .io import atomic_write_json
+    from .kfold import run_kfold
+    from .select import export_preset, local_runs, print_table, rank_runs
+    from .submission import main as validate_main
+    from .sweep.engine import LocalSweep
+    from .sweep.launcher import run_agents
+    from .synth import generate
+    from .tune import Grid, parse_grid, tune_postprocess
+
+    say = say or (lambda s: print(s, flush=True))
+    out = Path(out).resolve()
+    _prepare(out, say)
+    clock = _Clock(say)
+    data, test = out / "data", out / "test"
+    os.environ[DATA_ROOT_ENV] = str(data)  # every training process reads its data from here
+    os.environ.setdefault("WANDB_SILENT", "true")
+    say(f"hrnet_sweep demo: synthetic receipts, CPU, offline; outputs in {out}")
+    say(f"budget: {budget.train_images} training + {budget.test_images} held-out test receipts, "
+        f"{budget.image_size} px, {budget.epochs} epochs, {budget.run_cap} sweep runs on {budget.agents} agents, "
+        f"folds {list(budget.folds)}")
+
+    with clock.stage("synth", "render synthetic receipts (train + held-out test)"):
+        w, h = budget.canvas
+        generate(data, num_images=budget.train_images, seed=seed, width=w, height=h, text_scale=budget.text_scale,
+                 splits={"train": budget.train_images}, progress=False)
+        generate(test, num_images=budget.test_images, seed=seed + 1, width=w, height=h,
+                 text_scale=budget.text_scale, splits={"test": budget.test_images}, progress=False)
+        say(f"   {data / 'train.json'} ({budget.train_images} images), held out: {test / 'test.json'} "
+            f"({budget.test_images} images, seed {seed + 1})")
+
+    with clock.stage("sweep", f"sweep on the embedded engine: {budget.run_cap} runs, {budget.agents} agents"):
+        spec = _sweep_yaml(budget, out / "cpu_demo.yaml")
+        sweep = LocalSweep.create(spec, sweep_dir=out / "sweep")
+        say(f"   local sweep {sweep.sweep_id} in {sweep.root} (status: hrnet_sweep status {sweep.root})")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                           os.environ.get("PYTHONPATH")]))}
+        stop = threading.Event()
+        watcher = threading.Thread(target=_watch_sweep, args=(sweep.root, stop, say), daemon=True)
+        watcher.start()
+        try:
+            result = run_agents(str(sweep.root), mode="local", gpus=[], agents=budget.agents, stagger_s=2.0,
+                                max_restarts=1, log_dir=sweep.root / "agents", env=env, cwd=str(out),
+                                out=lambda s: say(f"   {s}"))
+        finally:
+            stop.set()
+        if result.interrupted is not None:
+            raise KeyboardInterrupt
+
+    with clock.stage("best", "best finished run -> exported preset"):
+        runs = local_runs(sweep.root)
+        ranking = rank_runs(runs.runs)
+        print_table(runs, ranking, 5)
+        if ranking.best is None:
+            raise UserError(f"no sweep run finished with a finite {METRIC}; see {sweep.root / 'agents'} and "
+                            f"{sweep.root / 'runs'}")
+        preset = export_preset(out / "best.yaml", runs, ranking.best, force=True)
+        say(f"   exported {preset} (run {ranking.best.run.id}, best {METRIC} {ranking.best.best:.4f} "
+            f"at epoch {ranking.best.epoch})")
+
+    with clock.stage("kfold", f"retrain folds {list(budget.folds)} with the best parameters"):
+        retrain = out / "best-kfold"
+        summary = run_kfold(str(preset), list(budget.folds), gpus=[], out=retrain, cpu_jobs=len(budget.folds),
+                            printer=lambda s: say(f"   {s}"))
+        bad = [k for k, f in summary["folds"].items() if f.get("state") != "finished"]
+        if bad:
+            raise UserError(f"folds {bad} did not finish; see the fold logs in {retrain}")
+
+    with clock.stage("tune", "tune post-processing on the cached out-of-fold maps"):
+        target = resolve_retrain(retrain)
+        cache = cache_oof_maps(target, progress=False)
+        grid = parse_grid(list(budget.tune_grid), Grid(refine=True))
+        pp = target.cfg.models.postprocess
+        fixed = {"max_candidates": pp.max_candidates, "min_size": pp.min_size}
+        best, table = tune_postprocess(cache.paths, cache.gts, grid, image_sizes=cache.sizes, fixed=fixed,
+                                       workers=min(2, os.cpu_count() or 1))
+        baseline = next((r for r in table if (r["thresh"], r["box_thresh"], r["unclip_ratio"], r["use_polygon"])
+                         == (pp.thresh, pp.box_thresh, pp.unclip_ratio, pp.use_polygon)), None)
+        from .tune import print_table as print_tune
+
+        print_tune(table, baseline, 5)
+        for path in apply_tuned_postprocess(target, best, baseline, table):
+            say(f"   wrote {path}")
+
+    with clock.stage("predict", "fold ensemble on the held-out test receipts -> CSV, validated"):
+        csv = out / "submission.csv"
+        rc = predict_main([str(preset), "--images", str(test / "images"), "--out", str(csv), "--gt",
+                           str(test / "test.json")])
+        valid = validate_main([str(csv), "--images", str(test / "images")]) == 0
+        if rc != 0 or not valid:
+            raise UserError(f"{csv} is not a valid submission")
+
+    with clock.stage("report", "H-Mean: each fold alone vs the ensemble (held-out test receipts)"):
+        target = resolve_retrain(retrain)
+        rows = _fold_vs_ensemble(target, test / "images", test / "test.json", tta=False)
+        _print_results(rows, f"held-out synthetic receipts ({budget.test_images} images, with their GT)", say)
+
+    total = time.monotonic() - clock.t0
+    doc = {
+        "state": "finished", "seconds": round(total, 1), "stages": clock.stages, "budget": asdict(budget),
+        "results": rows, "best_run": {"id": ranking.best.run.id, "best": ranking.best.best,
+                                      "epoch": ranking.best.epoch},
+        "postprocess": {k: best[k] for k in ("thresh", "box_thresh", "unclip_ratio", "use_polygon")},
+        "outputs": {"data": str(data), "test": str(test), "sweep": str(sweep.root), "preset": str(preset),
+                    "retrain": str(retrain), "summary": str(retrain / "kfold_summary.json"),
+                    "oof_maps": str(cache.root), "submission": str(csv), "predictions": str(csv.with_suffix(".json"))},
+    }
+    atomic_write_json(out / MARKER, doc, indent=2)
+    say(f"\ndemo finished in {total / 60:.1f} min " + "(" + ", ".join(f"{k} {v:.0f} s" for k, v in clock.stages.items())
+        + ")")
+    say("outputs:")
+    for k, v in doc["outputs"].items():
+        say(f"  {k:<12} {v}")
+    say(f"next: hrnet_sweep best {sweep.root}   |   hrnet_sweep predict {preset} --images DIR --out sub.csv")
+    return doc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="hrnet_sweep demo", description=(
+        "Run the whole workflow on synthetic receipts on this machine: no W&B account, no GPU, no download."))
+    ap.add_argument("--out", default="outputs/demo", help="demo folder (default outputs/demo; replaced if it "
+                    "holds an earlier demo)")
+    ap.add_argument("--fast", action="store_true", help="a few-minute smoke run (tiny sizes; low H-Mean)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
+    run_demo(args.out, budget=FAST if args.fast else DEFAULT, seed=args.seed)
+    return 0
