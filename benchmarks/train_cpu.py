@@ -76,7 +76,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=18, help="cosine schedule length (the budget may stop earlier)")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_train_cpu"))
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value overrides")
     args = ap.parse_args()

@@ -83,6 +83,14 @@ def build_datasets(cfg: Config, run_dir: Path | None = None):
     return train_ds, val_ds
 
 
+def _worker_init(worker_id: int) -> None:
+    import cv2
+
+    # One OpenCV thread per data worker: workers are the parallelism; nested thread
+    # pools oversubscribe the cores and starve the training process.
+    cv2.setNumThreads(1)
+
+
 def _loader(ds, cfg: Config, *, shuffle: bool, batch_size: int):
     import torch
 
@@ -92,6 +100,7 @@ def _loader(ds, cfg: Config, *, shuffle: bool, batch_size: int):
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
         pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, drop_last=shuffle and len(ds) > batch_size,
+        worker_init_fn=_worker_init if workers > 0 else None,
     )
 
 
