@@ -130,7 +130,8 @@ class DataConfig(_Node):
     num_folds: int = Field(5, ge=2)
     fold_seed: int = 42
     scale_wd_with_batch: Union[int, None] = Field(
-        None, ge=1, description="reference batch: weight_decay *= (batch_size / ref) ** 0.5"
+        0, ge=0, description="reference batch: weight_decay *= (batch_size / ref) ** 0.5; "
+        "0 (or null) = off; sweeps write 0, as wandb agent passes null on as the text 'None'"
     )
     augment: AugmentConfig = AugmentConfig()
     targets: TargetsConfig = TargetsConfig()

@@ -216,7 +216,7 @@ def run_demo(out: str | os.PathLike = "outputs/demo", *, budget: Budget = DEFAUL
 
     with clock.stage("sweep", f"sweep on the embedded engine: {budget.run_cap} runs, {budget.agents} agents"):
         spec = _sweep_yaml(budget, out / "cpu_demo.yaml")
-        sweep = LocalSweep.create(spec, sweep_dir=out / "sweep")
+        sweep = LocalSweep.create(spec, sweeps_root=out / "sweeps")
         say(f"   local sweep {sweep.sweep_id} in {sweep.root} (status: hrnet_sweep status {sweep.root})")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
