@@ -71,14 +71,14 @@ def atomic_write_json(path: str | os.PathLike, obj, *, overwrite: bool = True, i
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False), overwrite=overwrite)
 
 
-def read_json(path: str | os.PathLike):
+def read_json(path: str | os.PathLike, *, object_pairs_hook=None):
     """Read a JSON file; a syntax error names the file, the line and the column."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+            return json.load(fh, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
     except UnicodeDecodeError as err:
@@ -134,19 +134,39 @@ def _parse_points(raw) -> np.ndarray | str:
     return arr.astype(np.float32)
 
 
+class _JsonObject(dict):
+    """A JSON object that remembers the keys its text gave more than once (the json
+    module silently keeps only the last of them)."""
+
+    duplicates: tuple = ()
+
+
+def _keep_duplicates(pairs: list) -> _JsonObject:
+    obj = _JsonObject(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        obj.duplicates = tuple(k for k, _ in pairs if k in seen or seen.add(k))
+    return obj
+
+
 def load_annotations(path: str | os.PathLike, *, strict: bool = False) -> dict[str, ImageAnnotation]:
     """Load a competition annotation (or prediction) JSON file.
 
     Words whose points are unusable (fewer than 3 points, NaN, strings, zero area) are
     skipped with a warning that names the file, the image and the word; with
-    `strict=True` they raise `DataError` instead. Unknown fields are ignored. Points
-    outside the image are kept here and clamped where the image size is known
-    (`clamp_polygon`).
+    `strict=True` they raise `DataError` instead; so is a word key given twice in one
+    image (JSON keeps only the last). An image name given twice is always a `DataError`.
+    Unknown fields are ignored. Points outside the image are kept here and clamped where
+    the image size is known (`clamp_polygon`).
     """
     path = Path(path)
-    doc = read_json(path)
+    doc = read_json(path, object_pairs_hook=_keep_duplicates)
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), dict):
         raise DataError(f'{path}: expected an object with an "images" object at the top level')
+    twice = getattr(doc["images"], "duplicates", ())
+    if twice:
+        raise DataError(f"{path}: image {twice[0]!r} is listed more than once (JSON keeps only the last entry); "
+                        f"merge its words into one entry")
     out: dict[str, ImageAnnotation] = {}
     for name, img in doc["images"].items():
         if not isinstance(img, dict):
@@ -154,6 +174,11 @@ def load_annotations(path: str | os.PathLike, *, strict: bool = False) -> dict[s
         words_raw = img.get("words") or {}
         if not isinstance(words_raw, dict):
             raise DataError(f'{path}: image {name!r}: "words" is {type(words_raw).__name__}, expected an object')
+        for key in getattr(words_raw, "duplicates", ()):
+            msg = f"{path}: image {name!r} word {key!r} is listed more than once; only its last entry is kept"
+            if strict:
+                raise DataError(msg)
+            log.warning(msg)
         words: list[Word] = []
         for key, word in words_raw.items():
             points = _parse_points(word.get("points") if isinstance(word, dict) else None)

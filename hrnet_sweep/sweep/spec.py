@@ -440,7 +440,7 @@ def _parameters(params: Any, err: _Errors) -> dict[str, ParamSpec]:
                     "(models.optimizer.lr), so the run gets key=value overrides")
             continue
         try:
-            check_key(name)
+            check_key(name, body)
         except ConfigError as e:
             err.add(path, f"parameter {e}")
             continue
