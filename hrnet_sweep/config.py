@@ -379,13 +379,19 @@ def load_config(overrides: Sequence[str] | Mapping[str, Any] = (), *, preset: st
         for key, value in doc.items():
             check_key(key, value, where=f"{path}: ")
             merged[key] = value
-    for key, value in flat.items():
+    merged["preset"] = name
+    return _build(merged, flat)
+
+
+def _build(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Config:
+    """Validate `base` flat keys with `overrides` checked and applied on top."""
+    merged = dict(base)
+    for key, value in overrides.items():
         check_key(key, value)
         merged[key] = value
     tree: dict = {}
     for key, value in merged.items():
         _set(tree, key, value)
-    tree["preset"] = name
     try:
         return Config.model_validate(tree)
     except ValidationError as err:
@@ -430,17 +436,7 @@ def _validation_message(err: ValidationError, given: Mapping[str, Any]) -> str:
 
 def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
     """A new validated Config with dotted-key overrides applied on top of `cfg`."""
-    flat = {k: v for k, v in _flatten(cfg.to_dict()).items()}
-    for key, value in overrides.items():
-        check_key(key, value)
-        flat[key] = value
-    tree: dict = {}
-    for key, value in flat.items():
-        _set(tree, key, value)
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(_validation_message(err, overrides)) from None
+    return _build(_flatten(cfg.to_dict()), overrides)
 
 
 def flat_dict(cfg: Config) -> dict[str, Any]:

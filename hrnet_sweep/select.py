@@ -211,7 +211,9 @@ def _transient(err: BaseException) -> bool:
                 "ChunkedEncodingError", "ServiceUnavailable"):
         return True
     text = str(err).lower()
-    return any(s in text for s in ("timed out", "timeout", "429", "500", "502", "503", "504", "connection"))
+    # "did not respond in time": wandb's service timeout, raised as AuthenticationError at connect
+    return any(s in text for s in ("timed out", "timeout", "did not respond", "429", "500", "502", "503", "504",
+                                   "connection"))
 
 
 def _retry(fn: Callable[[], Any], what: str, *, retries: int, backoff: float, sleep: Callable[[float], None]) -> Any:

@@ -121,7 +121,10 @@ class RunControl(pl.Callback):
         path = self.run_dir / "metrics.jsonl"
         rows = _read_history(self.run_dir)
         keep = [r for r in rows if r.get("epoch", -1) < trainer.current_epoch]
-        if len(keep) != len(rows):
+        # A line cut by a kill or a full disk is rewritten away too: the next row appended
+        # to it would be lost with it.
+        cut = path.exists() and not path.read_bytes().endswith(b"\n") and path.stat().st_size > 0
+        if len(keep) != len(rows) or cut:
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -318,12 +321,18 @@ def _fit(cfg: Config, run_name: str, run_dir: Path, control_dir: Path | None, ex
 
     ckpt_cfg = cfg.callbacks.model_checkpoint
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch:02d}", monitor=METRIC, mode="max",
-                           save_top_k=ckpt_cfg.save_top_k, save_last=ckpt_cfg.save_last, auto_insert_metric_name=False,
+                           save_top_k=ckpt_cfg.save_top_k, save_last=False, auto_insert_metric_name=False,
                            # saved after the epoch ends, so a resume starts the next epoch
                            # instead of re-running this one's validation
                            save_on_train_epoch_end=True)
     control = RunControl(run_dir, control_dir)
     callbacks = [ckpt, control, *extra_callbacks]
+    if ckpt_cfg.save_last:
+        # Lightning's save_last writes last.ckpt only when a best checkpoint is written, so after
+        # epochs without a new best a kill would resume from the last best epoch. This one writes
+        # last.ckpt at every epoch end, after `ckpt` (whose state it then holds).
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                                         enable_version_counter=False, save_on_train_epoch_end=True))
     es = cfg.callbacks.early_stopping
     if es.enabled:
         callbacks.append(EarlyStopping(monitor=METRIC, mode="max", patience=es.patience, min_delta=es.min_delta,

@@ -346,6 +346,14 @@ def _pid_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def _pid_state(pid: int) -> str | None:
+    """One-letter state of a process (R, S, Z, ...), or None when unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def _pid_alive(pid: int, start: str | None) -> bool:
     try:
         os.kill(pid, 0)
@@ -353,6 +361,8 @@ def _pid_alive(pid: int, start: str | None) -> bool:
         return False
     except PermissionError:
         pass
+    if _pid_state(pid) in ("Z", "X"):  # killed but not reaped yet: a container's PID 1 may take long, or never
+        return False
     now_start = _pid_start(pid)
     return start is None or now_start is None or now_start == start
 
