@@ -17,6 +17,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 test: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Also the few slow tests (whole demo, real CPU sweep, quick-start walk-through): ~20 min more.
+test-all: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install

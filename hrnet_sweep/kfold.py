@@ -375,6 +375,9 @@ def run_kfold(preset: str, folds: Sequence[int] | str | None = None, *, gpus: Se
                 job, slot = queue.pop(0), free.pop(0)
                 gpu = job.gpu = slots[slot]
                 resume = (job.run_dir / "checkpoints" / "last.ckpt").is_file()
+                # the old status (interrupted, failed) is superseded; a run killed before it
+                # writes a new one must read as crashed, not as its previous state
+                (job.run_dir / "status.json").unlink(missing_ok=True)
                 cmd = fold_command(preset, job.fold, root, extra, python=python)
                 job.log.parent.mkdir(parents=True, exist_ok=True)
                 with open(job.log, "ab") as log:
