@@ -7,7 +7,9 @@ One fold is one training process, launched exactly as a sweep agent launches a r
 
 so fold K lives in `PARENT/RETRAIN/foldK/` (default `outputs/<preset>-kfold/foldK/`).
 Folds run in parallel, one per GPU (pinned with `CUDA_VISIBLE_DEVICES`), queued when
-there are more folds than GPUs, one at a time on a CPU. A fold whose `status.json` says
+there are more folds than GPUs; on a CPU one at a time, or `--cpu-jobs N` at once with
+the cores split between them (one thread each on a 2-core laptop: far faster than two
+processes whose thread pools fight). A fold whose `status.json` says
 finished is skipped; any other fold is (re)started with `resume_from_checkpoint=auto`,
 so an interrupted one continues from its `last.ckpt`. All folds are one W&B group.
 

@@ -166,7 +166,7 @@ def predict(
 
 
 def main(argv: Sequence[str]) -> int:
-    from .config import apply_overrides, load_config, parse_overrides
+    from .config import apply_overrides, parse_overrides
 
     ap = argparse.ArgumentParser(prog="hrnet_sweep predict", description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+", help=".ckpt files (several = probability-map ensemble)")

@@ -19,6 +19,7 @@ from hrnet_sweep.sweep.engine import LocalSweep, RunOutcome
 from hrnet_sweep.sweep.spec import expand_command, read_param_file
 
 from test_engine import REPO, make_sweep_yaml
+from _util import pid_alive
 
 HYPERBAND = {"type": "hyperband", "min_iter": 2, "eta": 3, "strict": True}
 
@@ -36,16 +37,6 @@ def _quiet(lines: list[str]):
     return lines.append
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purposes
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------- pure
@@ -215,7 +206,7 @@ def test_sigterm_to_the_agent_stops_its_run_and_leaves_no_process(in_tmp, monkey
     agent.send_signal(signal.SIGTERM)
     out, _ = agent.communicate(timeout=60)
     assert agent.returncode == 128 + signal.SIGTERM, out
-    assert not _alive(pid)
+    assert not pid_alive(pid)
     (run,) = sweep.runs()  # no further run was started
     assert run.state == "crashed" and run.reason == "the agent was stopped"
     assert json.loads((control / "status.json").read_text())["state"] == "interrupted"

@@ -20,6 +20,7 @@ from hrnet_sweep.sweep import launcher
 from hrnet_sweep.sweep.launcher import detect_gpus, parse_gpus, run_agents, wandb_credentials
 
 from test_engine import REPO
+from _util import pid_alive
 
 FAKE_BIN = REPO / "tests" / "fake_bin"
 
@@ -38,15 +39,6 @@ def fake_wandb(tmp_path, monkeypatch):
     return calls
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _descendants(pid: int) -> set[int]:
@@ -165,7 +157,7 @@ def test_sigterm_stops_every_agent_and_run_without_orphans(tmp_path, fake_wandb)
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert "SIGTERM received: stopping 2 agent(s)" in out and "killing it" not in out  # graceful
-    left = [p for p in everything if _alive(p)]
+    left = [p for p in everything if pid_alive(p)]
     assert left == [], f"orphans left behind: {left}"
     assert sorted(c["cuda"] for c in calls) == ["0", "1"]
     assert (tmp_path / "outputs" / "sweep-agents" / "abc123" / "agent-1-gpu1.log").is_file()

@@ -4,9 +4,6 @@ benchmarks/bench_postprocess.py."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,19 +12,11 @@ from shapely.geometry import Polygon
 
 from hrnet_sweep.postprocess import postprocess, resize_prob_to_image
 from hrnet_sweep.targets import make_targets
+from _util import load_benchmark
 
 pytestmark = pytest.mark.unit
 
 
-def _bench(name: str):
-    """Import a benchmark module (its reference implementation is the oracle here)."""
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -195,7 +184,7 @@ def test_pinned_polygon():
 
 @pytest.mark.parametrize("use_polygon", [False, True], ids=["box", "polygon"])
 def test_equals_reference_on_a_receipt_map(use_polygon):
-    bench = _bench("bench_postprocess")
+    bench = load_benchmark("bench_postprocess")
     prob, _ = bench.receipt_prob_map(40, size=640, seed=4)
     options = {"thresh": 0.3, "box_thresh": 0.5, "unclip_ratio": 1.5, "use_polygon": use_polygon}
     ours, ours_scores = postprocess(prob, image_size=(900, 700), **options)

@@ -3,33 +3,22 @@ fast implementation against the plain reference of benchmarks/bench_targets.py."
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hrnet_sweep.targets import make_targets
+from _util import load_benchmark
 
 pytestmark = pytest.mark.unit
 
 KEYS = ("prob_map", "prob_mask", "thresh_map", "thresh_mask")
 
 
-def _bench(name: str):
-    """Import a benchmark module (its reference implementation is the oracle here)."""
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def _reference(*args, **kwargs):
-    return _bench("bench_targets").reference_targets(*args, **kwargs)
+    return load_benchmark("bench_targets").reference_targets(*args, **kwargs)
 
 
 def _assert_close(ours: dict, ref: dict, tol: float = 1e-3) -> None:
@@ -184,7 +173,7 @@ def test_equals_reference_on_random_polygons(seed):
 
 
 def test_equals_reference_on_receipt_words():
-    words = _bench("bench_targets").receipt_words(40, size=384, seed=5)
+    words = load_benchmark("bench_targets").receipt_words(40, size=384, seed=5)
     _assert_close(make_targets(words, 384, 384), _reference(words, 384, 384))
 
 
