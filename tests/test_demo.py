@@ -26,8 +26,12 @@ def test_demo_sweep_keeps_the_search_space_and_adds_the_budget(tmp_path):
         if "value" not in body:
             assert spec.parameters[key].kind != "value"  # the searched ranges are untouched
     fixed = spec.fixed()
-    assert fixed["trainer.max_epochs"] == demo.DEFAULT.epochs == fixed["models.scheduler.T_max"]
-    assert fixed["data.image_height"] == demo.DEFAULT.image_size and spec.run_cap == demo.DEFAULT.run_cap
+    assert fixed["trainer.max_epochs"] == demo.DEFAULT.epochs and fixed["callbacks.early_stopping.enabled"] is False
+    assert (fixed["data.image_height"], fixed["data.image_width"]) == demo.DEFAULT.image_size
+    assert spec.run_cap == demo.DEFAULT.run_cap
+    lr = spec.parameters["models.optimizer.lr"]  # narrowed, never widened
+    assert original["parameters"]["models.optimizer.lr"]["min"] <= lr.min < lr.max <= \
+        original["parameters"]["models.optimizer.lr"]["max"]
 
 
 @pytest.mark.unit
