@@ -24,7 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
 from hrnet_sweep.config import load_config  # noqa: E402
+from hrnet_sweep.data import to_network_input  # noqa: E402
 from hrnet_sweep.loss import build_loss  # noqa: E402
 from hrnet_sweep.model import build_model  # noqa: E402
 
@@ -32,7 +34,8 @@ from hrnet_sweep.model import build_model  # noqa: E402
 def _batch(n: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     gt = (torch.rand(n, size, size, generator=g) > 0.85).float()
-    batch = {"image": torch.randn(n, 3, size, size, generator=g), "prob_map": gt, "prob_mask": torch.ones_like(gt),
+    # The image as the data loader delivers it (uint8 NHWC); normalised in the step.
+    batch = {"image": torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g), "prob_map": gt, "prob_mask": torch.ones_like(gt),
              "thresh_map": 0.3 + 0.4 * torch.rand(n, size, size, generator=g), "thresh_mask": torch.ones_like(gt)}
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -53,13 +56,13 @@ def measure(cfg, batch_size: int, precision: str, channels_last: bool, compile_:
     dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
     batch = _batch(batch_size, cfg.data.image_height, device)
-    x = batch["image"].contiguous(memory_format=torch.channels_last) if channels_last else batch["image"]
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     rss0 = _peak_rss_mb()
 
     def step() -> None:
+        x = to_network_input(batch["image"], channels_last)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = loss_fn(step_model(x), batch)["loss"]
         opt.zero_grad(set_to_none=True)

@@ -1,13 +1,14 @@
 """Images in, network inputs and DBNet targets out.
 
 - `read_image`: any JPEG/PNG as RGB uint8, EXIF orientation applied.
-- `build_transforms`: the letterbox (resize the longest side, pad bottom/right, ImageNet
-  normalisation) plus, for training, the augmentations of `data.augment`. Word polygons
+- `build_transforms`: the letterbox (resize the longest side, pad bottom/right) plus, for
+  training, the augmentations of `data.augment`; uint8 in, uint8 out. Word polygons
   travel through albumentations as keypoints, so they stay aligned with the pixels.
 - `DetectionDataset`: a training/validation sample with the four target maps, computed
   here in the data workers (`targets.make_targets`), and the meta post-processing and
   the metric need. `ImageFolderDataset`: the same input for prediction, no targets.
-- `collate`: tensors stacked, meta kept as lists.
+- `collate`: tensors stacked, meta kept as lists. Batches stay compact (uint8 image and
+  masks) until `to_network_input` normalises them on the training device.
 
 Failure policy. A missing image, or one whose header cannot be read, fails at dataset
 construction with every bad name listed, so a training fails before epoch 1. An image
@@ -40,22 +41,20 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAP_KEYS",
     "DetectionDataset",
     "ImageFolderDataset",
     "Pipeline",
     "build_transforms",
     "collate",
     "letterbox_size",
-    "normalize_chw",
-    "normalize_hwc",
     "read_image",
+    "to_network_input",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Per-channel lookup tables: uint8 -> normalised float32, written straight into CHW.
-_NORM_LUTS = [((np.arange(256) - 255.0 * m) / (255.0 * s)).astype(np.float32) for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
 # Augmentation strengths that are not knobs of `data.augment` (only their probabilities are).
 _TRANSLATE = 0.05  # fraction of the image side
 _BRIGHTNESS_CONTRAST = 0.2
@@ -64,6 +63,7 @@ _FULL_COLOR_SHARE = 0.2  # of colour draws; hue/saturation cost 20+ ms at 1280 p
 _NOISE_STD = (0.02, 0.06)  # fraction of 255
 _BLUR_KERNEL = (3, 5)
 _MIN_VISIBLE = 0.5  # a word less than half inside the input after augmentation is ignored
+MAP_KEYS = ("prob_map", "prob_mask", "thresh_map", "thresh_mask")  # the target maps of a sample
 _TARGETS = TargetsConfig()  # defaults of the target parameters, defined once in config.py
 
 # ----------------------------------------------------------------------------- images
@@ -133,34 +133,30 @@ def letterbox_size(height0: int, width0: int, height: int, width: int) -> tuple[
     return scale, (max(1, round(height0 * scale)), max(1, round(width0 * scale)))
 
 
-_NORM_LUT_HWC = np.stack(_NORM_LUTS, axis=-1).reshape(1, 256, 3)
+def to_network_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """(N, H, W, 3) RGB uint8 -> (N, 3, H, W) float32 with ImageNet mean/std, on the
+    tensor's own device.
 
-
-def normalize_hwc(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB uint8 -> (H, W, 3) float32 with ImageNet mean/std."""
-    return cv2.LUT(image, _NORM_LUT_HWC)
-
-
-def normalize_chw(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB uint8 -> (3, H, W) float32 with ImageNet mean/std.
-
-    Lookup tables per channel write the CHW result directly: ~4x faster at 1280 px than
-    A.Normalize followed by a transposing copy.
+    Batches travel as uint8 and are normalised here, after the transfer (Lightning's
+    `on_after_batch_transfer`, and prediction): a quarter of the bytes to collate, pin and
+    copy, and no per-pixel float work in the data workers. The permuted NHWC batch is
+    already channels_last in memory, so that layout costs no copy.
     """
-    out = np.empty((3, *image.shape[:2]), np.float32)
-    for c, plane in enumerate(cv2.split(image)):
-        cv2.LUT(plane, _NORM_LUTS[c], dst=out[c])
-    return out
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected an (N, H, W, 3) uint8 batch, got {tuple(images.shape)} {images.dtype}")
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).mul_(255.0).view(1, 3, 1, 1)
+    inv_std = torch.tensor(IMAGENET_STD, device=images.device).mul_(255.0).reciprocal_().view(1, 3, 1, 1)
+    x = images.permute(0, 3, 1, 2).float().sub_(mean).mul_(inv_std)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 class Pipeline:
-    """An albumentations pipeline that carries polygons as keypoints, then normalisation.
+    """An albumentations pipeline that carries polygons as keypoints.
 
     Call it with an RGB uint8 image and a list of (K, 2) polygons; get back the
-    normalised (H, W, 3) float32 input and the polygons in input coordinates (possibly
-    outside it after augmentation; the caller decides what to do with those).
-    `chw()` is the same with a (3, H, W) input, written directly in that layout (the
-    datasets use it: it saves a 20 MB transposing copy per 1280 px image).
+    letterboxed, augmented (H, W, 3) uint8 input and the polygons in input coordinates
+    (possibly outside it after augmentation; the caller decides what to do with those).
+    Normalisation happens on the batch, on its device: `to_network_input`.
     """
 
     def __init__(self, transforms: list, height: int, width: int, train: bool):
@@ -182,15 +178,6 @@ class Pipeline:
             self._seeded_pid = os.getpid()
 
     def __call__(self, image: np.ndarray, polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        padded, moved = self.apply_uint8(image, polygons)
-        return normalize_hwc(padded), moved
-
-    def chw(self, image: np.ndarray, polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        padded, moved = self.apply_uint8(image, polygons)
-        return normalize_chw(padded), moved
-
-    def apply_uint8(self, image: np.ndarray, polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Letterbox and augmentation without normalisation: (H, W, 3) uint8, polygons."""
         if self.train:
             self._reseed_per_process()
         lengths = [len(p) for p in polygons]
@@ -302,8 +289,9 @@ def _fit_polygons(polygons: Sequence[np.ndarray], width: int, height: int) -> tu
 class DetectionDataset(torch.utils.data.Dataset):
     """Training / validation samples: input image, the four DBNet target maps and meta.
 
-    A sample is a dict: `image` (3, H, W) float32; `prob_map`, `prob_mask`,
-    `thresh_map`, `thresh_mask` (H, W) float32; `name`; `image_size` (H0, W0) of the
+    A sample is a dict: `image` (H, W, 3) uint8 RGB, letterboxed and augmented but not
+    normalised (`to_network_input` does that on the batch); `prob_map`, `prob_mask`,
+    `thresh_mask` (H, W) uint8 0/1 and `thresh_map` (H, W) float32; `name`; `image_size` (H0, W0) of the
     image after EXIF; `content_size` (h, w) of the letterboxed image inside the input
     (before any augmentation: what post-processing needs at validation); `polygons`,
     the ground truth in original pixels clamped to the image, for the metric. Words
@@ -376,12 +364,11 @@ class DetectionDataset(torch.utils.data.Dataset):
             log.warning("%s: annotation says img_w=%d img_h=%d, the image is %dx%d after EXIF orientation",
                         self.image_dir / name, ann.width, ann.height, w0, h0)
         original = [clamp_polygon(p, w0, h0) for p in ann.polygons()]
-        inp, moved = self.transforms.chw(image, original)
-        height, width = inp.shape[1:]
+        inp, moved = self.transforms(image, original)
+        height, width = inp.shape[:2]
         polygons, ignore = _fit_polygons(moved, width, height)
-        maps = make_targets(polygons, height, width, ignore=ignore, **self.target_params)
-        sample = {key: torch.from_numpy(np.asarray(maps[key], dtype=np.float32))
-                  for key in ("prob_map", "prob_mask", "thresh_map", "thresh_mask")}
+        maps = make_targets(polygons, height, width, ignore=ignore, compact=True, **self.target_params)
+        sample = {key: torch.from_numpy(maps[key]) for key in MAP_KEYS}
         sample.update(
             image=torch.from_numpy(inp),
             name=name,
@@ -415,7 +402,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         name = self.names[index]
         image = read_image(self.image_dir / name)  # DataError names the file
         h0, w0 = image.shape[:2]
-        inp, _ = self.transforms.chw(image, [])
+        inp, _ = self.transforms(image, [])
         return {
             "image": torch.from_numpy(inp),
             "name": name,

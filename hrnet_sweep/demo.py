@@ -21,9 +21,9 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import yaml
 
@@ -32,7 +32,9 @@ from .errors import UserError
 
 __all__ = ["Budget", "DEFAULT", "FAST", "main", "run_demo"]
 
-REPO_SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "cpu_demo.yaml"
+# Shipped inside the package (an installed demo needs it); sweeps/cpu_demo.yaml in a
+# checkout is a link to it.
+DEMO_SWEEP = Path(__file__).resolve().parent / "sweeps" / "cpu_demo.yaml"
 MARKER = "demo.json"
 
 
@@ -94,7 +96,7 @@ class _Stage:
 
 def _sweep_yaml(budget: Budget, path: Path) -> Path:
     """`sweeps/cpu_demo.yaml` with the demo's budget added as fixed values."""
-    doc = yaml.safe_load(REPO_SWEEP.read_text(encoding="utf-8"))
+    doc = yaml.safe_load(DEMO_SWEEP.read_text(encoding="utf-8"))
     params = doc["parameters"]
     fixed = {
         "trainer.max_epochs": budget.epochs,
@@ -116,7 +118,7 @@ def _sweep_yaml(budget: Budget, path: Path) -> Path:
         lr["min"], lr["max"] = lo, hi
     doc["run_cap"] = budget.run_cap
     doc["description"] = f"{doc.get('description', '')} (hrnet_sweep demo budget)"
-    text = (f"# Written by hrnet_sweep demo from {REPO_SWEEP.name}: its search space, with the demo's fixed sizes.\n"
+    text = (f"# Written by hrnet_sweep demo from {DEMO_SWEEP.name}: its search space, with the demo's fixed sizes.\n"
             + yaml.safe_dump(doc, sort_keys=False))
     path.write_text(text, encoding="utf-8")
     return path

@@ -5,8 +5,8 @@ post-processing, cache the out-of-fold probability maps, and route `hrnet_sweep 
 weighted, with flip TTA) and post-processes it once. This module adds what a retrain
 knows: `hrnet_sweep predict preset.yaml` (or the retrain folder, or its
 `kfold_summary.json`) means "every finished fold's best checkpoint, with the
-post-processing that `tune-postprocess` wrote into the preset". Plain .ckpt arguments go
-to `predict.main` unchanged.
+post-processing that `tune-postprocess` wrote into the preset". Plain .ckpt arguments
+are an ensemble of those checkpoints, with the post-processing stored in the first.
 
 Out-of-fold maps (`cache_oof_maps`): each fold's best checkpoint on its own validation
 images, stored once as 8-bit PNGs (longest side capped) under `<retrain>/oof/`, keyed by
@@ -314,7 +314,7 @@ def _is_ckpt(arg: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`hrnet_sweep predict`: .ckpt files -> `predict.main`; a preset or retrain -> its folds."""
+    """`hrnet_sweep predict`: .ckpt files, or a preset / retrain (its folds) -> JSON + CSV."""
     argv = list(sys.argv[1:] if argv is None else argv)
     from . import predict as _predict
 
@@ -334,16 +334,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="post-processing overrides, e.g. models.postprocess.box_thresh=0.5")
     ap.add_argument("--gt", help="annotation JSON of the test images: print the H-Mean")
     args = ap.parse_args(argv)
-    if all(_is_ckpt(t) for t in args.targets) and not args.folds and not args.gt:
-        return _predict.main(argv)
     from .config import apply_overrides, parse_overrides
     from .kfold import parse_folds
     from .submission import validate_submission
 
     if all(_is_ckpt(t) for t in args.targets):
         checkpoints = list(args.targets)
+        if args.folds:
+            raise UserError("--folds selects folds of a retrain; with .ckpt files, list the ones to use")
         cfg = _predict.load_checkpoint(checkpoints[0]).cfg
-        print(f"ensemble of {len(checkpoints)} checkpoint(s)")
+        print(f"ensemble of {len(checkpoints)} checkpoint(s)" if len(checkpoints) > 1 else f"checkpoint {checkpoints[0]}")
     else:
         if len(args.targets) != 1:
             raise UserError("give one preset / retrain folder, or only .ckpt files")

@@ -131,7 +131,9 @@ def _parse_points(raw) -> np.ndarray | str:
     area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
     if area < 1e-6:
         return "zero area"
-    return arr.astype(np.float32)
+    # Far out-of-image points are clamped to the image later; bound them first so the
+    # float32 cast cannot overflow to infinity.
+    return np.clip(arr, -1e7, 1e7).astype(np.float32)
 
 
 class _JsonObject(dict):

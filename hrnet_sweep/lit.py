@@ -74,6 +74,18 @@ class DBNetModule(pl.LightningModule):
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Batches arrive compact (uint8 image and masks, see `data.DetectionDataset`):
+        normalise and widen them here, on the training device."""
+        from .data import MAP_KEYS, to_network_input
+
+        if batch["image"].dtype == torch.uint8:
+            batch["image"] = to_network_input(batch["image"], self.channels_last)
+        for key in MAP_KEYS:
+            if key in batch:
+                batch[key] = batch[key].float()
+        return batch
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -7,7 +7,6 @@ sizes form one ensemble: probability maps average well, voting on boxes does not
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +64,12 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loa
 @torch.no_grad()
 def _model_prob(lm: LoadedModel, image: np.ndarray, tf, device, tta_flip: bool) -> np.ndarray:
     """One model's probability map of one image, in original-image pixels."""
-    from .data import letterbox_size
+    from .data import letterbox_size, to_network_input
     from .postprocess import resize_prob_to_image
 
     h0, w0 = image.shape[:2]
     inp, _ = tf(image, [])
-    x = torch.from_numpy(np.ascontiguousarray(inp.transpose(2, 0, 1))).float()[None].to(device)
+    x = to_network_input(torch.from_numpy(inp)[None].to(device))
     _, content = letterbox_size(h0, w0, tf.height, tf.width)
     probs = [lm.model.predict_prob(x)[0].cpu().numpy()]
     if tta_flip:
@@ -163,31 +162,3 @@ def predict(
     if out_csv:
         write_submission(out_csv, {n: [p for p, _ in d] for n, d in preds.items()}, overwrite=overwrite)
     return preds
-
-
-def main(argv: Sequence[str]) -> int:
-    from .config import apply_overrides, parse_overrides
-
-    ap = argparse.ArgumentParser(prog="hrnet_sweep predict", description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoints", nargs="+", help=".ckpt files (several = probability-map ensemble)")
-    ap.add_argument("--images", required=True, help="folder of test images")
-    ap.add_argument("--out", required=True, help="submission CSV to write")
-    ap.add_argument("--json", help="prediction JSON to write (default: next to the CSV)")
-    ap.add_argument("--tta", choices=["none", "flip"], default="none")
-    ap.add_argument("--weights", type=float, nargs="+", help="one weight per checkpoint")
-    ap.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    ap.add_argument("--no-overwrite", action="store_true", help="refuse to replace existing outputs")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="post-processing overrides, e.g. models.postprocess.box_thresh=0.5")
-    args = ap.parse_args(argv)
-    pp = None
-    if args.set:
-        base = load_checkpoint(args.checkpoints[0]).cfg
-        pp = apply_overrides(base, parse_overrides(args.set)).models.postprocess
-    out_json = args.json or str(Path(args.out).with_suffix(".json"))
-    preds = predict(args.checkpoints, args.images, out_csv=args.out, out_json=out_json, postprocess=pp,
-                    weights=args.weights, tta_flip=args.tta == "flip", device=args.device,
-                    overwrite=not args.no_overwrite)
-    n = sum(len(v) for v in preds.values())
-    print(f"{len(preds)} images, {n} detections -> {args.out} and {out_json}")
-    return 0

@@ -422,7 +422,7 @@ def preset_text(base: str, params: Mapping[str, Any], provenance: Mapping[str, A
     winning parameters nested by config path."""
     prov = yaml.safe_dump(dict(provenance), sort_keys=False, default_flow_style=False, allow_unicode=True)
     header = [PROVENANCE_MARK] + [f"#   {line}" for line in prov.rstrip("\n").splitlines()]
-    header.append(f"# Train it: hrnet_sweep train preset=<this file>; retrain every fold: hrnet_sweep kfold <this file>")
+    header.append("# Train it: hrnet_sweep train preset=<this file>; retrain every fold: hrnet_sweep kfold <this file>")
     body = yaml.safe_dump({"base": base, **_nest(params)}, sort_keys=False, default_flow_style=False)
     return "\n".join(header) + "\n" + body
 

@@ -52,6 +52,7 @@ def make_targets(
     thresh_min: float = 0.3,
     thresh_max: float = 0.7,
     min_text_size: int = 8,
+    compact: bool = False,
 ) -> dict[str, np.ndarray]:
     """Build the four DBNet target maps for one image.
 
@@ -63,11 +64,14 @@ def make_targets(
         shrink_ratio: r in D = A (1 - r^2) / L.
         thresh_min, thresh_max: range the border map is scaled into.
         min_text_size: polygons whose bounding box is thinner than this are ignored.
+        compact: the three 0/1 maps as uint8 instead of float32 (a quarter of the
+            memory to fill, collate and move; the training data path uses this).
 
     Returns:
-        float32 (height, width) maps `prob_map` (1 inside shrunk polygons), `prob_mask`
-        (0 over ignored polygons, 1 elsewhere), `thresh_map` (border map scaled into
-        [thresh_min, thresh_max]) and `thresh_mask` (1 inside dilated polygons).
+        (height, width) maps `prob_map` (1 inside shrunk polygons), `prob_mask`
+        (0 over ignored polygons, 1 elsewhere), `thresh_map` (float32, border map scaled
+        into [thresh_min, thresh_max]) and `thresh_mask` (1 inside dilated polygons);
+        float32, or uint8 for the 0/1 maps with `compact=True`.
     """
     height, width = int(height), int(width)
     if height < 1 or width < 1:
@@ -80,10 +84,11 @@ def make_targets(
     if len(flags) != len(polygons):
         raise ValueError(f"ignore has {len(flags)} flags for {len(polygons)} polygons")
 
-    prob_map = np.zeros((height, width), np.float32)
-    prob_mask = np.ones((height, width), np.float32)
+    binary = np.uint8 if compact else np.float32
+    prob_map = np.zeros((height, width), binary)
+    prob_mask = np.ones((height, width), binary)
     thresh_map = np.full((height, width), thresh_min, np.float32)
-    thresh_mask = np.zeros((height, width), np.float32)
+    thresh_mask = np.zeros((height, width), binary)
     maps = {"prob_map": prob_map, "prob_mask": prob_mask, "thresh_map": thresh_map, "thresh_mask": thresh_mask}
     if not len(polygons):
         return maps
@@ -94,17 +99,17 @@ def make_targets(
         poly = geo.points[start:stop]
         area, perimeter = geo.area[index], geo.perimeter[index]
         if flags[index] or area < 1.0 or geo.span[index] < min_text_size:
-            cv2.fillPoly(prob_mask, [poly.astype(np.int32)], 0.0)
+            cv2.fillPoly(prob_mask, [poly.astype(np.int32)], 0)
             continue
         distance = area * (1.0 - shrink_ratio * shrink_ratio) / perimeter
         path = poly.tolist()  # pyclipper truncates these to integers, as in the public code
         shrunk = _offset(path, -distance)
         if not shrunk:
-            cv2.fillPoly(prob_mask, [poly.astype(np.int32)], 0.0)
+            cv2.fillPoly(prob_mask, [poly.astype(np.int32)], 0)
             continue
-        cv2.fillPoly(prob_map, [np.array(shrunk[0], np.int32)], 1.0)
+        cv2.fillPoly(prob_map, [np.array(shrunk[0], np.int32)], 1)
         dilated = np.array(_offset(path, distance)[0], np.int32)
-        cv2.fillPoly(thresh_mask, [dilated], 1.0)
+        cv2.fillPoly(thresh_mask, [dilated], 1)
         _draw_border(thresh_map, geo, index, cv2.boundingRect(dilated), distance, thresh_min, thresh_max, mono)
     return maps
 

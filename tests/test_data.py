@@ -17,15 +17,15 @@ from PIL import Image
 from hrnet_sweep.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    MAP_KEYS,
     DetectionDataset,
     ImageFolderDataset,
     _fit_polygons,
     build_transforms,
     collate,
     letterbox_size,
-    normalize_chw,
-    normalize_hwc,
     read_image,
+    to_network_input,
 )
 from hrnet_sweep.errors import ConfigError, DataError
 from hrnet_sweep.io import ImageAnnotation, Word, load_annotations
@@ -34,18 +34,10 @@ pytestmark = pytest.mark.unit
 
 SROIE = Path(os.environ.get("HRNET_SWEEP_SROIE", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sroie-mini"))
 ONLY_GEOMETRY = dict(hflip=0.0, rotate_p=0.0, affine_p=0.0, color_p=0.0, noise_p=0.0, blur_p=0.0)
-MAP_KEYS = ("prob_map", "prob_mask", "thresh_map", "thresh_mask")
 
 
 def _quad(x0, y0, x1, y1) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
-
-
-def _denormalize(chw: torch.Tensor | np.ndarray) -> np.ndarray:
-    img = np.asarray(chw)
-    if img.shape[0] == 3:
-        img = img.transpose(1, 2, 0)
-    return np.clip((img * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)) * 255.0, 0, 255).astype(np.uint8)
 
 
 def _save(path: Path, rgb: np.ndarray, **kw) -> None:
@@ -82,7 +74,7 @@ def test_exif_orientation_applied_and_polygons_align(tmp_path):
     assert s["image_size"] == (80, 48) and s["content_size"] == (160, 96)
     text = s["prob_map"].numpy() > 0.5
     assert text.sum() > 100
-    assert _red_mask(_denormalize(s["image"]))[text].mean() > 0.97
+    assert _red_mask(s["image"].numpy())[text].mean() > 0.97
 
 
 def test_grayscale_palette_rgba_16bit(tmp_path):
@@ -124,17 +116,18 @@ def test_truncated_and_garbage_files_raise_dataerror_naming_file(tmp_path):
 # ----------------------------------------------------------------------------- transforms
 
 
-def test_normalize_chw_matches_albumentations():
+def test_to_network_input_matches_albumentations_normalize():
     import albumentations as A
 
-    img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    ref = A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)(image=img)["image"].transpose(2, 0, 1)
-    out = normalize_chw(img)
-    assert out.shape == (3, 37, 53) and out.dtype == np.float32 and out.flags["C_CONTIGUOUS"]
-    np.testing.assert_allclose(out, ref, atol=1e-5)
-    hwc = normalize_hwc(img)
-    assert hwc.shape == (37, 53, 3) and hwc.dtype == np.float32
-    np.testing.assert_allclose(hwc, ref.transpose(1, 2, 0), atol=1e-5)
+    imgs = np.random.default_rng(0).integers(0, 256, (2, 37, 53, 3), dtype=np.uint8)
+    ref = np.stack([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)(image=i)["image"].transpose(2, 0, 1) for i in imgs])
+    out = to_network_input(torch.from_numpy(imgs))
+    assert out.shape == (2, 3, 37, 53) and out.dtype == torch.float32 and out.is_contiguous()
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-5)
+    cl = to_network_input(torch.from_numpy(imgs), channels_last=True)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, out)
+    with pytest.raises(ValueError, match="uint8"):
+        to_network_input(torch.zeros(1, 3, 8, 8))
 
 
 def test_letterbox_content_size_and_padding():
@@ -142,17 +135,14 @@ def test_letterbox_content_size_and_padding():
     pipe = build_transforms(None, 128, 256, train=False)
     out, polys = pipe(img, [_quad(30, 10, 150, 50)])
     scale, (h, w) = letterbox_size(100, 300, 128, 256)
-    assert (h, w) == (85, 256) and out.shape == (128, 256, 3) and out.dtype == np.float32
-    chw, _ = pipe.chw(img, [])
-    np.testing.assert_array_equal(chw, out.transpose(2, 0, 1))
-    back = _denormalize(out)
-    assert (back[:h] > 250).all()  # content top-left
-    assert (back[h:] < 5).all()  # padding at the bottom, black before normalisation
+    assert (h, w) == (85, 256) and out.shape == (128, 256, 3) and out.dtype == np.uint8
+    assert (out[:h] > 250).all()  # content top-left
+    assert (out[h:] == 0).all()  # padding at the bottom, black before normalisation
     np.testing.assert_allclose(polys[0], _quad(30, 10, 150, 50) * scale, atol=1e-3)
     # A tall image pads on the right.
     _, (h2, w2) = letterbox_size(300, 100, 128, 256)
     out2, _ = pipe(np.full((300, 100, 3), 255, np.uint8), [])
-    assert (h2, w2) == (128, 43) and (_denormalize(out2)[:, :w2] > 250).all() and (_denormalize(out2)[:, w2:] < 5).all()
+    assert (h2, w2) == (128, 43) and (out2[:, :w2] > 250).all() and (out2[:, w2:] == 0).all()
 
 
 @pytest.mark.parametrize(
@@ -174,7 +164,7 @@ def test_polygons_stay_aligned_under_augmentation(aug):
         torch.manual_seed(seed)
         pipe._seeded_pid = None  # reseed from torch: a different draw per seed
         out, (moved,) = pipe(img, [poly])
-        blob = _red_mask(_denormalize(out))
+        blob = _red_mask(out)
         drawn = np.zeros(blob.shape, np.uint8)
         cv2.fillPoly(drawn, [moved.round().astype(np.int32)], 1)
         iou = (blob & (drawn > 0)).sum() / (blob | (drawn > 0)).sum()
@@ -200,8 +190,8 @@ def test_all_augmentations_on_keep_contract():
     img = np.random.default_rng(0).integers(0, 256, (90, 60, 3), dtype=np.uint8)
     aug = dict(hflip=1.0, rotate=10.0, rotate_p=1.0, affine_p=1.0, color_p=1.0, noise_p=1.0, blur_p=1.0)
     pipe = build_transforms(aug, 96, 64, train=True)
-    out, polys = pipe.chw(img, [_quad(5, 5, 30, 20), _quad(-10, 50, 80, 70)])
-    assert out.shape == (3, 96, 64) and out.dtype == np.float32 and np.isfinite(out).all()
+    out, polys = pipe(img, [_quad(5, 5, 30, 20), _quad(-10, 50, 80, 70)])
+    assert out.shape == (96, 64, 3) and out.dtype == np.uint8
     assert [p.shape for p in polys] == [(4, 2), (4, 2)]
 
 
@@ -254,13 +244,16 @@ def test_dataset_sample_contract(folder):
     root, anns = folder
     ds = DetectionDataset(root, anns, list(anns), build_transforms(None, 96, 128, train=True))
     s = ds[1]
-    assert s["image"].shape == (3, 96, 128) and s["image"].dtype == torch.float32
+    # Compact samples: uint8 image and 0/1 maps, float32 only where values need it.
+    assert s["image"].shape == (96, 128, 3) and s["image"].dtype == torch.uint8
     for key in MAP_KEYS:
-        assert s[key].shape == (96, 128) and s[key].dtype == torch.float32, key
+        dtype = torch.float32 if key == "thresh_map" else torch.uint8
+        assert s[key].shape == (96, 128) and s[key].dtype == dtype, key
+    assert set(s["prob_map"].unique().tolist()) <= {0, 1} and s["prob_map"].sum() > 0
     assert s["name"] == "1.jpg" and s["image_size"] == (60, 90) and s["content_size"] == (85, 128)
     np.testing.assert_array_equal(s["polygons"][0], _quad(20, 20, 70, 35))
     batch = collate([ds[0], ds[2]])
-    assert batch["image"].shape == (2, 3, 96, 128) and batch["prob_map"].shape == (2, 96, 128)
+    assert batch["image"].shape == (2, 96, 128, 3) and batch["prob_map"].shape == (2, 96, 128)
     assert batch["name"] == ["0.jpg", "2.jpg"] and batch["image_size"] == [(60, 90), (60, 90)]
     assert isinstance(batch["polygons"], list) and len(batch["polygons"][0]) == 1
 
@@ -296,7 +289,7 @@ def test_out_of_image_points_are_clamped(folder):
     for p in s["polygons"]:
         assert (p >= 0).all() and (p[:, 0] <= 89).all() and (p[:, 1] <= 59).all()
     np.testing.assert_array_equal(s["polygons"][0], _quad(0, 0, 89, 30))
-    assert all(torch.isfinite(s[k]).all() for k in MAP_KEYS)
+    assert all(torch.isfinite(s[k].float()).all() for k in MAP_KEYS)
 
 
 def test_image_without_words_gives_zero_targets(folder):
@@ -322,7 +315,7 @@ def test_image_folder_dataset(tmp_path):
     ds = ImageFolderDataset(tmp_path, build_transforms(None, 64, 64, train=False))
     assert ds.names == ["a.JPG", "b.png", "c.jpeg"]
     s = ds[0]
-    assert s["image"].shape == (3, 64, 64) and s["image_size"] == (40, 20) and s["content_size"] == (64, 32)
+    assert s["image"].shape == (64, 64, 3) and s["image_size"] == (40, 20) and s["content_size"] == (64, 32)
     assert "prob_map" not in s
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no .jpg"):

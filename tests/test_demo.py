@@ -20,7 +20,7 @@ def test_demo_sweep_keeps_the_search_space_and_adds_the_budget(tmp_path):
 
     path = demo._sweep_yaml(demo.DEFAULT, tmp_path / "s.yaml")
     spec = load_sweep(path)
-    original = yaml.safe_load(demo.REPO_SWEEP.read_text())
+    original = yaml.safe_load(demo.DEMO_SWEEP.read_text())
     assert spec.method == original["method"] and spec.metric_name == "val/hmean"
     for key, body in original["parameters"].items():
         if "value" not in body:
@@ -32,6 +32,25 @@ def test_demo_sweep_keeps_the_search_space_and_adds_the_budget(tmp_path):
     lr = spec.parameters["models.optimizer.lr"]  # narrowed, never widened
     assert original["parameters"]["models.optimizer.lr"]["min"] <= lr.min < lr.max <= \
         original["parameters"]["models.optimizer.lr"]["max"]
+
+
+@pytest.mark.unit
+def test_demo_sweep_and_presets_ship_inside_the_package():
+    # `pip install .` (not editable) carries only package data: the demo must not need
+    # the checkout's sweeps/ folder.
+    import configparser
+
+    import hrnet_sweep
+
+    pkg = Path(hrnet_sweep.__file__).parent
+    assert demo.DEMO_SWEEP.parent.parent == pkg and demo.DEMO_SWEEP.is_file()
+    cfg = configparser.ConfigParser()
+    cfg.read(pkg.parent / "setup.cfg")
+    patterns = [p.strip() for p in cfg["options.package_data"]["hrnet_sweep"].split(",")]
+    shipped = {f for pattern in patterns for f in pkg.glob(pattern)}
+    assert demo.DEMO_SWEEP in shipped and any(f.parent.name == "presets" for f in shipped)
+    # the checkout's sweeps/cpu_demo.yaml is the same file
+    assert (pkg.parent / "sweeps" / "cpu_demo.yaml").resolve() == demo.DEMO_SWEEP
 
 
 @pytest.mark.unit

@@ -210,7 +210,7 @@ def test_predict_routing_shipped_preset_and_plain_checkpoints(tmp_path, synth_da
     assert ensemble.resolve_retrain("hrnet_w18_small_cpu").root.name == "hrnet_w18_small_cpu-kfold"
     with pytest.raises(UserError, match="no k-fold retrain found"):
         ensemble.resolve_retrain("resnet18")
-    # .ckpt arguments go to predict.main unchanged
+    # .ckpt arguments are predicted with the post-processing stored in the checkpoint
     ckpt = tmp_path / "outputs" / "hrnet_w18_small_cpu-kfold" / "fold0" / "checkpoints" / "best-00.ckpt"
     csv = tmp_path / "c.csv"
     assert ensemble.main([str(ckpt), "--images", str(synth_data / "images"), "--out", str(csv)]) == 0

@@ -6,10 +6,8 @@ last.ckpt)."""
 from __future__ import annotations
 
 import json
-import os
 import stat
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest

@@ -219,6 +219,9 @@ def test_local_sweep_runs_pinned_agents_on_the_embedded_engine(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("FAKE_TRAIN_RECORD", str(tmp_path / "record"))
+    # Runs long enough (2 x 1 s) that the second agent, started 0.2 s later, always gets
+    # work: with millisecond runs the first agent could drain the grid alone.
+    monkeypatch.setenv("FAKE_TRAIN_EPOCH_S", "1.0")
     path = make_sweep_yaml(tmp_path, {"seed": {"values": [1, 2, 3, 4]}, "trainer.max_epochs": {"value": 2}},
                            method="grid")
     code = launcher.main([str(path), "--local", "--gpus", "0,1", "--stagger", "0.2", "--sweep-dir", "sw"])

@@ -881,7 +881,7 @@ def test_best_cli_retries_api_errors_then_exits_2(monkeypatch, capsys):
     class FailingApi:  # test double of wandb.Api: every call times out
         def sweep(self, path):
             calls.append(path)
-            raise TimeoutError(f"HTTPSConnectionPool(host='api.wandb.ai', port=443): Read timed out. (read timeout=1)")
+            raise TimeoutError("HTTPSConnectionPool(host='api.wandb.ai', port=443): Read timed out. (read timeout=1)")
 
     monkeypatch.setattr(select, "_default_api", lambda timeout: FailingApi())
     monkeypatch.setitem(select.wandb_runs.__kwdefaults__, "sleep", sleeps.append)

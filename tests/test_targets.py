@@ -97,6 +97,18 @@ def test_empty_input():
     assert all(m.shape == (16, 24) and m.dtype == np.float32 for m in maps.values())
 
 
+def test_compact_maps_equal_the_float_maps():
+    rng = np.random.default_rng(3)
+    polys = random_polygons(rng, 40, 200)
+    ignore = [i % 7 == 0 for i in range(len(polys))]
+    full = make_targets(polys, 200, 180, ignore=ignore)
+    compact = make_targets(polys, 200, 180, ignore=ignore, compact=True)
+    for key in KEYS:
+        assert compact[key].dtype == (np.float32 if key == "thresh_map" else np.uint8), key
+        np.testing.assert_array_equal(compact[key].astype(np.float32), full[key], err_msg=key)
+    assert full["prob_map"].any() and not full["prob_mask"].all()
+
+
 # ----------------------------------------------------------------------------- ignore rules
 
 
