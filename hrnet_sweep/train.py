@@ -83,11 +83,18 @@ def build_datasets(cfg: Config, run_dir: Path | None = None):
     return train_ds, val_ds
 
 
-def _worker_init(worker_id: int) -> None:
+def _one_opencv_thread() -> None:
+    """One OpenCV thread in this process, set before DataLoader workers fork from it.
+
+    Workers are the parallelism; nested OpenCV pools in each would oversubscribe the
+    cores and starve the training process. It must be set here, in the parent: a forked
+    worker that calls `cv2.setNumThreads` while the parent's OpenCV pool has threads
+    hangs for ever (measured: 10 of 10 forks after `hrnet_sweep synth` had run in the
+    same process). A worker inherits the setting. The parent's own OpenCV use (validation
+    post-processing) is per-image work that does not use the pool.
+    """
     import cv2
 
-    # One OpenCV thread per data worker: workers are the parallelism; nested thread
-    # pools oversubscribe the cores and starve the training process.
     cv2.setNumThreads(1)
 
 
@@ -97,10 +104,11 @@ def _loader(ds, cfg: Config, *, shuffle: bool, batch_size: int):
     from .data import collate
 
     workers = cfg.data.num_workers
+    if workers > 0:
+        _one_opencv_thread()
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
         pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, drop_last=shuffle and len(ds) > batch_size,
-        worker_init_fn=_worker_init if workers > 0 else None,
     )
 
 

@@ -75,3 +75,27 @@ def test_stop_file_stops_at_epoch_boundary_and_keeps_last(synth_data, tmp_path, 
     assert res.state == "stopped" and res.epochs == 1
     assert (tmp_path / "stopped" / "checkpoints" / "last.ckpt").exists()
     assert len((control / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_data_workers_start_after_opencv_work_in_the_same_process(tmp_path):
+    # `benchmarks/train_cpu.py --data synth` generated receipts (OpenCV's thread pool busy
+    # in this process), then forked a data worker that hung for ever in
+    # cv2.setNumThreads. A subprocess with a deadline, since the failure is a hang.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        from hrnet_sweep.config import load_config
+        from hrnet_sweep.synth import generate
+        from hrnet_sweep.train import _loader, build_datasets
+        root = {str(tmp_path / "data")!r}
+        generate(root, num_images=12, seed=3, progress=False, splits={{"train": 8, "val": 4}})
+        cfg = load_config({TINY!r} + ["data.root=" + root, "data.num_workers=1"])
+        train_ds, _ = build_datasets(cfg)
+        batch = next(iter(_loader(train_ds, cfg, shuffle=True, batch_size=2)))
+        print("batch", tuple(batch["image"].shape))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "batch (2, 128, 128, 3)" in proc.stdout
