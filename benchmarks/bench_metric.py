@@ -26,24 +26,66 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hrnet_sweep.metric import evaluate_image  # noqa: E402
 
 # ----------------------------------------------------------------------------- data
+#
+# tests/test_metric.py builds its cases from these helpers (through tests/_util.py's
+# load_benchmark), so the benchmark and the tests score the same kind of receipt.
 
 
-def _rect(x, y, w, h):
+def rect(x, y, w, h):
     return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], dtype=np.float64)
+
+
+def receipt_rows(rng: np.random.Generator, n_words: int) -> list[np.ndarray]:
+    """Axis-aligned word boxes of a receipt: rows of 1-5 words of varied width."""
+    boxes, y = [], 20.0
+    while len(boxes) < n_words:
+        h, x = rng.uniform(14, 30), rng.uniform(5, 40)
+        for _ in range(rng.integers(1, 6)):
+            w = rng.uniform(15, 160)
+            boxes.append(rect(x, y, w, h))
+            x += w + rng.uniform(4, 25)
+            if len(boxes) == n_words:
+                break
+        y += h + rng.uniform(2, 12)
+    return boxes
+
+
+def split(box, t=0.5):
+    top = box[0] + t * (box[1] - box[0])
+    bottom = box[3] + t * (box[2] - box[3])
+    return [np.array([box[0], top, bottom, box[3]]), np.array([top, box[1], box[2], bottom])]
+
+
+def merge(a, b):
+    return np.array([a[0], b[1], b[2], a[3]])
+
+
+def noisy(rng, gt, *, jitter=2.0, p_drop=0.05, p_split=0.05, p_merge=0.05, p_fp=0.03):
+    """Detections of `gt`: each box dropped, split in two, merged with the next one or
+    jittered (normal noise of scale `jitter`, or of a scale drawn per box from the range
+    `jitter` when it is a tuple), plus random false positives."""
+    out, i = [], 0
+    while i < len(gt):
+        r = rng.random()
+        if r < p_drop:
+            pass
+        elif r < p_drop + p_split:
+            out += split(gt[i], rng.uniform(0.3, 0.7))
+        elif r < p_drop + p_split + p_merge and i + 1 < len(gt):
+            out.append(merge(gt[i], gt[i + 1]))
+            i += 1
+        else:
+            scale = rng.uniform(*jitter) if isinstance(jitter, tuple) else jitter
+            out.append(gt[i] + rng.normal(0, scale, (4, 2)))
+        if rng.random() < p_fp:
+            out.append(rect(*rng.uniform(0, 600, 2), rng.uniform(10, 80), rng.uniform(8, 30)))
+        i += 1
+    return out
 
 
 def make_image(rng: np.random.Generator, n_words: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(GT quads, detections) of one receipt-like image."""
-    gt, y = [], 20.0
-    while len(gt) < n_words:
-        h, x = rng.uniform(14, 30), rng.uniform(5, 40)
-        for _ in range(rng.integers(1, 6)):
-            w = rng.uniform(15, 160)
-            gt.append(_rect(x, y, w, h))
-            x += w + rng.uniform(4, 25)
-            if len(gt) == n_words:
-                break
-        y += h + rng.uniform(2, 12)
+    gt = receipt_rows(rng, n_words)
     angle = rng.uniform(-0.25, 0.25) if rng.random() < 0.5 else 0.0
     if angle:
         c, s = math.cos(angle), math.sin(angle)
@@ -51,23 +93,7 @@ def make_image(rng: np.random.Generator, n_words: int) -> tuple[list[np.ndarray]
     integer = rng.random() < 0.5
     if integer:
         gt = [np.round(b) for b in gt]
-    det, i = [], 0
-    while i < len(gt):
-        b, r = gt[i], rng.random()
-        if r < 0.04:  # dropped
-            pass
-        elif r < 0.09:  # split in two
-            t = rng.uniform(0.3, 0.7)
-            top, bottom = b[0] + t * (b[1] - b[0]), b[3] + t * (b[2] - b[3])
-            det += [np.array([b[0], top, bottom, b[3]]), np.array([top, b[1], b[2], bottom])]
-        elif r < 0.14 and i + 1 < len(gt):  # merged with the next word
-            det.append(np.array([b[0], gt[i + 1][1], gt[i + 1][2], b[3]]))
-            i += 1
-        else:
-            det.append(b + rng.normal(0, rng.uniform(0.5, 3.0), (4, 2)))
-        if rng.random() < 0.03:  # false positive
-            det.append(_rect(*rng.uniform(0, 600, 2), rng.uniform(10, 80), rng.uniform(8, 30)))
-        i += 1
+    det = noisy(rng, gt, jitter=(0.5, 3.0), p_drop=0.04)
     if integer:
         det = [np.round(d) for d in det]
     return gt, det
@@ -81,26 +107,38 @@ def make_images(n_images: int, n_words: int, seed: int):
 # ----------------------------------------------------------------------------- the package
 
 
-def package_image(gt, det):
-    """Detection-only CLEval of the `cleval` package on quads (GT transcription = the
-    package's own pseudo count, E2E off; its CLEvalMetric cannot run without letters)."""
+class PackageOptions:
+    """The package's `evaluation` options: detection only, penalties 1, area precision 0.3."""
+
+    E2E = ORIENTATION = DUMP_SAMPLE_RESULT = False
+    CASE_SENSITIVE = True
+    RECALL_GRANULARITY_PENALTY_WEIGHT = PRECISION_GRANULARITY_PENALTY_WEIGHT = 1.0
+    VERTICAL_ASPECT_RATIO_THRESH = 0.5
+    AREA_PRECISION_CONSTRAINT = 0.3
+
+
+def package_stats(gt, det):
+    """Detection-only CLEval stats (`.stats.det`) of the `cleval` package on quads.
+
+    The package has no transcription-free mode (CLEvalMetric(det, gt) fails on len(None)),
+    so each GT box gets a transcription as long as its own pseudo count, and the core
+    `evaluation` runs with E2E off, as CLEvalMetric.update would.
+    """
     from cleval.box_types import QUAD
     from cleval.eval_functions import evaluation
 
-    class Options:
-        E2E = ORIENTATION = DUMP_SAMPLE_RESULT = False
-        CASE_SENSITIVE = True
-        RECALL_GRANULARITY_PENALTY_WEIGHT = PRECISION_GRANULARITY_PENALTY_WEIGHT = 1.0
-        VERTICAL_ASPECT_RATIO_THRESH = 0.5
-        AREA_PRECISION_CONSTRAINT = 0.3
-
     gts = []
     for q in gt:
-        box = QUAD(q.reshape(-1), transcription="", is_dc=False)
+        box = QUAD(np.asarray(q, dtype=np.float64).reshape(-1), transcription="", is_dc=False)
         box.transcription = "#" * box.pseudo_transcription_length()
         gts.append(box)
-    dets = [QUAD(q.reshape(-1), transcription="", is_dc=False) for q in det]
-    s = evaluation(Options, gts, dets).stats.det
+    dets = [QUAD(np.asarray(q, dtype=np.float64).reshape(-1), transcription="", is_dc=False) for q in det]
+    return evaluation(PackageOptions, gts, dets).stats.det
+
+
+def package_image(gt, det):
+    """(precision, recall, hmean) of the package (see `package_stats`)."""
+    s = package_stats(gt, det)
     return s.precision, s.recall, s.hmean
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from hrnet_sweep.sweep.agent import EXIT_GAVE_UP, classify_exit, run_agent
+from hrnet_sweep.sweep.command import expand_command, read_param_file
 from hrnet_sweep.sweep.engine import LocalSweep, RunOutcome
-from hrnet_sweep.sweep.spec import expand_command, read_param_file
 
 from test_engine import REPO, make_sweep_yaml
 from _util import pid_alive

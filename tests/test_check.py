@@ -12,33 +12,18 @@ from hrnet_sweep.constants import METRIC
 from hrnet_sweep.sweep.check import check_sweep, explain_main, main
 from hrnet_sweep.sweep.spec import load_sweep
 
+from _util import sweep_doc
+
 pytestmark = pytest.mark.unit
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 SHIPPED = sorted(SWEEPS.glob("*.yaml"))
-CMD = ["${env}", "${interpreter}", "-m", "hrnet_sweep.train", "${args_no_hyphens}"]
 
 
 def _write(tmp_path: Path, params: dict | None = None, **over) -> Path:
-    """A valid CPU sweep (preset lr 1e-3, wd 1e-4, T_max 8, 8 epochs, patience 4), changed by `over`."""
-    doc = {
-        "method": "bayes",
-        "metric": {"name": METRIC, "goal": "maximize"},
-        "parameters": {
-            "preset": {"value": "hrnet_w18_small_cpu"},
-            "models.optimizer.lr": {"distribution": "log_uniform_values", "min": 3e-4, "max": 3e-3},
-            **(params or {}),
-        },
-        "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 3, "strict": True},
-        "command": CMD,
-    }
-    for k, v in over.items():
-        if v is None:
-            doc.pop(k, None)
-        else:
-            doc[k] = v
+    """`sweep_doc(params, **over)` written to tmp_path/sweep.yaml."""
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    path.write_text(yaml.safe_dump(sweep_doc(params, **over), sort_keys=False))
     return path
 
 

@@ -18,8 +18,8 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hrnet_sweep.errors import UserError
+from hrnet_sweep.sweep._validate import validate_sweep
 from hrnet_sweep.sweep.engine import LocalSweep, RunOutcome, build_search_space, resolve_sweep_dir
-from hrnet_sweep.sweep.spec import validate_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_TRAIN = str(REPO / "tests" / "fake_train.py")

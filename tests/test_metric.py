@@ -9,16 +9,19 @@ import math
 import numpy as np
 import pytest
 
+from _util import load_benchmark
 from hrnet_sweep import metric
 from hrnet_sweep.errors import DataError
 from hrnet_sweep.metric import evaluate, evaluate_image, pseudo_char_counts
+from hrnet_sweep.metric._pairs import _convex_pair_areas, _points_inside
+from hrnet_sweep.metric._polygons import _convex_orientation
 
 pytestmark = pytest.mark.unit
 EPS32 = float(np.finfo(np.float32).eps)
 
-
-def rect(x, y, w, h):
-    return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], dtype=np.float64)
+# word boxes, detection noise and the package oracle are shared with the benchmark
+bench = load_benchmark("bench_metric")
+rect, split, merge, noisy = bench.rect, bench.split, bench.merge, bench.noisy
 
 
 def rotate(poly, angle, center=(300.0, 300.0)):
@@ -27,53 +30,15 @@ def rotate(poly, angle, center=(300.0, 300.0)):
 
 
 def receipt(rng, n_words, *, angle=0.0, integer=False):
-    """Receipt-like word boxes: rows of 1-5 words of varied width."""
-    boxes, y = [], 20.0
-    while len(boxes) < n_words:
-        h, x = rng.uniform(14, 30), rng.uniform(5, 40)
-        for _ in range(rng.integers(1, 6)):
-            w = rng.uniform(15, 160)
-            boxes.append(rect(x, y, w, h))
-            x += w + rng.uniform(4, 25)
-            if len(boxes) == n_words:
-                break
-        y += h + rng.uniform(2, 12)
+    """Receipt-like word boxes (the benchmark's rows of 1-5 words), optionally tilted and rounded."""
+    boxes = bench.receipt_rows(rng, n_words)
     boxes = [rotate(b, angle) for b in boxes] if angle else boxes
     return [np.round(b) for b in boxes] if integer else boxes
-
-
-def split(box, t=0.5):
-    top = box[0] + t * (box[1] - box[0])
-    bottom = box[3] + t * (box[2] - box[3])
-    return [np.array([box[0], top, bottom, box[3]]), np.array([top, box[1], box[2], bottom])]
-
-
-def merge(a, b):
-    return np.array([a[0], b[1], b[2], a[3]])
 
 
 def shrink(box, f):
     c = box.mean(0)
     return c + (box - c) * f
-
-
-def noisy(rng, gt, *, jitter=2.0, p_drop=0.05, p_split=0.05, p_merge=0.05, p_fp=0.03):
-    out, i = [], 0
-    while i < len(gt):
-        r = rng.random()
-        if r < p_drop:
-            pass
-        elif r < p_drop + p_split:
-            out += split(gt[i], rng.uniform(0.3, 0.7))
-        elif r < p_drop + p_split + p_merge and i + 1 < len(gt):
-            out.append(merge(gt[i], gt[i + 1]))
-            i += 1
-        else:
-            out.append(gt[i] + rng.normal(0, jitter, (4, 2)))
-        if rng.random() < p_fp:
-            out.append(rect(*rng.uniform(0, 600, 2), rng.uniform(10, 80), rng.uniform(8, 30)))
-        i += 1
-    return out
 
 
 # ----------------------------------------------------------------------------- formulas
@@ -111,7 +76,7 @@ def test_points_inside_follows_polygon3_half_open_rule():
     ring = np.repeat(rect(0, 0, 10, 10).T[:, :, None], 6, axis=2)
     px = np.array([0.0, 10.0, 5.0, 5.0, 5.0, -0.5])
     py = np.array([5.0, 5.0, 0.0, 10.0, 5.0, 5.0])
-    assert metric._points_inside(px, py, ring).tolist() == [True, False, True, False, True, False]
+    assert _points_inside(px, py, ring).tolist() == [True, False, True, False, True, False]
 
 
 def test_convex_pair_areas_match_shapely():
@@ -123,9 +88,9 @@ def test_convex_pair_areas_match_shapely():
     B += [np.round(rotate(rect(*rng.uniform(-5, 20, 2), 30, 10), a, (20, 6))) for a in rng.uniform(0, 3, 40)]
     A, B = np.array(A).transpose(2, 1, 0), np.array(B).transpose(2, 1, 0)
     k = np.full(A.shape[2], 4)
-    oA, oB = metric._convex_orientation(A, k), metric._convex_orientation(B, k)
+    oA, oB = _convex_orientation(A, k), _convex_orientation(B, k)
     assert (oA != 0).all() and (oB != 0).all()
-    ours = metric._convex_pair_areas(A, oA.astype(float), B, oB.astype(float))
+    ours = _convex_pair_areas(A, oA.astype(float), B, oB.astype(float))
     ref = shapely.area(shapely.intersection(shapely.polygons(A.transpose(2, 1, 0)),
                                             shapely.polygons(B.transpose(2, 1, 0))))
     np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9)
@@ -257,32 +222,6 @@ def test_cli_json_and_table(tmp_path, capsys):
 # ----------------------------------------------------------------------------- oracle: the cleval package
 
 
-def _package_image(gt, det, *, cap_hint=10):
-    """Detection-only CLEval of the `cleval` package on quads.
-
-    The package has no transcription-free mode (CLEvalMetric(det, gt) fails on len(None)),
-    so each GT box gets a transcription as long as its own pseudo count, and the core
-    `evaluation` runs with E2E off, as CLEvalMetric.update would.
-    """
-    from cleval.box_types import QUAD
-    from cleval.eval_functions import evaluation
-
-    class Options:
-        E2E = ORIENTATION = DUMP_SAMPLE_RESULT = False
-        CASE_SENSITIVE = True
-        RECALL_GRANULARITY_PENALTY_WEIGHT = PRECISION_GRANULARITY_PENALTY_WEIGHT = 1.0
-        VERTICAL_ASPECT_RATIO_THRESH = 0.5
-        AREA_PRECISION_CONSTRAINT = 0.3
-
-    gts = []
-    for q in gt:
-        box = QUAD(np.asarray(q, dtype=np.float64).reshape(-1), transcription="", is_dc=False)
-        box.transcription = "#" * box.pseudo_transcription_length()
-        gts.append(box)
-    dets = [QUAD(np.asarray(q, dtype=np.float64).reshape(-1), transcription="", is_dc=False) for q in det]
-    return evaluation(Options, gts, dets).stats.det
-
-
 def _assert_same(ours, ref):
     assert abs(ours.precision - ref.precision) <= 1e-6
     assert abs(ours.recall - ref.recall) <= 1e-6
@@ -325,7 +264,7 @@ def test_matches_cleval_package(case):
     pytest.importorskip("cleval")
     gt, det = _cases()[case]
     ours = evaluate_image(gt, det, pseudo_char_cap=10, convention="cleval")
-    _assert_same(ours, _package_image(gt, det))
+    _assert_same(ours, bench.package_stats(gt, det))
 
 
 @pytest.mark.oracle
@@ -339,7 +278,7 @@ def test_matches_cleval_package_random_images_macro_and_micro():
         boxes = receipt(rng, int(rng.integers(5, 60)), angle=rng.uniform(-0.3, 0.3) if i % 2 else 0.0,
                         integer=i % 3 == 0)
         gt[f"{i}.jpg"], pred[f"{i}.jpg"] = boxes, noisy(rng, boxes, jitter=rng.uniform(0.5, 4))
-        refs[f"{i}.jpg"] = _package_image(boxes, pred[f"{i}.jpg"])
+        refs[f"{i}.jpg"] = bench.package_stats(boxes, pred[f"{i}.jpg"])
     res = evaluate(gt, pred, pseudo_char_cap=10, convention="cleval")
     total = CoreStats()
     for name, ref in refs.items():
@@ -435,17 +374,9 @@ def _competition_image(gt, det, monkeypatch):
                    for i in det_valid_indices if match_mat_gts_sum[i] == 0)
 
     monkeypatch.setattr(eval_functions, "get_num_fp_char", fp_chars)
-
-    class Options:
-        E2E = ORIENTATION = DUMP_SAMPLE_RESULT = False
-        CASE_SENSITIVE = True
-        RECALL_GRANULARITY_PENALTY_WEIGHT = PRECISION_GRANULARITY_PENALTY_WEIGHT = 1.0
-        VERTICAL_ASPECT_RATIO_THRESH = 0.5
-        AREA_PRECISION_CONSTRAINT = 0.3
-
     gts = [_CompetitionBox(p, gt=True) for p in gt]
     dets = [_CompetitionBox(p, gt=False) for p in det]
-    return eval_functions.evaluation(Options, gts, dets).stats.det
+    return eval_functions.evaluation(bench.PackageOptions, gts, dets).stats.det
 
 
 def _polygon(rng, box, n_side):

@@ -17,22 +17,16 @@ from hrnet_sweep.config import load_config
 from hrnet_sweep.errors import UserError
 from hrnet_sweep.select import RunRecord, rank_runs
 
+from _util import sweep_doc
+
 REPO = Path(__file__).resolve().parents[1]
 NAN = float("nan")
 
 # ----------------------------------------------------------------------------- test doubles of the W&B public API
 
 SWEEP_PATH = "acme/receipts/abc123"
-SWEEP_CONFIG = {
-    "method": "bayes",
-    "metric": {"name": "val/hmean", "goal": "maximize"},
-    "parameters": {
-        "preset": {"value": "hrnet_w18_small_cpu"},
-        "models.optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
-        "models.scheduler.T_max": {"values": [4, 8]},
-        "trainer.max_epochs": {"value": 8},
-    },
-}
+SWEEP_CONFIG = sweep_doc({"models.scheduler.T_max": {"values": [4, 8]}, "trainer.max_epochs": {"value": 8}},
+                         lr=(1e-4, 1e-2), early_terminate=None, command=None)
 
 
 class FakeRun:

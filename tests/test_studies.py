@@ -20,8 +20,9 @@ import yaml
 from hrnet_sweep.config import list_presets, load_config, parse_overrides
 from hrnet_sweep.lit import DBNetModule
 from hrnet_sweep.sweep.check import check_sweep
+from hrnet_sweep.sweep.command import expand_command
 from hrnet_sweep.sweep.engine import LocalSweep, RunOutcome, build_search_space
-from hrnet_sweep.sweep.spec import expand_command, load_sweep
+from hrnet_sweep.sweep.spec import load_sweep
 
 pytestmark = pytest.mark.unit
 

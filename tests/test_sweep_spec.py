@@ -10,32 +10,14 @@ import pytest
 import yaml
 
 from hrnet_sweep.errors import ConfigError
-from hrnet_sweep.sweep.spec import (HyperbandSpec, ParamSpec, command_args, expand_command, format_value,
-                                    load_sweep, parse_sweep, read_param_file, write_param_file)
+from hrnet_sweep.sweep.command import command_args, expand_command, format_value, read_param_file, write_param_file
+from hrnet_sweep.sweep.spec import HyperbandSpec, ParamSpec, load_sweep, parse_sweep
+
+from _util import TRAIN_CMD, sweep_doc
 
 pytestmark = pytest.mark.unit
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
-CMD = ["${env}", "${interpreter}", "-m", "hrnet_sweep.train", "${args_no_hyphens}"]
-
-
-def _doc(**over) -> dict:
-    doc = {
-        "method": "bayes",
-        "metric": {"name": "val/hmean", "goal": "maximize"},
-        "parameters": {
-            "preset": {"value": "hrnet_w18_small_cpu"},
-            "models.optimizer.lr": {"distribution": "log_uniform_values", "min": 3e-4, "max": 3e-3},
-        },
-        "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 3, "strict": True},
-        "command": CMD,
-    }
-    for k, v in over.items():
-        if v is None:
-            doc.pop(k, None)
-        else:
-            doc[k] = v
-    return doc
 
 
 def _params(**extra) -> dict:
@@ -57,7 +39,7 @@ def test_user_plan_parses():
     assert s.fixed() == {"preset": "hrnet_w44_1280", "trainer.max_epochs": 20, "data.fold": 0}
     assert s.presets == ["hrnet_w44_1280"]
     assert s.early_terminate == HyperbandSpec(min_iter=5, max_iter=None, s=None, eta=3.0, strict=True)
-    assert s.command == CMD
+    assert s.command == TRAIN_CMD
 
 
 # ----------------------------------------------------------------------------- schema errors
@@ -106,14 +88,14 @@ def test_user_plan_parses():
 ])
 def test_schema_errors(over, needle):
     with pytest.raises(ConfigError) as exc:
-        parse_sweep(_doc(**over), "test.yaml")
+        parse_sweep(sweep_doc(**over), "test.yaml")
     assert needle in str(exc.value)
     assert str(exc.value).startswith("test.yaml")
 
 
 def test_errors_name_file_and_line(tmp_path):
     path = tmp_path / "s.yaml"
-    text = yaml.safe_dump(_doc(), sort_keys=False) + "bogus: 1\n"
+    text = yaml.safe_dump(sweep_doc(), sort_keys=False) + "bogus: 1\n"
     path.write_text(text)
     line = text.splitlines().index("bogus: 1") + 1
     with pytest.raises(ConfigError, match=rf"s\.yaml:{line}: unknown sweep key 'bogus'"):
@@ -156,7 +138,7 @@ def test_not_a_mapping(tmp_path):
     ({"value": 2}, "constant", "value"),
 ])
 def test_distribution_inferred_as_wandb_does(body, dist, kind):
-    s = parse_sweep(_doc(parameters=_params(**{"data.batch_size" if kind != "distribution" or dist == "int_uniform"
+    s = parse_sweep(sweep_doc(parameters=_params(**{"data.batch_size" if kind != "distribution" or dist == "int_uniform"
                                                 else "models.optimizer.lr": body})), "t.yaml")
     p = [p for n, p in s.parameters.items() if n != "preset"][0]
     assert (p.distribution, p.kind) == (dist, kind)
@@ -174,15 +156,15 @@ def test_bounds_in_value_space():
 
 def test_log_uniform_exponent_form_validated_in_value_space():
     body = {"distribution": "log_uniform", "min": math.log(3e-4), "max": math.log(3e-3)}
-    s = parse_sweep(_doc(parameters=_params(**{"models.optimizer.lr": body})), "t.yaml")
+    s = parse_sweep(sweep_doc(parameters=_params(**{"models.optimizer.lr": body})), "t.yaml")
     assert s.parameters["models.optimizer.lr"].bounds() == pytest.approx((3e-4, 3e-3))
     with pytest.raises(ConfigError, match="pct_start' value 2.718"):  # exp(1) > 1 is out of range
-        parse_sweep(_doc(parameters=_params(**{"models.scheduler.pct_start": {
+        parse_sweep(sweep_doc(parameters=_params(**{"models.scheduler.pct_start": {
             "distribution": "log_uniform", "min": -2.0, "max": 1.0}})), "t.yaml")
 
 
 def test_multi_preset_sweep_validates_each_preset():
-    s = parse_sweep(_doc(method="grid", early_terminate=None, parameters={
+    s = parse_sweep(sweep_doc(method="grid", early_terminate=None, parameters={
         "preset": {"values": ["hrnet_w18_small_cpu", "resnet18"]}}), "t.yaml")
     assert s.presets == ["hrnet_w18_small_cpu", "resnet18"]
 
@@ -212,7 +194,7 @@ def test_values_formatted_with_str_like_wandb():
 
 
 def test_expand_args_no_hyphens():
-    out = expand_command(CMD, {"models.optimizer.lr": 1e-05, "wandb": True}, interpreter="/venv/bin/python",
+    out = expand_command(TRAIN_CMD, {"models.optimizer.lr": 1e-05, "wandb": True}, interpreter="/venv/bin/python",
                          program=None, env={}, windows=False)
     assert out == ["/usr/bin/env", "/venv/bin/python", "-m", "hrnet_sweep.train", "models.optimizer.lr=1e-05", "wandb=True"]
 

@@ -35,10 +35,10 @@ from typing import Any, Callable, Mapping, Sequence
 from ..constants import CONTROL_DIR_ENV
 from ..errors import UserError
 from ..io import atomic_write_json
+from .command import expand_command, uses_args_json_file, write_args_json_file, write_param_file
 from .engine import (DEFAULT_SWEEPS_ROOT, LocalSweep, RunOutcome, Suggestion, checkpoint_files, delete_files,
                      read_status)
 from .hyperband import RunRecord, hyperband_stop
-from .spec import expand_command, uses_args_json_file, write_args_json_file, write_param_file
 
 __all__ = ["AgentResult", "classify_exit", "launch_run", "run_agent", "main"]
 

@@ -23,9 +23,10 @@ from typing import Any, Literal, Sequence
 from ..config import Config, load_config, parse_value
 from ..constants import METRIC, VAL_PRECISION, VAL_RECALL
 from ..errors import ConfigError
+from ._validate import validate_sweep
+from .command import ARG_MACROS, format_value
 from .hyperband import explain_bands
-from .spec import (ARG_MACROS, STRICT_DEFAULT, SweepSpec, format_value, read_sweep_doc,
-                   validate_sweep)
+from .spec import STRICT_DEFAULT, SweepSpec, read_sweep_doc
 
 __all__ = ["Finding", "check_sweep", "explain_main", "main"]
 

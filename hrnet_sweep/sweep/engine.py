@@ -21,35 +21,37 @@ values, step = position in the run's history (W&B's Hyperband counts logged valu
 State mapping: running = RUNNING, finished = COMPLETE (value = best metric), stopped =
 PRUNED (Optuna then uses the last reported value), failed / crashed = FAIL with
 `outcome.state` telling them apart.
+
+Parts: the search space and sampler (`_space`), the run records and their files
+(`_records`), whether an agent is still alive (`_liveness`); all re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import itertools
-import json
 import math
 import os
 import secrets
 import socket
 import string
 import time
-import warnings
-import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
 from ..io import atomic_write_json, atomic_write_text, read_json
-from .spec import ParamSpec, SweepSpec, read_sweep_doc, validate_sweep
+from ._liveness import agent_identity, boot_id, pid_alive
+from ._records import RunInfo, RunOutcome, Suggestion, checkpoint_files, delete_files, read_status
+from ._space import SearchSpace, build_search_space, make_sampler
+from ._validate import validate_sweep
+from .spec import SweepSpec, read_sweep_doc
 
 __all__ = [
     "DEFAULT_SWEEPS_ROOT",
@@ -69,7 +71,6 @@ __all__ = [
 ]
 
 DEFAULT_SWEEPS_ROOT = Path("outputs") / "sweeps"
-RUN_STATES = ("running", "finished", "stopped", "failed", "crashed")
 STALE_AFTER_S = 300.0
 """A running run whose agent is on another host counts as crashed when its heartbeat
 file is older than this (same host: checked exactly, by pid, start time and boot id)."""
@@ -87,291 +88,11 @@ def new_id(taken: Callable[[str], bool] = lambda _: False, length: int = 8) -> s
             return candidate
 
 
-# ----------------------------------------------------------------------------- search space
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """A sweep's parameters as Optuna sees them.
-
-    `distributions` are sampled (in `parameters:` order), `fixed` are passed through
-    unchanged, `decoders` turn an Optuna value into the value the run gets (quantising,
-    JSON-decoding list choices), `grid` is GridSampler's search space (method grid).
-    """
-
-    distributions: dict[str, BaseDistribution]
-    fixed: dict[str, Any]
-    order: tuple[str, ...]
-    decoders: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
-    grid: dict[str, list] | None = None
-
-    def decode(self, optuna_params: Mapping[str, Any]) -> dict[str, Any]:
-        """Optuna's params of a trial -> every parameter of the run, in sweep order."""
-        out: dict[str, Any] = {}
-        for name in self.order:
-            if name in self.fixed:
-                out[name] = self.fixed[name]
-            elif name in optuna_params:
-                out[name] = self.decoders.get(name, _identity)(optuna_params[name])
-        return out
-
-    def grid_points(self) -> list[tuple]:
-        assert self.grid is not None
-        return list(itertools.product(*self.grid.values()))
-
-
-def _identity(v: Any) -> Any:
-    return v
-
-
-def _quantize(q: float, integer: bool) -> Callable[[Any], Any]:
-    def f(v: Any) -> Any:
-        x = round(float(v) / q) * q
-        return int(round(x)) if integer else x
-
-    return f
-
-
-def _choices(values: Sequence[Any]) -> tuple[tuple, Callable[[Any], Any] | None]:
-    """Categorical choices; lists and mappings (e.g. betas) travel as JSON strings,
-    because Optuna stores only None, bool, int, float and str."""
-    if all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
-        return tuple(values), None
-    return tuple(json.dumps(v) for v in values), json.loads
-
-
-def _unsupported(p: ParamSpec, why: str) -> UserError:
-    return UserError(
-        f"parameter '{p.name}': distribution {p.distribution} {why}. The embedded engine supports "
-        "value, values, int_uniform, uniform, q_uniform, log_uniform, log_uniform_values, "
-        "q_log_uniform, q_log_uniform_values, inv_log_uniform and inv_log_uniform_values; "
-        "run this sweep on W&B (without --local) or use one of those"
-    )
-
-
-def _map_param(p: ParamSpec) -> tuple[BaseDistribution, Callable[[Any], Any] | None]:
-    """One W&B parameter -> (Optuna distribution, decoder or None)."""
-    if p.kind == "values":
-        if p.probabilities is not None:
-            raise _unsupported(p, "(values with probabilities) has no Optuna equivalent")
-        choices, dec = _choices(p.values or ())
-        return CategoricalDistribution(choices), dec
-    d, lo, hi, q = p.distribution, p.min, p.max, p.q
-    if d == "int_uniform":
-        return IntDistribution(int(lo), int(hi)), None
-    if d == "uniform":
-        return FloatDistribution(float(lo), float(hi)), None
-    if d == "q_uniform":  # W&B: round(U(min, max) / q) * q
-        return FloatDistribution(float(lo), float(hi)), _quantize(q, p.integer)
-    # log_uniform_values(min, max): log X ~ U(log min, log max). inv_log_uniform_values:
-    # log(1/X) uniform over the same bounds -> the same law. The exponent forms take
-    # min/max as exponents of e.
-    if d in ("log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values"):
-        low, high = lo, hi
-    elif d in ("log_uniform", "q_log_uniform"):
-        low, high = math.exp(lo), math.exp(hi)
-    elif d == "inv_log_uniform":
-        low, high = math.exp(-hi), math.exp(-lo)
-    else:
-        raise _unsupported(p, "is unbounded or not a range Optuna can sample (normal, log_normal, beta)")
-    dec = _quantize(q, p.integer) if d.startswith("q_") and q else None
-    return FloatDistribution(float(low), float(high), log=True), dec
-
-
-def build_search_space(spec: SweepSpec) -> SearchSpace:
-    """Map the sweep's W&B parameters to Optuna distributions; reject what cannot map.
-
-    value -> passed through; values -> CategoricalDistribution; int_uniform ->
-    IntDistribution; uniform -> FloatDistribution; log_uniform_values ->
-    FloatDistribution(log=True); q_* -> sampled continuous then rounded to q as W&B does.
-    For method grid every parameter becomes a list of grid values.
-    """
-    dists: dict[str, BaseDistribution] = {}
-    decoders: dict[str, Callable[[Any], Any]] = {}
-    fixed: dict[str, Any] = {}
-    grid: dict[str, list] | None = {} if spec.method == "grid" else None
-    for name, p in spec.parameters.items():
-        if p.kind == "value":
-            fixed[name] = p.value
-            continue
-        if grid is not None:
-            if p.kind == "values":
-                choices, dec = _choices(p.values or ())
-            elif p.distribution == "int_uniform":
-                choices, dec = tuple(range(int(p.min), int(p.max) + 1)), None
-            elif p.distribution == "q_uniform":
-                n = int(math.floor((p.max - p.min) / p.q + 1e-9))
-                raw = [p.min + i * p.q for i in range(n + 1)]
-                choices, dec = tuple(int(round(v)) if p.integer else v for v in raw), None
-            else:
-                raise _unsupported(p, "cannot be enumerated by a grid search")
-            grid[name] = list(choices)
-            dists[name] = CategoricalDistribution(choices)
-        else:
-            dists[name], dec = _map_param(p)
-        if dec is not None:
-            decoders[name] = dec
-    return SearchSpace(dists, fixed, tuple(spec.parameters), decoders, grid)
-
-
-class _GridSampler(optuna.samplers.GridSampler):
-    """GridSampler without its `study.stop()` at the end of the grid: that call is only
-    legal inside `optimize`, and here the engine itself decides when the grid is done."""
-
-    def after_trial(self, study, trial, state, values) -> None:  # noqa: D102
-        return None
-
-
-def make_sampler(spec: SweepSpec, space: SearchSpace, *, sweep_id: str,
-                 run_cap: int | None = None) -> optuna.samplers.BaseSampler:
-    """bayes -> TPESampler (multivariate, constant liar); random -> RandomSampler;
-    grid -> GridSampler with a seed shared by every agent (its grid order must agree).
-
-    TPE rather than GPSampler: it uses the intermediate values of pruned trials (with
-    Hyperband most runs end pruned; GPSampler learns from completed ones only), the
-    constant liar keeps parallel agents apart while their runs are still running, it
-    handles categorical parameters (T_max in {15, 18, 20, 25}) natively, and a
-    suggestion costs milliseconds without importing torch in the agent.
-    """
-    if spec.method == "grid":
-        assert space.grid is not None
-        return _GridSampler(space.grid, seed=zlib.crc32(sweep_id.encode()))
-    if spec.method == "random":
-        return optuna.samplers.RandomSampler()
-    startup = 10 if run_cap is None else max(3, min(10, run_cap // 4))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(n_startup_trials=startup, multivariate=True, constant_liar=True)
-
-
-# ----------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class Suggestion:
-    """A run handed to an agent."""
-
-    run_id: str
-    number: int
-    params: dict[str, Any]
-    control_dir: Path
-
-
-@dataclass
-class RunOutcome:
-    """How a run ended, as the agent tells the engine."""
-
-    state: str  # finished | stopped | failed | crashed
-    value: float | None = None
-    reason: str | None = None
-    exit_code: int | None = None
-    run_dir: str | None = None
-    best_epoch: int | None = None
-    best_ckpt: str | None = None
-    last_ckpt: str | None = None
-    freed_bytes: int = 0
-
-    def __post_init__(self) -> None:
-        if self.state not in RUN_STATES[1:]:
-            raise ValueError(f"outcome state {self.state!r} must be one of {', '.join(RUN_STATES[1:])}")
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """One run of a local sweep, as `status`, `best` and Hyperband read it."""
-
-    run_id: str
-    number: int
-    state: str
-    params: dict[str, Any]
-    history: list[float]
-    best: float | None
-    started_at: float | None
-    ended_at: float | None
-    exit_code: int | None
-    reason: str | None
-    stop: dict | None
-    run_dir: str | None
-    control_dir: str
-    agent: dict
-    outcome: dict
-
-    @property
-    def epochs(self) -> int:
-        return len(self.history)
-
-    def checkpoints(self) -> list[Path]:
-        return checkpoint_files(self.run_dir, self.outcome.get("best_ckpt"), self.outcome.get("last_ckpt"))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def _best(history: Sequence[float], goal: str) -> float | None:
     finite = [v for v in history if v is not None and math.isfinite(v)]
     if not finite:
         return None
     return max(finite) if goal == "maximize" else min(finite)
-
-
-def checkpoint_files(run_dir: str | os.PathLike | None, *named: str | os.PathLike | None) -> list[Path]:
-    """Checkpoint files of a run: the `named` ones (status.json's best_ckpt / last_ckpt)
-    that exist, plus `run_dir/checkpoints/*.ckpt`, each once."""
-    found: dict[str, Path] = {}
-    for p in named:
-        if p and Path(p).is_file():
-            found[str(Path(p).resolve())] = Path(p)
-    if run_dir and (Path(run_dir) / "checkpoints").is_dir():
-        for p in sorted((Path(run_dir) / "checkpoints").glob("*.ckpt")):
-            found.setdefault(str(p.resolve()), p)
-    return list(found.values())
-
-
-# ----------------------------------------------------------------------------- process liveness
-
-
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
-def _pid_start(pid: int) -> str | None:
-    """Start time of a process in clock ticks since boot (guards against pid reuse)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _pid_state(pid: int) -> str | None:
-    """One-letter state of a process (R, S, Z, ...), or None when unknown."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_alive(pid: int, start: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if _pid_state(pid) in ("Z", "X"):  # killed but not reaped yet: a container's PID 1 may take long, or never
-        return False
-    now_start = _pid_start(pid)
-    return start is None or now_start is None or now_start == start
-
-
-def agent_identity(agent: str = "") -> dict:
-    """Who runs a trial: enough to tell later whether it is still alive."""
-    pid = os.getpid()
-    return {"agent": agent or f"{socket.gethostname()}:{pid}", "host": socket.gethostname(), "pid": pid,
-            "pid_start": _pid_start(pid), "boot_id": _boot_id()}
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -587,10 +308,10 @@ class LocalSweep:
         if not run:
             return False  # its agent died between asking and recording (both happen under the lock)
         if run.get("host") == socket.gethostname():
-            boot = _boot_id()
+            boot = boot_id()
             if run.get("boot_id") and boot and run["boot_id"] != boot:
                 return False  # the machine restarted since
-            return _pid_alive(int(run["pid"]), run.get("pid_start"))
+            return pid_alive(int(run["pid"]), run.get("pid_start"))
         beat = Path(run["control_dir"]) / "heartbeat"
         last = beat.stat().st_mtime if beat.exists() else run.get("started_at", 0)
         return now - last < stale_after_s
@@ -638,28 +359,4 @@ class LocalSweep:
                 agent={k: run.get(k) for k in ("agent", "host", "pid")}, outcome=outcome,
             ))
         return out
-
-
-def read_status(control_dir: Path) -> dict | None:
-    """A run's status.json, or None when it is missing or unreadable (a killed run)."""
-    p = control_dir / "status.json"
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def delete_files(paths: Sequence[Path], *, dry_run: bool = False) -> int:
-    """Delete files (never folders); return the bytes freed (or that would be)."""
-    freed = 0
-    for p in paths:
-        try:
-            size = p.stat().st_size
-            if not dry_run:
-                p.unlink()
-            freed += size
-        except FileNotFoundError:
-            continue
-    return freed
 
