@@ -372,10 +372,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{len(report.warnings)} warnings; details: hrnet_sweep validate-submission {args.out} --images "
           f"{args.images})")
     if args.gt:
-        from .io import load_annotations
+        from .io import load_annotations, load_predictions
         from .metric import evaluate
 
+        # score the file as submitted (integer points), the number `hrnet_sweep eval` gives for it
         gt = {name: a.polygons() for name, a in load_annotations(args.gt).items()}
-        res = evaluate(gt, {name: [p for p, _ in d] for name, d in preds.items()})
+        res = evaluate(gt, load_predictions(args.out))
         print(f"H-Mean {res.hmean:.4f} (precision {res.precision:.4f}, recall {res.recall:.4f}) on {len(gt)} images")
     return 0 if report.valid else 2

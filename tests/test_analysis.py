@@ -12,6 +12,7 @@ import pytest
 
 from hrnet_sweep import cli
 from hrnet_sweep.analysis import Rules, analyze, box_geometry, compare, count_outliers, error_types, image_flags
+from hrnet_sweep.analysis._rules import count_limits
 from hrnet_sweep.errors import DataError, UserError
 from hrnet_sweep.io import save_predictions, write_submission
 
@@ -116,6 +117,10 @@ def test_count_outliers_ratio_to_median():
     out = count_outliers(counts, Rules())
     assert out["median"] == 40 and out["few_below"] == 10 and out["many_above"] == 120
     assert out["few"] == ["e", "d"] and out["many"] == ["f"]
+    # the limits in whole boxes, as the plot title and the report state them
+    assert count_limits(out) == ("9 or fewer", "121 or more")
+    assert count_limits({"few_below": 7.125, "many_above": 85.5}) == ("7 or fewer", "86 or more")
+    assert count_limits({"few_below": 0.0, "many_above": 3.0})[0] == "never"
 
 
 @pytest.mark.unit

@@ -103,7 +103,9 @@ def test_one_fold_per_gpu_queued(tmp_path, fake_python, monkeypatch):
     for gpu in ("0", "1"):  # never two folds on one GPU at once
         spans = sorted((t["start"], t["end"]) for t in trace if t["gpu"] == gpu)
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
-    assert max(sum(1 for t in trace if t["start"] < u["end"] and u["start"] < t["end"]) for u in trace) == 2
+    # at most two folds at any instant (checked at each start; a long fold on one GPU may
+    # overlap two short ones run one after the other on the other GPU)
+    assert max(sum(1 for t in trace if t["start"] <= u["start"] < t["end"]) for u in trace) == 2
     assert [doc["folds"][str(k)]["state"] for k in range(5)] == ["finished"] * 5
     assert doc["mean_best"] == pytest.approx(0.7)
     assert json.loads((tmp_path / "rt" / kfold.SUMMARY_FILE).read_text())["folds"]["4"]["best"] == pytest.approx(0.9)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ._model import _ERRORS
+from ._rules import count_limits
 
 
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -70,9 +71,10 @@ def _analysis_markdown(s: dict, files: Mapping[str, Path]) -> str:
         body += [f"{s['unreadable']} polygons of the file were unreadable (NaN; in JSON also under 3 points or zero "
                  "area) and are not counted.", ""]
 
+    few, many = count_limits(out)
     body += ["## Boxes per image", "", *_img("boxes per image", files.get("boxes_per_image")),
-             f"- Too few ({rules['few']}, i.e. < {out['few_below']:g}): {_names(out['few'], s['per_image'])}",
-             f"- Too many ({rules['many']}, i.e. > {out['many_above']:g}): {_names(out['many'], s['per_image'])}", ""]
+             f"- Too few ({rules['few']}, i.e. {few} boxes): {_names(out['few'], s['per_image'])}",
+             f"- Too many ({rules['many']}, i.e. {many} boxes): {_names(out['many'], s['per_image'])}", ""]
 
     flag_rows = [[f.replace("_", " "), s["flags"][f]["boxes"], s["flags"][f]["images"], _top(s["flags"][f]), rules[f]]
                  for f in ("tiny", "huge", "extreme_aspect", "under_4_points", "over_cap")]

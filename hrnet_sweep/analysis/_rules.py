@@ -151,6 +151,13 @@ def count_outliers(counts: Mapping[str, int], rules: Rules) -> dict:
     }
 
 
+def count_limits(outliers: Mapping) -> tuple[str, str]:
+    """The too-few / too-many limits of `count_outliers` in whole boxes, as a reader
+    wants them: ("7 or fewer", "86 or more") rather than "< 7.125", "> 85.5"."""
+    few = math.ceil(outliers["few_below"]) - 1
+    return ("never" if few < 0 else f"{few} or fewer"), f"{math.floor(outliers['many_above']) + 1} or more"
+
+
 def _shape(poly: np.ndarray):
     geom = Polygon(np.asarray(poly, dtype=np.float64))
     if not geom.is_valid:  # self-intersecting polygons from polygon-mode post-processing

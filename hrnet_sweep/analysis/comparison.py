@@ -116,7 +116,7 @@ def compare(paths: Sequence[str | Path], *, gt_path: str | Path | None = None, i
         for m in models:
             r = m.images[img]
             if gt is not None:
-                title = f"{m.name}: {r['boxes']} boxes\n" + _error_line(r)
+                title = f"{m.name}: {r['boxes']} boxes\n" + _error_line(r, narrow=len(models) > 1)
             else:
                 title = f"{m.name}: {r['boxes']} boxes"
             panels.append(_model_panel(m, img, gt, title))

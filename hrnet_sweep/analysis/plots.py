@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ..io import atomic_path
+from ._rules import count_limits
 
 __all__ = ["Panel", "box_geometry", "boxes_per_image", "compare_boxes", "compare_per_image", "hmean_per_image",
            "overlay"]
@@ -58,16 +59,17 @@ def boxes_per_image(path, counts: Sequence[int], edges: Sequence[float], *, medi
     if gt_counts is not None:
         ax.hist(gt_counts, bins=edges, histtype="step", color=GT, linewidth=2, label="ground truth")
     # The zones are drawn where they fall inside the data; the title states both limits.
+    zone = "flagged: too few / too many"
     if few_below > edges[0]:
-        ax.axvspan(edges[0], few_below, color="0.3", alpha=0.15, lw=0, label="too few / too many")
+        ax.axvspan(edges[0], few_below, color="0.3", alpha=0.15, lw=0, label=zone)
     if many_above < edges[-1]:
-        ax.axvspan(many_above, edges[-1], color="0.3", alpha=0.15, lw=0,
-                   label=None if few_below > edges[0] else "too few / too many")
-    ax.axvline(median, color="black", linestyle="--", linewidth=1, label=f"median {median:g}")
+        ax.axvspan(many_above, edges[-1], color="0.3", alpha=0.15, lw=0, label=None if few_below > edges[0] else zone)
+    ax.axvline(median, color="black", linestyle="--", linewidth=1, label=f"median of predictions {median:g}")
     ax.set_xlim(edges[0], edges[-1])
     ax.set_xlabel("boxes per image")
     ax.set_ylabel("images")
-    ax.set_title(f"Boxes per image (too few: < {few_below:.4g}, too many: > {many_above:.4g})", fontsize=10)
+    few, many = count_limits({"few_below": few_below, "many_above": many_above})
+    ax.set_title(f"Boxes per image (flagged: {few}, {many})", fontsize=10)
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8, loc="upper right")
     return _save(fig, path)
@@ -96,12 +98,14 @@ def box_geometry(path, width: Sequence[float], height: Sequence[float], flags: M
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
-    ax.fill_between([lo, tiny_px], lo, tiny_px, color=FLAG_COLORS["tiny"], alpha=0.12, lw=0)
+    ax.fill_between([lo, tiny_px], lo, tiny_px, color=FLAG_COLORS["tiny"], alpha=0.12, lw=0,
+                    label=f"tiny zone (both sides <= {tiny_px:g} px)")
     xs = np.array([lo, hi])
     for ratio in (aspect_max, aspect_min):  # lines of constant width / height
         ax.plot(xs, xs / ratio, color=FLAG_COLORS["extreme_aspect"], linestyle=":", linewidth=1)
     ax.text(hi / 1.3, hi / 1.3 / aspect_max, f"w/h = {aspect_max:g} ", fontsize=8, ha="right", va="bottom", color="0.3")
-    ax.text(hi / 1.3 * aspect_min, hi / 1.3, f"w/h = {aspect_min:g} ", fontsize=8, ha="right", va="top", color="0.3")
+    # low on its line, clear of the legend in the upper left
+    ax.text(hi / 12 * aspect_min * 1.15, hi / 12, f"w/h = {aspect_min:g}", fontsize=8, ha="left", va="top", color="0.3")
     ax.set_xlabel("width (px, side nearer horizontal)")
     ax.set_ylabel("height (px)")
     ax.set_title("Box size (minimum-area rectangle)")
@@ -310,5 +314,5 @@ def compare_per_image(path, ref: str, counts: Mapping[str, Sequence[int]],
         others = [n for n in values if n != ref]
         ax.set_ylabel(f"{others[0] if len(others) == 1 else 'other models'}: {what}")
         ax.set_title(f"{what[0].upper() + what[1:]} (above the diagonal: more than {ref})", fontsize=9)
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
