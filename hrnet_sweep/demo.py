@@ -159,10 +159,8 @@ def _watch_sweep(root: Path, stop: threading.Event, say: Callable[[str], None], 
 def _fold_vs_ensemble(target, test_dir: Path, gt_json: Path, *, tta: bool) -> dict[str, dict]:
     """H-Mean of every fold alone and of their probability-map average, one inference
     per fold and image, with the retrain's tuned post-processing."""
-    import numpy as np
-
     from .ensemble import fold_and_ensemble_maps
-    from .io import load_annotations
+    from .io import integer_points, load_annotations
     from .metric import evaluate
     from .predict import load_checkpoint, postprocess_map
 
@@ -179,7 +177,7 @@ def _fold_vs_ensemble(target, test_dir: Path, gt_json: Path, *, tta: bool) -> di
     out = {}
     for label, p in preds.items():
         # integer points, as the submission CSV holds them: the H-Mean `hrnet_sweep eval` gives
-        r = evaluate(gt, {n: [np.rint(poly) for poly in polys] for n, polys in p.items()})
+        r = evaluate(gt, {n: [integer_points(poly) for poly in polys] for n, polys in p.items()})
         out[label] = {"hmean": r.hmean, "precision": r.precision, "recall": r.recall,
                       "detections": sum(len(v) for v in p.values())}
     return out

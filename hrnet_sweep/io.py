@@ -214,13 +214,18 @@ def clamp_polygon(points: np.ndarray, width: int, height: int) -> np.ndarray:
 Prediction = tuple  # (polygon (K, 2) array, score float | None)
 
 
+def integer_points(poly) -> np.ndarray:
+    """A polygon's points rounded to whole pixels, as prediction files and the CSV hold them."""
+    return np.rint(np.asarray(poly)).astype(int)
+
+
 def predictions_to_json(preds: Mapping[str, Sequence[tuple[np.ndarray, float | None]]]) -> dict:
     """Build the prediction document: the annotation schema, integer points, a score per word."""
     images = {}
     for name, dets in preds.items():
         words = {}
         for i, (poly, score) in enumerate(dets, start=1):
-            entry = {"points": np.rint(np.asarray(poly)).astype(int).tolist()}
+            entry = {"points": integer_points(poly).tolist()}
             if score is not None and math.isfinite(float(score)):
                 entry["score"] = round(float(score), 5)
             words[f"{i:04d}"] = entry
@@ -250,7 +255,7 @@ def format_polygons(polys: Sequence[np.ndarray]) -> str:
     """`x1 y1 x2 y2 ...` per polygon (integers), polygons joined by `|`."""
     parts = []
     for poly in polys:
-        pts = np.rint(np.asarray(poly)).astype(int).reshape(-1)
+        pts = integer_points(poly).reshape(-1)
         parts.append(" ".join(str(v) for v in pts))
     return "|".join(parts)
 

@@ -71,7 +71,7 @@ def _analysis_markdown(s: dict, files: Mapping[str, Path]) -> str:
         body += [f"{s['unreadable']} polygons of the file were unreadable (NaN; in JSON also under 3 points or zero "
                  "area) and are not counted.", ""]
 
-    few, many = count_limits(out)
+    few, many = count_limits(out['few_below'], out['many_above'])
     body += ["## Boxes per image", "", *_img("boxes per image", files.get("boxes_per_image")),
              f"- Too few ({rules['few']}, i.e. {few} boxes): {_names(out['few'], s['per_image'])}",
              f"- Too many ({rules['many']}, i.e. {many} boxes): {_names(out['many'], s['per_image'])}", ""]

@@ -47,9 +47,10 @@ def _error_line(rec: dict, *, narrow: bool = False) -> str:
     """H-Mean and error counts for a panel title; `narrow` (panels side by side) breaks the
     counts over two lines so neighbouring titles do not run into each other."""
     m, e = rec["metric"], rec["errors"]
+    sep = "\n" if narrow else " · "
     return (f"H-Mean {m['hmean']:.3f} (P {m['precision']:.3f}, R {m['recall']:.3f})\n"
-            f"missed {len(e['missed'])} (small {len(e['missed_small'])}) · split {len(e['split'])}"
-            f"{chr(10) if narrow else ' · '}merged {len(e['merged'])} · false pos. {len(e['false_positive'])}")
+            f"missed {len(e['missed'])} (small {len(e['missed_small'])}) · split {len(e['split'])}{sep}"
+            f"merged {len(e['merged'])} · false pos. {len(e['false_positive'])}")
 
 
 def _model_panel(model: _Model, name: str, gt, title: str) -> Panel:

@@ -151,11 +151,11 @@ def count_outliers(counts: Mapping[str, int], rules: Rules) -> dict:
     }
 
 
-def count_limits(outliers: Mapping) -> tuple[str, str]:
+def count_limits(few_below: float, many_above: float) -> tuple[str, str]:
     """The too-few / too-many limits of `count_outliers` in whole boxes, as a reader
     wants them: ("7 or fewer", "86 or more") rather than "< 7.125", "> 85.5"."""
-    few = math.ceil(outliers["few_below"]) - 1
-    return ("never" if few < 0 else f"{few} or fewer"), f"{math.floor(outliers['many_above']) + 1} or more"
+    few = math.ceil(few_below) - 1
+    return ("never" if few < 0 else f"{few} or fewer"), f"{math.floor(many_above) + 1} or more"
 
 
 def _shape(poly: np.ndarray):

@@ -68,7 +68,7 @@ def boxes_per_image(path, counts: Sequence[int], edges: Sequence[float], *, medi
     ax.set_xlim(edges[0], edges[-1])
     ax.set_xlabel("boxes per image")
     ax.set_ylabel("images")
-    few, many = count_limits({"few_below": few_below, "many_above": many_above})
+    few, many = count_limits(few_below, many_above)
     ax.set_title(f"Boxes per image (flagged: {few}, {many})", fontsize=10)
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8, loc="upper right")
