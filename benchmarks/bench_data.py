@@ -35,9 +35,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hrnet_sweep import data as data_mod  # noqa: E402
-from hrnet_sweep import targets as targets_mod  # noqa: E402
-from hrnet_sweep.io import load_annotations  # noqa: E402
+from hrnet_sweep.dbnet import data as data_mod  # noqa: E402
+from hrnet_sweep.dbnet import targets as targets_mod  # noqa: E402
+from hrnet_sweep.formats import load_annotations  # noqa: E402
 
 TARGET_PER_CORE = 15.0
 SROIE = Path(os.environ.get("HRNET_SWEEP_SROIE", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sroie-mini"))

@@ -1,4 +1,4 @@
-"""Benchmark `hrnet_sweep.postprocess.postprocess` against a straightforward reference.
+"""Benchmark `hrnet_sweep.dbnet.postprocess.postprocess` against a straightforward reference.
 
 The reference below is the DB paper's post-processing written plainly, candidate by
 candidate, the way its public code does it (MhLiao/DB: seg_detector_representer.py):
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_targets  # noqa: E402
 from bench_targets import CLOCKS, IMAGE_SIZE, WORDS, median_ms, receipt_words  # noqa: E402
 
-from hrnet_sweep.postprocess import postprocess  # noqa: E402
-from hrnet_sweep.targets import make_targets  # noqa: E402
+from hrnet_sweep.dbnet.postprocess import postprocess  # noqa: E402
+from hrnet_sweep.dbnet.targets import make_targets  # noqa: E402
 
 # ----------------------------------------------------------------------------- reference
 

@@ -1,4 +1,4 @@
-"""Benchmark `hrnet_sweep.targets.make_targets` against a straightforward reference.
+"""Benchmark `hrnet_sweep.dbnet.targets.make_targets` against a straightforward reference.
 
 The reference below is the DB paper's target algorithm written plainly, polygon by
 polygon and edge by edge, over the whole bounding box in float64, the way its public
@@ -29,7 +29,7 @@ from shapely.geometry import Polygon  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hrnet_sweep.targets import make_targets  # noqa: E402
+from hrnet_sweep.dbnet.targets import make_targets  # noqa: E402
 
 IMAGE_SIZE = 1280
 WORDS = 72

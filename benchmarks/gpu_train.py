@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 from hrnet_sweep.config import load_config  # noqa: E402
-from hrnet_sweep.data import to_network_input  # noqa: E402
-from hrnet_sweep.loss import build_loss  # noqa: E402
-from hrnet_sweep.model import build_model  # noqa: E402
+from hrnet_sweep.dbnet.data import to_network_input  # noqa: E402
+from hrnet_sweep.dbnet.loss import build_loss  # noqa: E402
+from hrnet_sweep.dbnet.model import build_model  # noqa: E402
 
 
 def _batch(n: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:

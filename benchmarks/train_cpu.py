@@ -25,11 +25,11 @@ sys.path.insert(0, str(REPO))
 
 from hrnet_sweep.config import load_config  # noqa: E402
 from hrnet_sweep.constants import METRIC  # noqa: E402
-from hrnet_sweep.io import load_annotations  # noqa: E402
+from hrnet_sweep.formats import load_annotations  # noqa: E402
 from hrnet_sweep.metric import evaluate  # noqa: E402
-from hrnet_sweep.predict import load_checkpoint, postprocess_map, probability_maps  # noqa: E402
-from hrnet_sweep.train import run  # noqa: E402
-from hrnet_sweep.tune import Grid, tune_postprocess  # noqa: E402
+from hrnet_sweep.dbnet.inference import load_checkpoint, postprocess_map, probability_maps  # noqa: E402
+from hrnet_sweep.pipeline.train import run  # noqa: E402
+from hrnet_sweep.pipeline.tune import Grid, tune_postprocess  # noqa: E402
 
 SROIE = Path(os.environ.get("HRNET_SWEEP_SROIE", REPO.parent / "shared" / "data" / "sroie-mini"))
 

@@ -16,9 +16,9 @@ from .errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:function, one-line help)
-    "train": ("hrnet_sweep.train:main", "train one model: hrnet_sweep train preset=NAME key=value ..."),
+    "train": ("hrnet_sweep.pipeline.train:main", "train one model: hrnet_sweep train preset=NAME key=value ..."),
     "eval": ("hrnet_sweep.metric:main", "CLEval H-Mean of predictions against ground truth"),
-    "predict": ("hrnet_sweep.ensemble:main", "checkpoints or a preset -> prediction JSON + submission CSV"),
+    "predict": ("hrnet_sweep.pipeline.predict:main", "checkpoints or a preset -> prediction JSON + submission CSV"),
     "synth": ("hrnet_sweep.synth:main", "render deterministic synthetic receipts"),
     "analyze": ("hrnet_sweep.analysis:main", "statistics, flags, per-image H-Mean and worst-image overlays of predictions"),
     "compare": ("hrnet_sweep.analysis:main_compare", "compare two or more prediction files image by image"),
@@ -29,11 +29,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "clean": ("hrnet_sweep.sweep.status:main_clean", "delete checkpoints of runs outside the top N (never the best)"),
     "check": ("hrnet_sweep.sweep.check:main", "validate and lint sweep YAML files: hrnet_sweep check SWEEP.yaml [--strict]"),
     "explain": ("hrnet_sweep.sweep.check:explain_main", "show a sweep's Hyperband bands in epochs and runs kept per band"),
-    "best": ("hrnet_sweep.select:main", "rank a sweep's finished runs by best val/hmean; --export the winner as a preset"),
+    "best": ("hrnet_sweep.pipeline.best:main", "rank a sweep's finished runs by best val/hmean; --export the winner as a preset"),
     "validate-submission": ("hrnet_sweep.submission:main", "check a submission CSV against the competition format"),
-    "kfold": ("hrnet_sweep.kfold:main", "retrain every fold of a preset, one per GPU, resumable: kfold PRESET --folds 0-4"),
-    "tune-postprocess": ("hrnet_sweep.tune:main", "tune post-processing on the retrain's cached out-of-fold maps"),
-    "demo": ("hrnet_sweep.demo:main", "the whole pipeline on synthetic receipts: CPU, offline, no account"),
+    "kfold": ("hrnet_sweep.pipeline.kfold:main", "retrain every fold of a preset, one per GPU, resumable: kfold PRESET --folds 0-4"),
+    "tune-postprocess": ("hrnet_sweep.pipeline.tune:main", "tune post-processing on the retrain's cached out-of-fold maps"),
+    "demo": ("hrnet_sweep.pipeline.demo:main", "the whole pipeline on synthetic receipts: CPU, offline, no account"),
 }
 
 

@@ -446,6 +446,6 @@ def flat_dict(cfg: Config) -> dict[str, Any]:
 
 def save_config(cfg: Config, path: str | os.PathLike) -> Path:
     """Write the resolved config atomically as YAML."""
-    from .io import atomic_write_text
+    from .formats import atomic_write_text
 
     return atomic_write_text(path, cfg.to_yaml())

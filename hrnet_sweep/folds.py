@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .errors import ConfigError, DataError
-from .io import atomic_write_json, load_annotations, read_json
+from .formats import atomic_write_json, load_annotations, read_json
 
 __all__ = [
     "Manifest",
@@ -96,11 +96,17 @@ def word_counts(annotations: Mapping) -> dict[str, int]:
     return out
 
 
+def fold_assignment(annotations: Mapping, num_folds: int, seed: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(image -> fold, image -> word count) of a loaded annotation dict."""
+    counts = word_counts(annotations)
+    check_fold_args(num_folds, len(counts))
+    return assign_folds(list(counts), list(counts.values()), num_folds, seed), counts
+
+
 def split(annotations: Mapping, fold: int, num_folds: int, seed: int) -> tuple[list[str], list[str]]:
     """Train and validation image names (each sorted) for `fold` of a loaded annotation dict."""
-    counts = word_counts(annotations)
-    check_fold_args(num_folds, len(counts), fold)
-    assignment = assign_folds(list(counts), list(counts.values()), num_folds, seed)
+    check_fold_args(num_folds, len(annotations), fold)
+    assignment, _ = fold_assignment(annotations, num_folds, seed)
     train = [n for n, f in assignment.items() if f != fold]
     val = [n for n, f in assignment.items() if f == fold]
     return train, val

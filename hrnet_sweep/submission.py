@@ -24,7 +24,7 @@ from typing import Sequence
 
 from .constants import MAX_DETECTIONS
 from .errors import DataError
-from .io import CSV_HEADER
+from .formats import CSV_HEADER
 
 __all__ = ["Issue", "Report", "main", "validate_submission"]
 
@@ -139,7 +139,7 @@ def validate_submission(path: str | Path, *, images: str | Path | None = None) -
     expected: set[str] | None = None
     sizes: dict[str, tuple[int, int]] = {}
     if images is not None:
-        from .data import IMAGE_EXTENSIONS
+        from .dbnet.data import IMAGE_EXTENSIONS
 
         images = Path(images)
         if not images.is_dir():

@@ -14,7 +14,7 @@ from hrnet_sweep import cli
 from hrnet_sweep.analysis import Rules, analyze, box_geometry, compare, count_outliers, error_types, image_flags
 from hrnet_sweep.analysis._rules import count_limits
 from hrnet_sweep.errors import DataError, UserError
-from hrnet_sweep.io import save_predictions, write_submission
+from hrnet_sweep.formats import save_predictions, write_submission
 
 SIZE = 1000
 
@@ -318,7 +318,7 @@ SROIE = Path(os.environ.get("HRNET_SWEEP_SROIE", Path(__file__).resolve().parent
 @pytest.mark.integration
 @pytest.mark.skipif(not (SROIE / "val.json").is_file(), reason=f"sroie-mini not found at {SROIE}")
 def test_sroie_mini_jittered(tmp_path):
-    from hrnet_sweep.io import load_annotations
+    from hrnet_sweep.formats import load_annotations
 
     rng = np.random.default_rng(0)
     gt = load_annotations(SROIE / "val.json")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hrnet_sweep.data import (
+from hrnet_sweep.dbnet.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MAP_KEYS,
@@ -28,7 +28,7 @@ from hrnet_sweep.data import (
     to_network_input,
 )
 from hrnet_sweep.errors import ConfigError, DataError
-from hrnet_sweep.io import ImageAnnotation, Word, load_annotations
+from hrnet_sweep.formats import ImageAnnotation, Word, load_annotations
 
 pytestmark = pytest.mark.unit
 
@@ -198,7 +198,7 @@ def test_all_augmentations_on_keep_contract():
 def test_gray_noise_strength_and_reproducibility():
     import albumentations as A
 
-    from hrnet_sweep.data import _GrayNoise
+    from hrnet_sweep.dbnet.data import _GrayNoise
 
     img = np.full((200, 100, 3), 128, np.uint8)
     a = A.Compose([_GrayNoise((0.04, 0.04), p=1.0)], seed=5)(image=img)["image"]
@@ -274,7 +274,7 @@ def test_unreadable_content_warns_with_name_and_substitutes(folder, caplog):
     Image.fromarray(noise).save(buf, "JPEG")
     (root / "1.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # header fine, content cut
     ds = DetectionDataset(root, anns, list(anns), build_transforms(None, 64, 64, train=False))
-    with caplog.at_level(logging.WARNING, logger="hrnet_sweep.data"):
+    with caplog.at_level(logging.WARNING, logger="hrnet_sweep.dbnet.data"):
         assert ds[1]["name"] == "2.jpg"
         assert ds[1]["name"] == "2.jpg"
     assert ds.bad_files == {"1.jpg"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hrnet_sweep import demo
+from hrnet_sweep.pipeline import demo
 from hrnet_sweep.errors import UserError
 
 
@@ -70,7 +70,7 @@ def test_demo_never_removes_a_folder_it_did_not_make(tmp_path):
 @pytest.mark.integration
 def test_fast_demo_end_to_end(tmp_path, monkeypatch):
     from hrnet_sweep.config import load_config
-    from hrnet_sweep.select import read_provenance
+    from hrnet_sweep.pipeline.presets import read_provenance
     from hrnet_sweep.submission import validate_submission
 
     monkeypatch.delenv("HRNET_SWEEP_DATA", raising=False)

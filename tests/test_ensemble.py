@@ -15,10 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from hrnet_sweep import ensemble, predict
+from hrnet_sweep.dbnet import inference as predict
+from hrnet_sweep.pipeline import ensemble
+from hrnet_sweep.pipeline import predict as predict_cmd
 from hrnet_sweep.config import load_config
 from hrnet_sweep.errors import UserError
-from hrnet_sweep.io import read_submission
+from hrnet_sweep.formats import read_submission
 
 TINY = ["data.image_height=64", "data.image_width=64", "models.decoder.inner_channels=16"]
 
@@ -28,7 +30,7 @@ def tiny_cfg(*extra):
 
 
 def make_ckpt(path: Path, cfg, seed: int) -> Path:
-    from hrnet_sweep.model import build_model
+    from hrnet_sweep.dbnet.model import build_model
 
     torch.manual_seed(seed)
     model = build_model(cfg)
@@ -129,7 +131,7 @@ def test_fold_and_ensemble_maps_run_each_model_once(tmp_path, images):
 def fake_retrain(tmp_path: Path, data: Path, preset: str | None = None) -> Path:
     """A retrain folder as `kfold` leaves it (summary, manifest, fold checkpoints), without training."""
     from hrnet_sweep.folds import assign_folds, word_counts, write_manifest
-    from hrnet_sweep.io import load_annotations
+    from hrnet_sweep.formats import load_annotations
 
     root = tmp_path / "rt"
     overrides = [f"data.root={data}", *TINY, "data.num_folds=2"]
@@ -151,7 +153,7 @@ def fake_retrain(tmp_path: Path, data: Path, preset: str | None = None) -> Path:
 
 @pytest.mark.integration
 def test_oof_cache_tune_and_predict_from_the_preset(tmp_path, synth_data, capsys):
-    from hrnet_sweep import tune
+    from hrnet_sweep.pipeline import tune
 
     preset = tmp_path / "best.yaml"
     preset.write_text("# provenance (hrnet_sweep best):\n#   sweep: demo\nbase: hrnet_w18_small_cpu\n")
@@ -181,7 +183,7 @@ def test_oof_cache_tune_and_predict_from_the_preset(tmp_path, synth_data, capsys
     # predict from the retrain folder: both folds, the tuned post-processing, a valid CSV
     test_images = synth_data / "images"
     csv = tmp_path / "sub.csv"
-    rc = ensemble.main([str(root), "--images", str(test_images), "--out", str(csv), "--gt",
+    rc = predict_cmd.main([str(root), "--images", str(test_images), "--out", str(csv), "--gt",
                         str(synth_data / "test.json")])
     out = capsys.readouterr().out
     assert rc == 0 and "folds [0, 1]" in out and "box mode" in out and f"thresh {pp.thresh}" in out
@@ -189,7 +191,7 @@ def test_oof_cache_tune_and_predict_from_the_preset(tmp_path, synth_data, capsys
     assert len(read_submission(csv)) == len(list(test_images.glob("*.jpg")))
     assert csv.with_suffix(".json").is_file()
     # one fold only
-    rc = ensemble.main([str(root / "kfold_summary.json"), "--images", str(test_images), "--out", str(csv),
+    rc = predict_cmd.main([str(root / "kfold_summary.json"), "--images", str(test_images), "--out", str(csv),
                         "--folds", "1"])
     assert rc == 0 and "folds [1]" in capsys.readouterr().out
 
@@ -213,5 +215,5 @@ def test_predict_routing_shipped_preset_and_plain_checkpoints(tmp_path, synth_da
     # .ckpt arguments are predicted with the post-processing stored in the checkpoint
     ckpt = tmp_path / "outputs" / "hrnet_w18_small_cpu-kfold" / "fold0" / "checkpoints" / "best-00.ckpt"
     csv = tmp_path / "c.csv"
-    assert ensemble.main([str(ckpt), "--images", str(synth_data / "images"), "--out", str(csv)]) == 0
+    assert predict_cmd.main([str(ckpt), "--images", str(synth_data / "images"), "--out", str(csv)]) == 0
     assert csv.is_file()

@@ -10,7 +10,7 @@ import pytest
 
 from hrnet_sweep.errors import ConfigError, DataError
 from hrnet_sweep.folds import assign_folds, read_manifest, split, write_manifest
-from hrnet_sweep.io import ImageAnnotation, Word, load_annotations
+from hrnet_sweep.formats import ImageAnnotation, Word, load_annotations
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hrnet_sweep import kfold
+from hrnet_sweep.pipeline import kfold
 from hrnet_sweep.errors import UserError
 
 TINY = ["data.image_height=64", "data.image_width=64", "models.decoder.inner_channels=16", "data.num_workers=0",
@@ -44,8 +44,6 @@ def test_fold_command_is_what_an_agent_runs(tmp_path):
     assert cmd == ["py", "-m", "hrnet_sweep.train", "preset=/p/best.yaml", "trainer.max_epochs=2", "data.fold=3",
                    f"output_dir={tmp_path}", "run_name=best-kfold/fold3", "resume_from_checkpoint=auto",
                    "logging.group=best-kfold"]
-    env = kfold._child_env("1", {"PATH": "/bin"})
-    assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["PYTHONPATH"].endswith(str(Path(kfold.__file__).parents[1]))
 
 
 @pytest.mark.unit

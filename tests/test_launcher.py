@@ -17,7 +17,8 @@ import pytest
 
 from hrnet_sweep.errors import UserError
 from hrnet_sweep.sweep import launcher
-from hrnet_sweep.sweep.launcher import detect_gpus, parse_gpus, run_agents, wandb_credentials
+from hrnet_sweep.sweep.launcher import detect_gpus, parse_gpus, run_agents
+from hrnet_sweep.wandb_auth import credentials as wandb_credentials
 
 from test_engine import REPO
 from _util import pid_alive
@@ -179,7 +180,7 @@ def test_wandb_credentials(tmp_path):
 
 def test_sweep_goes_to_wandb_with_credentials(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(launcher, "wandb_credentials", lambda: "WANDB_API_KEY")
+    monkeypatch.setattr(launcher, "credentials", lambda: "WANDB_API_KEY")
 
     def fake_create(config, *, project, entity):  # test double of wandb.sweep
         seen.update(config=config, project=project, entity=entity)
@@ -201,7 +202,7 @@ def test_sweep_goes_to_wandb_with_credentials(tmp_path, monkeypatch):
 
 
 def test_sweep_without_credentials_runs_on_the_embedded_engine(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(launcher, "wandb_credentials", lambda: None)
+    monkeypatch.setattr(launcher, "credentials", lambda: None)
     monkeypatch.chdir(tmp_path)
     code = launcher.main([str(REPO / "sweeps" / "hrnet_w44_1280.yaml"), "--create-only", "--run-cap", "3"])
     out = capsys.readouterr().out

@@ -202,7 +202,7 @@ def _write_annotations(path, images):
 
 
 def test_cli_json_and_table(tmp_path, capsys):
-    from hrnet_sweep import io
+    from hrnet_sweep import formats as io
 
     boxes = receipt(np.random.default_rng(1), 10, integer=True)
     _write_annotations(tmp_path / "gt.json", {"a.jpg": boxes, "b.jpg": boxes[:4]})

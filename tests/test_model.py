@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from hrnet_sweep.config import load_config
-from hrnet_sweep.loss import DBLoss
-from hrnet_sweep.model import DBNet, build_model
+from hrnet_sweep.dbnet.loss import DBLoss
+from hrnet_sweep.dbnet.model import DBNet, build_model
 
 pytestmark = pytest.mark.model
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon
 
-from hrnet_sweep.postprocess import postprocess, resize_prob_to_image
-from hrnet_sweep.targets import make_targets
+from hrnet_sweep.dbnet.postprocess import postprocess, resize_prob_to_image
+from hrnet_sweep.dbnet.targets import make_targets
 from _util import load_benchmark
 
 pytestmark = pytest.mark.unit

@@ -181,7 +181,7 @@ def make_sandbox(root: Path, *, pipeline: bool) -> Sandbox:
     else:
         (root / "sweeps").symlink_to(REPO / "sweeps")
         # what `predict` writes in the guide, made from jittered ground truth
-        from hrnet_sweep.io import write_submission
+        from hrnet_sweep.formats import write_submission
 
         write_submission(root / "val_ensemble.csv", _fake_predictions(docs["val"], 0))
         write_submission(root / "val_fold0.csv", _fake_predictions(docs["val"], 1))
@@ -283,8 +283,8 @@ COVERAGE: tuple[Cover, ...] = (
           tests=("tests/test_sweep_integration.py::test_cpu_demo_sweep_with_two_agents",)),
     # 7. best
     Cover(r"hrnet_sweep best <sweep> (--export preset\.yaml|--top \d+)", "slow",
-          tests=("tests/test_select.py::test_best_on_a_local_sweep",
-                 "tests/test_select.py::test_best_cli_prints_table_and_exports")),
+          tests=("tests/test_best.py::test_best_on_a_local_sweep",
+                 "tests/test_best.py::test_best_cli_prints_table_and_exports")),
     Cover(r"hrnet_sweep clean <sweep> --keep-top \d+", "slow",
           tests=("tests/test_agent.py::test_status_and_clean_keep_the_best_runs_checkpoints",)),
     # 8-10. retrain, tune, predict
@@ -450,7 +450,7 @@ def test_the_whole_guide_end_to_end(commands, tmp_path):
     assert preset["models"]["postprocess"]  # tuned values written back into the exported preset
     summary = json.loads((tmp_path / "outputs" / "preset-kfold" / "kfold_summary.json").read_text())
     assert [summary["folds"][k]["state"] for k in ("0", "1")] == ["finished", "finished"]
-    from hrnet_sweep.io import read_submission
+    from hrnet_sweep.formats import read_submission
 
     tests = sorted(p.name for p in (tmp_path / "data" / "images" / "test").iterdir())
     assert sorted(read_submission(tmp_path / "submission.csv")) == tests

@@ -39,12 +39,14 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from hrnet_sweep import select
+from hrnet_sweep.pipeline import best as best_cmd
+from hrnet_sweep.ranking import RunRecord, rank_runs
+from hrnet_sweep.pipeline.presets import read_provenance
 from hrnet_sweep.cli import main as cli
 from hrnet_sweep.config import load_config
 from hrnet_sweep.constants import CONTROL_DIR_ENV, METRIC
 from hrnet_sweep.errors import DataError
-from hrnet_sweep.io import atomic_path, load_annotations
+from hrnet_sweep.formats import atomic_path, load_annotations
 from hrnet_sweep.sweep.agent import classify_exit, run_agent
 from hrnet_sweep.sweep.engine import LocalSweep
 
@@ -347,7 +349,7 @@ class _Records(logging.Handler):
 @pytest.fixture(scope="module")
 def works_run(tmp_path_factory):
     """Every "works" case in one dataset, trained for one epoch; its result and warnings."""
-    from hrnet_sweep.train import run
+    from hrnet_sweep.pipeline.train import run
 
     root = tmp_path_factory.mktemp("bad_data_works")
     (root / "images").mkdir()
@@ -388,7 +390,7 @@ def test_bad_data_that_works(case, works_run):
 @pytest.mark.unit
 @pytest.mark.parametrize("case", list(FAILS))
 def test_bad_data_fails_early_naming_file_and_word(case, tmp_path):
-    from hrnet_sweep.train import run
+    from hrnet_sweep.pipeline.train import run
 
     setup, needles = FAILS[case]
     (tmp_path / "images").mkdir()
@@ -412,7 +414,7 @@ def test_duplicate_word_keys_keep_the_last_or_fail_when_strict(tmp_path, caplog)
     path = tmp_path / "gt.json"
     path.write_text(_annotation_text({"a.jpg": {"words": {"0001": _word(0, 0, 10, 10),
                                                           "0001" + AGAIN: _word(20, 20, 40, 30)}}}))
-    with caplog.at_level(logging.WARNING, logger="hrnet_sweep.io"):
+    with caplog.at_level(logging.WARNING, logger="hrnet_sweep.formats"):
         (word,) = load_annotations(path)["a.jpg"].words
     assert word.points.tolist() == _word(20, 20, 40, 30)["points"]
     assert "gt.json: image 'a.jpg' word '0001' is listed more than once" in caplog.text
@@ -576,7 +578,7 @@ def test_real_entry_points_exit_2(tmp_path):
 #
 # Every preset, CSV, manifest, status file and checkpoint is written through
 # `io.atomic_path`: a temporary file next to the target, renamed over it at the end.
-# Export of `best`: tests/test_select.py::test_export_never_leaves_a_partial_file.
+# Export of `best`: tests/test_best.py::test_export_never_leaves_a_partial_file.
 
 _DISK_FULL_CHILD = r'''
 import json, os, resource, sys
@@ -587,9 +589,9 @@ import torch
 
 from hrnet_sweep.config import load_config, save_config
 from hrnet_sweep.folds import assign_folds, write_manifest
-from hrnet_sweep.io import save_predictions, write_submission
-from hrnet_sweep.model import build_model
-from hrnet_sweep.train import _atomic_checkpoint_io
+from hrnet_sweep.formats import save_predictions, write_submission
+from hrnet_sweep.dbnet.model import build_model
+from hrnet_sweep.pipeline.train import _atomic_checkpoint_io
 
 work = Path(sys.argv[1])
 square = np.array([[10, 10], [90, 10], [90, 40], [10, 40]], np.float32)
@@ -662,7 +664,7 @@ def test_atomic_path_failure_leaves_target_and_no_temp_file(where, tmp_path, mon
         def refuse(src, dst):
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr("hrnet_sweep.io.os.replace", refuse)
+        monkeypatch.setattr("hrnet_sweep.formats.os.replace", refuse)
     with pytest.raises(OSError, match="No space left"):
         with atomic_path(target) as tmp:
             tmp.write_text("new: 2\nhalf")
@@ -684,7 +686,7 @@ def test_sigkill_during_a_write_keeps_the_previous_file(tmp_path):
     temporary file is a hidden `.NAME.*.tmp` next to it (README: Reliability)."""
     target = tmp_path / "submission.csv"
     target.write_text("filename,polygons\nold.jpg,1 2 3 4 5 6 7 8\n")
-    code = ("import sys, time\nfrom hrnet_sweep.io import atomic_path\n"
+    code = ("import sys, time\nfrom hrnet_sweep.formats import atomic_path\n"
             "with atomic_path(sys.argv[1]) as tmp:\n"
             "    fh = open(tmp, 'w'); fh.write('filename,polygons\\nnew.jpg,1 2'); fh.flush()\n"
             "    print('writing', flush=True); time.sleep(600)\n")
@@ -708,7 +710,7 @@ import pathlib, sys, time
 import pytorch_lightning as pl
 
 from hrnet_sweep.config import load_config
-from hrnet_sweep.train import run
+from hrnet_sweep.pipeline.train import run
 
 
 class PauseMidEpoch(pl.Callback):
@@ -730,7 +732,7 @@ run(load_config(sys.argv[2:]), extra_callbacks=[PauseMidEpoch(sys.argv[1])])
 
 @pytest.mark.integration
 def test_sigkill_mid_epoch_then_resume_gives_the_same_optimizer_steps(tiny_data, tmp_path):
-    from hrnet_sweep.train import run
+    from hrnet_sweep.pipeline.train import run
 
     # the shipped checkpoint policy: best (top 1) and last
     args = [*TINY, f"data.root={tiny_data}", f"output_dir={tmp_path}", "trainer.max_epochs=3",
@@ -794,11 +796,11 @@ class OutOfMemoryDouble:
 
 @pytest.mark.integration
 def test_out_of_memory_retries_with_half_batch_and_twice_the_accumulation(tiny_data, tmp_path, caplog):
-    from hrnet_sweep.train import run
+    from hrnet_sweep.pipeline.train import run
 
     args = [*TINY, f"data.root={tiny_data}", f"output_dir={tmp_path}", "data.batch_size=2", "trainer.max_epochs=2"]
     double = OutOfMemoryDouble(max_batch=1, from_epoch=1)  # epoch 0 fits, epoch 1 does not
-    with caplog.at_level(logging.WARNING, logger="hrnet_sweep.train"):
+    with caplog.at_level(logging.WARNING, logger="hrnet_sweep.pipeline.train"):
         result = run(load_config([*args, "run_name=oom"]), extra_callbacks=[double])
     assert double.raised == [(1, 2)]
     assert result.state == "finished", result.reason
@@ -817,7 +819,7 @@ def test_out_of_memory_retries_with_half_batch_and_twice_the_accumulation(tiny_d
 
 @pytest.mark.integration
 def test_out_of_memory_again_after_the_retry_fails_the_run(tiny_data, tmp_path, monkeypatch):
-    from hrnet_sweep.train import run
+    from hrnet_sweep.pipeline.train import run
 
     control = tmp_path / "control"
     monkeypatch.setenv(CONTROL_DIR_ENV, str(control))  # as under a sweep agent
@@ -835,13 +837,13 @@ def test_out_of_memory_again_after_the_retry_fails_the_run(tiny_data, tmp_path, 
     # to the next run (tests/test_agent.py::test_failed_run_is_recorded_and_the_sweep_goes_on)
     outcome = classify_exit(result.exit_code, status, [])
     assert outcome.state == "failed" and outcome.reason == result.reason
-    assert select.rank_runs([select.RunRecord("oom2", outcome.state, history=[0.9])]).best is None
+    assert rank_runs([RunRecord("oom2", outcome.state, history=[0.9])]).best is None
 
 
 # =============================================================================== W&B errors and timeouts in `best`
 #
 # Function level (API double: transient errors retried, persistent ones a clear message, a
-# stuck client cut by the deadline): tests/test_select.py::test_wandb_*.
+# stuck client cut by the deadline): tests/test_best.py::test_wandb_*.
 
 
 class StandInWandbServer:
@@ -883,8 +885,8 @@ def test_best_cli_retries_api_errors_then_exits_2(monkeypatch, capsys):
             calls.append(path)
             raise TimeoutError("HTTPSConnectionPool(host='api.wandb.ai', port=443): Read timed out. (read timeout=1)")
 
-    monkeypatch.setattr(select, "_default_api", lambda timeout: FailingApi())
-    monkeypatch.setitem(select.wandb_runs.__kwdefaults__, "sleep", sleeps.append)
+    monkeypatch.setattr(best_cmd, "_default_api", lambda timeout: FailingApi())
+    monkeypatch.setitem(best_cmd.wandb_runs.__kwdefaults__, "sleep", sleeps.append)
     assert cli(["best", "acme/receipts/abc123", "--retries", "2"]) == 2
     err = _one_line_error(capsys.readouterr().err, "best")
     assert "reading sweep acme/receipts/abc123 failed after 3 attempts" in err and "try again" in err
@@ -992,7 +994,7 @@ def test_sweep_survives_nan_agent_kill_and_keeps_secrets(tiny_data, tmp_path, mo
     assert cli(["best", str(sweep.root), "--export", str(export)]) == 0
     out = capsys.readouterr().out
     assert f"best: run {rerun.run_id}" in out and "1 crashed" in out and "1 failed" in out, out
-    assert select.read_provenance(export)["run"] == rerun.run_id
+    assert read_provenance(export)["run"] == rerun.run_id
     assert load_config([f"preset={export}"]).models.optimizer.lr == 1e-3
     assert cli(["status", str(sweep.root)]) == 0
     status_out = capsys.readouterr().out

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from hrnet_sweep.config import list_presets, load_config, parse_overrides
-from hrnet_sweep.lit import DBNetModule
+from hrnet_sweep.dbnet.lit import DBNetModule
 from hrnet_sweep.sweep.check import check_sweep
 from hrnet_sweep.sweep.command import expand_command
 from hrnet_sweep.sweep.engine import LocalSweep, RunOutcome, build_search_space
@@ -135,7 +135,7 @@ def test_backbone_and_resolution_presets_are_what_they_say():
 @pytest.mark.model
 @pytest.mark.parametrize("preset", EXPECTED_GRIDS["backbone_study"]["preset"])
 def test_every_study_backbone_builds_a_dbnet_at_strides_4_to_32(preset):
-    from hrnet_sweep.model import build_model
+    from hrnet_sweep.dbnet.model import build_model
 
     cfg = load_config([f"preset={preset}", "models.pretrained=false", "models.decoder.inner_channels=16"])
     model = build_model(cfg).eval()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hrnet_sweep.io import read_submission, write_submission
+from hrnet_sweep.formats import read_submission, write_submission
 from hrnet_sweep.submission import main, validate_submission
 
 pytestmark = pytest.mark.unit

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from hrnet_sweep import synth
 from hrnet_sweep.errors import UserError
-from hrnet_sweep.io import load_annotations
+from hrnet_sweep.formats import load_annotations
 from hrnet_sweep.synth.receipt import Placed, draw_word
 
 pytestmark = pytest.mark.unit

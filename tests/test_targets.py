@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hrnet_sweep.targets import make_targets
+from hrnet_sweep.dbnet.targets import make_targets
 from _util import load_benchmark
 
 pytestmark = pytest.mark.unit
@@ -234,7 +234,7 @@ def test_edges_clamped_onto_the_border_equal_reference(dx, dy):
 
 def test_large_polygon_with_many_points_equals_reference(monkeypatch):
     # the distance planes of a big polygon are computed a few edges at a time
-    import hrnet_sweep.targets as targets
+    import hrnet_sweep.dbnet.targets as targets
 
     monkeypatch.setattr(targets, "_BUDGET", 3 * 90 * 120 * 3)
     t = np.linspace(0, 2 * np.pi, 14, endpoint=False)

@@ -8,7 +8,7 @@ import pytest
 from hrnet_sweep.cli import main as cli
 from hrnet_sweep.config import load_config
 from hrnet_sweep.constants import CONTROL_DIR_ENV, METRIC
-from hrnet_sweep.train import run
+from hrnet_sweep.pipeline.train import run
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,7 @@ def test_data_workers_start_after_opencv_work_in_the_same_process(tmp_path):
     script = textwrap.dedent(f"""
         from hrnet_sweep.config import load_config
         from hrnet_sweep.synth import generate
-        from hrnet_sweep.train import _loader, build_datasets
+        from hrnet_sweep.pipeline.train import _loader, build_datasets
         root = {str(tmp_path / "data")!r}
         generate(root, num_images=12, seed=3, progress=False, splits={{"train": 8, "val": 4}})
         cfg = load_config({TINY!r} + ["data.root=" + root, "data.num_workers=1"])

@@ -11,8 +11,8 @@ import yaml
 
 from hrnet_sweep.errors import UserError
 from hrnet_sweep.metric import evaluate
-from hrnet_sweep.postprocess import postprocess
-from hrnet_sweep.tune import Grid, Setting, parse_grid, score_settings, tune_postprocess
+from hrnet_sweep.dbnet.postprocess import postprocess
+from hrnet_sweep.pipeline.tune import Grid, Setting, parse_grid, score_settings, tune_postprocess
 
 pytestmark = pytest.mark.unit
 
@@ -125,15 +125,15 @@ def test_missing_maps_and_bad_grid_are_errors():
 
 def test_tuned_values_written_into_the_preset_keep_the_provenance(tmp_path):
     from hrnet_sweep.config import load_config
-    from hrnet_sweep.ensemble import write_postprocess_into_preset
-    from hrnet_sweep.select import read_provenance
+    from hrnet_sweep.pipeline.presets import write_postprocess
+    from hrnet_sweep.pipeline.presets import read_provenance
 
     preset = tmp_path / "p.yaml"
     preset.write_text("# provenance (hrnet_sweep best):\n#   sweep: a/b/c\n#   best: 0.5\n"
                       "base: hrnet_w18_small_cpu\nmodels:\n  optimizer:\n    lr: 0.002\n")
     values = {"thresh": 0.45, "box_thresh": 0.65, "unclip_ratio": 1.7, "use_polygon": False}
-    write_postprocess_into_preset(preset, values, "test")
-    write_postprocess_into_preset(preset, {**values, "thresh": 0.4}, "again")
+    write_postprocess(preset, values, "test")
+    write_postprocess(preset, {**values, "thresh": 0.4}, "again")
     text = preset.read_text()
     assert text.count("# tuned post-processing") == 1 and "again" in text
     assert read_provenance(preset) == {"sweep": "a/b/c", "best": 0.5}

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..constants import MAX_DETECTIONS
 from ..errors import DataError
-from ..io import load_annotations, read_json, read_submission
+from ..formats import load_annotations, read_json, read_submission
 
 
 @dataclass

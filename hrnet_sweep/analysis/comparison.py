@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import DataError, UserError
-from ..io import atomic_write_json, atomic_write_text
+from ..formats import atomic_write_json, atomic_write_text
 from ._load import _check_inputs, _image_sizes, _load_gt, _load_predictions, _safe, _scored
 from ._markdown import _compare_markdown, _name
 from ._model import _analyse_model, _image_names, _int_histogram, _Model

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ..io import atomic_path
+from ..formats import atomic_path
 from ._rules import count_limits
 
 __all__ = ["Panel", "box_geometry", "boxes_per_image", "compare_boxes", "compare_per_image", "hmean_per_image",

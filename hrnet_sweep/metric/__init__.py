@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     File errors raise `hrnet_sweep.errors.DataError` (the CLI prints them and exits 2).
     """
-    from .. import io
+    from .. import formats
 
     parser = argparse.ArgumentParser(prog="hrnet_sweep eval",
                                      description="CLEval detection-only precision / recall / H-Mean.")
@@ -147,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cap < 1:
         parser.error(f"--cap {args.cap}: must be an integer >= 1")
-    gt = {name: img.polygons() for name, img in io.load_annotations(args.gt).items()}
-    pred = io.load_predictions(args.pred)
+    gt = {name: img.polygons() for name, img in formats.load_annotations(args.gt).items()}
+    pred = formats.load_predictions(args.pred)
     result = evaluate(gt, pred, pseudo_char_cap=args.cap, convention=args.convention)
     print(json.dumps(result.to_dict(), indent=2) if args.json else _table(result))
     return 0

@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["RUN_STATES", "RunInfo", "RunOutcome", "Suggestion", "checkpoint_files", "delete_files",
-           "read_status"]
+__all__ = ["RUN_STATES", "RunInfo", "RunOutcome", "Suggestion", "checkpoint_files", "delete_files"]
 
 RUN_STATES = ("running", "finished", "stopped", "failed", "crashed")
 
@@ -90,16 +89,6 @@ def checkpoint_files(run_dir: str | os.PathLike | None, *named: str | os.PathLik
         for p in sorted((Path(run_dir) / "checkpoints").glob("*.ckpt")):
             found.setdefault(str(p.resolve()), p)
     return list(found.values())
-
-
-def read_status(control_dir: Path) -> dict | None:
-    """A run's status.json, or None when it is missing or unreadable (a killed run)."""
-    p = control_dir / "status.json"
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def delete_files(paths: Sequence[Path], *, dry_run: bool = False) -> int:

@@ -20,9 +20,6 @@ boundary and keeps `last.ckpt`) rather than SIGTERM.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
-import math
 import os
 import signal
 import subprocess
@@ -32,12 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..children import child_env, kill_group, start
 from ..constants import CONTROL_DIR_ENV
 from ..errors import UserError
-from ..io import atomic_write_json
+from ..runfolder import HistoryTail, best_in_history, finite, metric_values, read_status, request_stop
+from ..wandb_auth import is_sweep_path
 from .command import expand_command, uses_args_json_file, write_args_json_file, write_param_file
-from .engine import (DEFAULT_SWEEPS_ROOT, LocalSweep, RunOutcome, Suggestion, checkpoint_files, delete_files,
-                     read_status)
+from .engine import DEFAULT_SWEEPS_ROOT, LocalSweep, RunOutcome, Suggestion, checkpoint_files, delete_files
 from .hyperband import RunRecord, hyperband_stop
 
 __all__ = ["AgentResult", "classify_exit", "launch_run", "run_agent", "main"]
@@ -69,27 +67,10 @@ def _fmt_bytes(n: int) -> str:
 # ----------------------------------------------------------------------------- launching
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """preexec_fn: the child gets SIGTERM if this agent dies (Linux), so a SIGKILLed
-    agent leaves no training behind."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def f() -> None:
-        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before prctl
-            os._exit(1)
-
-    return f
-
-
 def launch_run(sweep: LocalSweep, sug: Suggestion, *, base_env: Mapping[str, str] | None = None,
                interpreter: str = sys.executable) -> tuple[subprocess.Popen, list[str]]:
     """Start one run as `wandb agent` would; return the process and its command."""
-    env = dict(os.environ if base_env is None else base_env)
+    env = child_env(base_env)
     param_path = sweep.param_path(sug.run_id)
     write_param_file(param_path, sug.params)
     env.update({
@@ -108,48 +89,13 @@ def launch_run(sweep: LocalSweep, sug: Suggestion, *, base_env: Mapping[str, str
                          env=env, args_json_file=json_file)
     log = open(sug.control_dir / "output.log", "ab")
     try:
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                process_group=0, preexec_fn=_die_with_parent())
+        proc = start(cmd, env=env, log=log)
     except OSError as err:
         log.write(f"cannot start {cmd[0]!r}: {err}\n".encode())
         raise
     finally:
         log.close()
     return proc, cmd
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-class _MetricsTail:
-    """New values of the metric in a growing metrics.jsonl (complete lines only)."""
-
-    def __init__(self, path: Path, metric: str):
-        self.path, self.metric, self.offset = path, metric, 0
-
-    def read(self) -> list[float]:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        out = []
-        for line in data[:end].splitlines():
-            try:
-                v = json.loads(line).get(self.metric)
-            except (ValueError, AttributeError):
-                continue
-            # W&B's Hyperband drops invalid values; steps count valid values only
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                out.append(float(v))
-        return out
 
 
 # ----------------------------------------------------------------------------- run outcome
@@ -177,12 +123,12 @@ def classify_exit(returncode: int, status: Mapping[str, Any] | None, history: Se
         return RunOutcome("crashed", reason=reason, exit_code=returncode)
     common = {"exit_code": returncode, "run_dir": status.get("run_dir"), "best_epoch": status.get("best_epoch"),
               "best_ckpt": status.get("best_ckpt"), "last_ckpt": status.get("last_ckpt")}
-    finite = [v for v in history if math.isfinite(v)]
-    hist_best = (max(finite) if goal == "maximize" else min(finite)) if finite else None
+    found = best_in_history(history, goal)
+    hist_best = None if found is None else found[1]
     state = status.get("state")
     if state == "finished":
         best = status.get("best")
-        value = float(best) if isinstance(best, (int, float)) and math.isfinite(best) else hist_best
+        value = finite(best) if finite(best) is not None else hist_best
         if value is None:
             return RunOutcome("failed", reason=f"finished without a finite {metric}", **common)
         return RunOutcome("finished", value=value, reason=status.get("reason"), **common)
@@ -286,7 +232,7 @@ class _Agent:
             return outcome
         self.log(f"run {sug.run_id} ({index}{of}) started, pid {proc.pid}: {params}")
         self.log(f"  log: {sug.control_dir / 'output.log'}")
-        tail = _MetricsTail(sug.control_dir / "metrics.jsonl", self.metric)
+        tail = HistoryTail(sug.control_dir)
         history: list[float] = []
         stop_reason: str | None = None
         last_beat = last_hb = time.monotonic()
@@ -294,7 +240,7 @@ class _Agent:
         beat = sug.control_dir / "heartbeat"
         while True:
             rc = proc.poll()
-            new = tail.read()
+            new = metric_values(tail.read(), self.metric)
             if new:
                 sw.report(sug.number, new, len(history))
                 history += new
@@ -311,15 +257,15 @@ class _Agent:
             if self.signal is not None:
                 if term_at is None:
                     self.log(f"run {sug.run_id}: stopping it ({signal.Signals(self.signal).name} received)")
-                    _killpg(proc.pid, signal.SIGTERM)
+                    kill_group(proc.pid, signal.SIGTERM)
                     term_at = time.monotonic()
                 elif time.monotonic() - term_at > self.kill_delay_s:
-                    _killpg(proc.pid, signal.SIGKILL)
+                    kill_group(proc.pid, signal.SIGKILL)
             try:  # returns as soon as the run exits
                 proc.wait(timeout=self.poll_s)
             except subprocess.TimeoutExpired:
                 pass
-        _killpg(proc.pid, signal.SIGKILL)  # whatever the run left in its group (e.g. loader workers)
+        kill_group(proc.pid, signal.SIGKILL)  # whatever the run left in its group (e.g. loader workers)
         status = read_status(sug.control_dir)
         outcome = classify_exit(rc, status, history, goal=self.goal, metric=self.metric,
                                 stop_reason=stop_reason, interrupted=self.signal is not None)
@@ -340,8 +286,8 @@ class _Agent:
         if decision is None or not decision.stop:
             return None
         reason = f"hyperband {decision.reason}"
-        atomic_write_json(sug.control_dir / "STOP", {"reason": reason, "band": decision.band,
-                                                     "value": decision.value, "threshold": decision.threshold})
+        request_stop(sug.control_dir, {"reason": reason, "band": decision.band, "value": decision.value,
+                                       "threshold": decision.threshold})
         sw.record_stop(sug.number, {"band": decision.band, "value": decision.value,
                                     "threshold": decision.threshold, "reason": reason})
         self.log(f"run {sug.run_id}: STOP written ({reason})")
@@ -386,10 +332,6 @@ def run_agent(sweep: LocalSweep | str | os.PathLike, *, count: int | None = None
     return agent.run()
 
 
-def _is_wandb_path(ref: str) -> bool:
-    return ref.count("/") == 2 and not Path(ref).exists()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hrnet_sweep agent", description=(
         "Run one agent: a local sweep (folder or id under --sweeps-root) on the embedded engine, "
@@ -401,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="keep checkpoints of runs stopped early by Hyperband (dropped by default)")
     ap.add_argument("--poll", type=float, default=1.0, help="seconds between checks of a running run")
     args = ap.parse_args(list(argv or []))
-    if _is_wandb_path(args.sweep):
+    if is_sweep_path(args.sweep):
         cmd = ["wandb", "agent"] + (["--count", str(args.count)] if args.count else []) + [args.sweep]
         print(f"W&B sweep {args.sweep}: exec {' '.join(cmd)}", flush=True)
         try:

@@ -138,7 +138,7 @@ def uses_args_json_file(command: Iterable[str]) -> bool:
 
 def write_args_json_file(path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
     """The `${args_json_file}` file: the parameters as one JSON object (as W&B writes it)."""
-    from ..io import atomic_write_text
+    from ..formats import atomic_write_text
 
     return atomic_write_text(path, command_args(params)["args_json"][0])
 
@@ -146,7 +146,7 @@ def write_args_json_file(path: str | os.PathLike, params: Mapping[str, Any]) -> 
 def write_param_file(path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
     """Write the `WANDB_SWEEP_PARAM_PATH` file exactly as `wandb agent` does:
     `wandb_version: 1`, a blank line, then `{key: {value: v}}` as block YAML in order."""
-    from ..io import atomic_write_text
+    from ..formats import atomic_write_text
 
     text = "wandb_version: 1"
     if params:

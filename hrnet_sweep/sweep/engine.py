@@ -46,9 +46,10 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
-from ..io import atomic_write_json, atomic_write_text, read_json
+from ..formats import atomic_write_json, atomic_write_text, read_json
 from ._liveness import agent_identity, boot_id, pid_alive
-from ._records import RunInfo, RunOutcome, Suggestion, checkpoint_files, delete_files, read_status
+from ..runfolder import best_in_history, read_status
+from ._records import RunInfo, RunOutcome, Suggestion, checkpoint_files, delete_files
 from ._space import SearchSpace, build_search_space, make_sampler
 from ._validate import validate_sweep
 from .spec import SweepSpec, read_sweep_doc
@@ -66,7 +67,6 @@ __all__ = [
     "delete_files",
     "make_sampler",
     "new_id",
-    "read_status",
     "resolve_sweep_dir",
 ]
 
@@ -86,13 +86,6 @@ def new_id(taken: Callable[[str], bool] = lambda _: False, length: int = 8) -> s
         candidate = "".join(secrets.choice(_ID_CHARS) for _ in range(length))
         if not taken(candidate):
             return candidate
-
-
-def _best(history: Sequence[float], goal: str) -> float | None:
-    finite = [v for v in history if v is not None and math.isfinite(v)]
-    if not finite:
-        return None
-    return max(finite) if goal == "maximize" else min(finite)
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -348,7 +341,8 @@ class LocalSweep:
             outcome = t.user_attrs.get("outcome") or {}
             history = [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
             state = self._state(t)
-            best = t.value if state == "finished" else _best(history, goal)
+            found = best_in_history(history, goal)
+            best = t.value if state == "finished" else None if found is None else found[1]
             run_dir = outcome.get("run_dir")
             out.append(RunInfo(
                 run_id=run.get("run_id", f"trial-{t.number}"), number=t.number, state=state,

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
+from ..children import child_env, kill_group, start
 from ..errors import UserError
-from .agent import EXIT_GAVE_UP, _die_with_parent
+from ..wandb_auth import credentials, is_sweep_path
+from .agent import EXIT_GAVE_UP
 
 __all__ = ["AgentSlot", "LaunchResult", "agent_command", "detect_gpus", "parse_gpus", "run_agents"]
 
@@ -123,9 +125,7 @@ class _Supervisor:
         self.signal = signum
 
     def _start(self, slot: AgentSlot) -> None:
-        env = dict(self.env)
-        if slot.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        env = child_env(self.env, gpu=slot.gpu)
         slot.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(slot.log_path, "ab") as log:
             head = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {slot.label}" + (
@@ -133,9 +133,7 @@ class _Supervisor:
             log.write(head.encode())
             log.flush()
             try:
-                slot.proc = subprocess.Popen(self.cmd, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True,
-                                             preexec_fn=_die_with_parent())
+                slot.proc = start(self.cmd, env=env, log=log, cwd=self.cwd)
             except OSError as err:
                 raise UserError(f"cannot start {self.cmd[0]!r}: {err}") from None
         self.log(f"{slot.label} started (pid {slot.proc.pid}), log {slot.log_path}")
@@ -166,14 +164,14 @@ class _Supervisor:
         alive = [s for s in self.slots if s.proc is not None]
         self.log(f"{signal.Signals(self.signal).name} received: stopping {len(alive)} agent(s) and their runs")
         for s in alive:
-            _signal_group(s.proc.pid, signal.SIGTERM)
+            kill_group(s.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.term_grace_s
         while any(s.proc.poll() is None for s in alive) and time.monotonic() < deadline:
             time.sleep(0.1)
         for s in alive:
             if s.proc.poll() is None:
                 self.log(f"{s.label} did not stop in {self.term_grace_s:g}s: killing it")
-            _signal_group(s.proc.pid, signal.SIGKILL)  # also whatever it left in its group
+            kill_group(s.proc.pid, signal.SIGKILL)  # also whatever it left in its group
             s.exit_codes.append(s.proc.wait())
             s.proc = None
 
@@ -197,13 +195,6 @@ class _Supervisor:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
         return LaunchResult(self.slots, self.signal)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def run_agents(sweep: str, *, gpus: Sequence[str] | None = None, per_gpu: int = 1, agents: int | None = None,
@@ -258,37 +249,6 @@ def run_agents(sweep: str, *, gpus: Sequence[str] | None = None, per_gpu: int = 
 # ----------------------------------------------------------------------------- W&B
 
 
-def wandb_credentials(env: dict[str, str] | None = None) -> str | None:
-    """Where W&B credentials come from (`WANDB_API_KEY`, a netrc entry for the W&B host),
-    or None; None too when WANDB_MODE asks for offline or disabled."""
-    import configparser
-    import netrc
-    from urllib.parse import urlparse
-
-    env = dict(os.environ if env is None else env)
-    if env.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
-        return None
-    if env.get("WANDB_API_KEY"):
-        return "WANDB_API_KEY"
-    base = env.get("WANDB_BASE_URL")
-    if not base:  # `wandb login --host` records the host in the wandb settings file
-        settings = Path(env.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb") / "settings"
-        cp = configparser.ConfigParser()
-        try:
-            cp.read(settings)
-            base = cp.get("default", "base_url", fallback=None)
-        except configparser.Error:
-            base = None
-    host = urlparse(base or "https://api.wandb.ai").hostname
-    path = Path(env.get("NETRC") or Path.home() / ".netrc")
-    try:
-        if host and netrc.netrc(str(path)).authenticators(host):
-            return str(path)
-    except (OSError, netrc.NetrcParseError):
-        pass
-    return None
-
-
 def create_wandb_sweep(config: dict, *, project: str, entity: str | None) -> tuple[str, str]:
     """Create a sweep on W&B; return (entity/project/sweep_id, URL)."""
     import wandb
@@ -301,10 +261,6 @@ def create_wandb_sweep(config: dict, *, project: str, entity: str | None) -> tup
     return f"{entity}/{project}/{sweep_id}", f"{app}/{entity}/{project}/sweeps/{sweep_id}"
 
 
-def _is_wandb_path(ref: str) -> bool:
-    return ref.count("/") == 2 and not Path(ref).exists()
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -312,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`hrnet_sweep sweep`: create a sweep (W&B, or the embedded engine) and run its agents."""
     import argparse
 
-    from .engine import DEFAULT_SWEEPS_ROOT, LocalSweep
+    from .engine import DEFAULT_SWEEPS_ROOT
 
     ap = argparse.ArgumentParser(prog="hrnet_sweep sweep", description=(
         "Create a sweep and run one agent per GPU until it is done. With W&B credentials the sweep "
@@ -346,32 +302,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     gpus = parse_gpus(args.gpus) if args.gpus is not None else None
     launch = dict(gpus=gpus, per_gpu=args.per_gpu, agents=args.agents, stagger_s=args.stagger,
                   max_restarts=args.max_restarts, count=args.count)
-
-    # -- W&B
-    wandb_ref = args.resume if args.resume and _is_wandb_path(args.resume) else None
-    creds = None if args.local or (args.resume and not wandb_ref) else wandb_credentials()
+    wandb_ref = args.resume if args.resume and is_sweep_path(args.resume) else None
+    creds = None if args.local or (args.resume and not wandb_ref) else credentials()
     if wandb_ref or (creds and not args.resume):
-        if wandb_ref is None:
-            from .spec import load_sweep
+        return _on_wandb(args, wandb_ref, creds, launch)
+    return _on_engine(args, launch)
 
-            spec = load_sweep(args.yaml)
-            config = dict(spec.raw)
-            if args.run_cap is not None:
-                config["run_cap"] = args.run_cap
-            project = args.project or spec.project or "hrnet-sweep"
-            wandb_ref, url = create_wandb_sweep(config, project=project, entity=args.entity or spec.entity)
-            print(f"W&B sweep created (credentials from {creds}): {wandb_ref}\n  {url}", flush=True)
-        if args.create_only:
-            print(f"start agents with: hrnet_sweep sweep --resume {wandb_ref}")
-            return 0
-        return run_agents(wandb_ref, mode="wandb", log_dir=Path("outputs") / "sweep-agents" / wandb_ref.split("/")[-1],
-                          **launch).exit_code
 
-    # -- embedded engine
+def _on_wandb(args, wandb_ref: str | None, creds: str | None, launch: dict) -> int:
+    """Create the sweep on W&B (unless resuming one) and run `wandb agent`s for it."""
+    if wandb_ref is None:
+        from .spec import load_sweep
+
+        spec = load_sweep(args.yaml)
+        config = dict(spec.raw)
+        if args.run_cap is not None:
+            config["run_cap"] = args.run_cap
+        project = args.project or spec.project or "hrnet-sweep"
+        wandb_ref, url = create_wandb_sweep(config, project=project, entity=args.entity or spec.entity)
+        print(f"W&B sweep created (credentials from {creds}): {wandb_ref}\n  {url}", flush=True)
+    if args.create_only:
+        print(f"start agents with: hrnet_sweep sweep --resume {wandb_ref}")
+        return 0
+    return run_agents(wandb_ref, mode="wandb", log_dir=Path("outputs") / "sweep-agents" / wandb_ref.split("/")[-1],
+                      **launch).exit_code
+
+
+def _open_or_create(args):
+    """The local sweep to run: the one to resume (dead agents' runs marked crashed), or a new one."""
+    from .engine import LocalSweep
+
     if args.resume:
         sweep = LocalSweep.open(args.resume, sweeps_root=args.sweeps_root)
         if args.run_cap is not None:
-            from ..io import atomic_write_json
+            from ..formats import atomic_write_json
 
             sweep.meta["run_cap"] = args.run_cap
             atomic_write_json(sweep.root / "sweep.json", sweep.meta, indent=2)
@@ -379,14 +343,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         reaped = sweep.reap_dead_runs()
         print(f"resuming local sweep {sweep.sweep_id} ({sweep.root}): {len(sweep.runs())} run(s) so far"
               + (f"; marked crashed (agent gone): {', '.join(reaped)}" if reaped else ""), flush=True)
-    else:
-        why = "--local given" if args.local else "no W&B credentials (WANDB_API_KEY or ~/.netrc) found"
-        print(f"{why}: running the sweep on the embedded engine (no account, no network; runs log to W&B "
-              "offline, sync them later with `wandb sync`)", flush=True)
-        sweep = LocalSweep.create(args.yaml, sweeps_root=args.sweeps_root, sweep_dir=args.sweep_dir,
-                                  run_cap=args.run_cap)
-        cap = f", run cap {sweep.run_cap}" if sweep.run_cap else ""
-        print(f"local sweep created: {sweep.sweep_id} ({sweep.spec.method}{cap}) in {sweep.root}", flush=True)
+        return sweep
+    why = "--local given" if args.local else "no W&B credentials (WANDB_API_KEY or ~/.netrc) found"
+    print(f"{why}: running the sweep on the embedded engine (no account, no network; runs log to W&B "
+          "offline, sync them later with `wandb sync`)", flush=True)
+    sweep = LocalSweep.create(args.yaml, sweeps_root=args.sweeps_root, sweep_dir=args.sweep_dir,
+                              run_cap=args.run_cap)
+    cap = f", run cap {sweep.run_cap}" if sweep.run_cap else ""
+    print(f"local sweep created: {sweep.sweep_id} ({sweep.spec.method}{cap}) in {sweep.root}", flush=True)
+    return sweep
+
+
+def _on_engine(args, launch: dict) -> int:
+    """Run local agents on the embedded engine until the sweep is done; print its table."""
+    from .engine import LocalSweep
+    from .status import render_status
+
+    sweep = _open_or_create(args)
     print(f"  status: hrnet_sweep status {sweep.root}\n  resume: hrnet_sweep sweep --resume {sweep.root}",
           flush=True)
     if args.create_only:
@@ -399,7 +372,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = ["--keep-stopped-checkpoints"] if args.keep_stopped_checkpoints else []
         result_code = run_agents(str(sweep.root), mode="local", log_dir=sweep.root / "agents", agent_args=extra,
                                  **launch).exit_code
-    from .status import render_status
-
     render_status(LocalSweep(sweep.root))
     return result_code

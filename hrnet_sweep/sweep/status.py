@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from typing import Sequence
 
+from ..ranking import RunRecord, order_runs
+from ..ranking import rank_runs as _rank
 from .engine import DEFAULT_SWEEPS_ROOT, LocalSweep, RunInfo, delete_files
 
 __all__ = ["main_clean", "main_status", "plan_clean", "rank_runs", "render_status", "sweep_summary"]
@@ -17,16 +18,16 @@ _STYLE = {"running": "cyan", "finished": "green", "stopped": "yellow", "failed":
 
 
 def rank_runs(runs: Sequence[RunInfo], goal: str) -> list[RunInfo]:
-    """Runs with a finite best metric, best first (ties: earlier run first)."""
-    scored = [r for r in runs if r.best is not None and math.isfinite(r.best)]
-    sign = -1.0 if goal == "maximize" else 1.0
-    return sorted(scored, key=lambda r: (sign * r.best, r.number))
+    """Runs with a finite best metric, best first, by the rule of `hrnet_sweep best`."""
+    return order_runs(runs, goal)
 
 
 def best_run(runs: Sequence[RunInfo], goal: str) -> RunInfo | None:
-    """The best finished run (what `best` would pick), or None."""
-    ranked = rank_runs([r for r in runs if r.state == "finished"], goal)
-    return ranked[0] if ranked else None
+    """The best finished run: what `hrnet_sweep best` picks (`ranking.rank_runs`), or None."""
+    ranking = _rank([RunRecord(r.run_id, r.state, history=r.history) for r in runs], goal=goal)
+    if ranking.best is None:
+        return None
+    return next(r for r in runs if r.run_id == ranking.best.run.id)
 
 
 def sweep_summary(sweep: LocalSweep, runs: Sequence[RunInfo]) -> dict:

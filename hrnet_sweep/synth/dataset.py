@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
-from ..io import atomic_path, atomic_write_json
+from ..formats import atomic_path, atomic_write_json
 from .fonts import fonts_for
 from .photo import SynthImage, render_image
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hrnet_sweep import select
+from hrnet_sweep.pipeline import best as best_cmd
+from hrnet_sweep.pipeline.presets import read_provenance
 from hrnet_sweep.config import load_config
 from hrnet_sweep.errors import UserError
-from hrnet_sweep.select import RunRecord, rank_runs
+from hrnet_sweep.ranking import RunRecord, rank_runs
 
 from _util import sweep_doc
 
@@ -144,7 +145,7 @@ def test_rank_empty_and_all_excluded():
 @pytest.mark.unit
 def test_wandb_runs_reads_records_through_the_api_double():
     api = FakeApi({SWEEP_PATH: FakeSweep(wandb_fixture_runs())})
-    sweep = select.wandb_runs(SWEEP_PATH, api_factory=lambda timeout: api, sleep=lambda s: None)
+    sweep = best_cmd.wandb_runs(SWEEP_PATH, api_factory=lambda timeout: api, sleep=lambda s: None)
     assert sweep.kind == "wandb" and sweep.default_preset == "hrnet_w18_small_cpu"
     assert sweep.parameters == list(SWEEP_CONFIG["parameters"])
     ranking = rank_runs(sweep.runs)
@@ -154,7 +155,7 @@ def test_wandb_runs_reads_records_through_the_api_double():
     h8 = next(x for x in ranking.ranked if x.run.id == "h8")
     assert h8.epoch == 1  # rows without "epoch": the position of the value in the history
     # nested config (as the logger stores it) resolves the dotted sweep keys
-    assert select.exported_params(h8.run, sweep.parameters) == {
+    assert best_cmd.exported_params(h8.run, sweep.parameters) == {
         "models.optimizer.lr": 5e-3, "models.scheduler.T_max": 4, "trainer.max_epochs": 8}
 
 
@@ -162,7 +163,7 @@ def test_wandb_runs_reads_records_through_the_api_double():
 def test_wandb_transient_errors_are_retried_then_succeed():
     sleeps = []
     api = FakeApi({SWEEP_PATH: FakeSweep(wandb_fixture_runs())}, fail=2)
-    sweep = select.wandb_runs(SWEEP_PATH, api_factory=lambda t: api, retries=3, backoff=0.5, sleep=sleeps.append)
+    sweep = best_cmd.wandb_runs(SWEEP_PATH, api_factory=lambda t: api, retries=3, backoff=0.5, sleep=sleeps.append)
     assert api.calls == 3 and sleeps == [0.5, 1.0] and len(sweep.runs) == 8
 
 
@@ -172,7 +173,7 @@ def test_wandb_transient_errors_are_retried_then_succeed():
 def test_wandb_persistent_errors_give_a_clear_error_after_retries(error):
     api = FakeApi({}, fail=100, error=error)
     with pytest.raises(UserError, match=r"failed after 3 attempts.*try again"):
-        select.wandb_runs(SWEEP_PATH, api_factory=lambda t: api, retries=2, sleep=lambda s: None)
+        best_cmd.wandb_runs(SWEEP_PATH, api_factory=lambda t: api, retries=2, sleep=lambda s: None)
     assert api.calls == 3
 
 
@@ -180,7 +181,7 @@ def test_wandb_persistent_errors_give_a_clear_error_after_retries(error):
 def test_wandb_missing_sweep_is_not_retried():
     api = FakeApi({})
     with pytest.raises(UserError, match="Could not find sweep"):
-        select.wandb_runs(SWEEP_PATH, api_factory=lambda t: api, sleep=lambda s: None)
+        best_cmd.wandb_runs(SWEEP_PATH, api_factory=lambda t: api, sleep=lambda s: None)
     assert api.calls == 1
 
 
@@ -191,7 +192,7 @@ def test_wandb_stuck_client_hits_the_deadline_instead_of_hanging():
     t0 = time.monotonic()
     try:
         with pytest.raises(UserError, match="did not answer within"):
-            select.wandb_runs(SWEEP_PATH, api_factory=lambda t: api, deadline=0.3)
+            best_cmd.wandb_runs(SWEEP_PATH, api_factory=lambda t: api, deadline=0.3)
     finally:
         release.set()
     assert time.monotonic() - t0 < 5
@@ -203,7 +204,7 @@ def test_wandb_without_credentials_fails_clearly(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
     with pytest.raises(UserError, match="wandb login"):
-        select.wandb_runs(SWEEP_PATH, sleep=lambda s: None)
+        best_cmd.wandb_runs(SWEEP_PATH, sleep=lambda s: None)
 
 
 @pytest.mark.unit
@@ -211,7 +212,7 @@ def test_wandb_sweep_on_another_metric_is_refused():
     cfg = {**SWEEP_CONFIG, "metric": {"name": "val/loss", "goal": "minimize"}}
     api = FakeApi({SWEEP_PATH: FakeSweep([], config=cfg)})
     with pytest.raises(UserError, match="val/loss"):
-        select.wandb_runs(SWEEP_PATH, api_factory=lambda t: api)
+        best_cmd.wandb_runs(SWEEP_PATH, api_factory=lambda t: api)
 
 
 # ----------------------------------------------------------------------------- CLI and export
@@ -220,14 +221,14 @@ def test_wandb_sweep_on_another_metric_is_refused():
 @pytest.fixture
 def fake_wandb(monkeypatch):
     api = FakeApi({SWEEP_PATH: FakeSweep(wandb_fixture_runs())})
-    monkeypatch.setattr(select, "_default_api", lambda timeout: api)
+    monkeypatch.setattr(best_cmd, "_default_api", lambda timeout: api)
     return api
 
 
 @pytest.mark.unit
 def test_best_cli_prints_table_and_exports(fake_wandb, tmp_path, capsys):
     out = tmp_path / "best.yaml"
-    assert select.main([SWEEP_PATH, "--top", "2", "--export", str(out)]) == 0
+    assert best_cmd.main([SWEEP_PATH, "--top", "2", "--export", str(out)]) == 0
     text = capsys.readouterr().out
     table = text.split("excluded")[0]
     assert "run-a1" in table and "0.8100" in table and "run-h8" in table and "run-b2" not in table  # top 2
@@ -235,7 +236,7 @@ def test_best_cli_prints_table_and_exports(fake_wandb, tmp_path, capsys):
     doc = yaml.safe_load(out.read_text())
     assert doc == {"base": "hrnet_w18_small_cpu", "models": {"optimizer": {"lr": 1e-3}, "scheduler": {"T_max": 8}},
                    "trainer": {"max_epochs": 8}}
-    prov = select.read_provenance(out)
+    prov = read_provenance(out)
     assert prov["sweep"] == SWEEP_PATH and prov["run"] == "a1" and prov["metric"] == "val/hmean"
     assert prov["best"] == 0.81 and prov["epoch"] == 1 and prov["last"] == 0.7 and "date" in prov
     cfg = load_config([f"preset={out}"])
@@ -248,9 +249,9 @@ def test_export_refuses_overwrite_without_force(fake_wandb, tmp_path):
     out = tmp_path / "best.yaml"
     out.write_text("mine: 1\n")
     with pytest.raises(UserError, match="--force"):
-        select.main([SWEEP_PATH, "--export", str(out)])
+        best_cmd.main([SWEEP_PATH, "--export", str(out)])
     assert out.read_text() == "mine: 1\n"
-    assert select.main([SWEEP_PATH, "--export", str(out), "--force"]) == 0
+    assert best_cmd.main([SWEEP_PATH, "--export", str(out), "--force"]) == 0
     assert "base: hrnet_w18_small_cpu" in out.read_text()
 
 
@@ -267,16 +268,16 @@ def test_export_never_leaves_a_partial_file(fake_wandb, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "write_text", broken)
     with pytest.raises(OSError):
-        select.main([SWEEP_PATH, "--export", str(out)])
+        best_cmd.main([SWEEP_PATH, "--export", str(out)])
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.unit
 def test_export_rejects_a_run_value_the_config_refuses(tmp_path):
-    sweep = select.SweepRuns("s", "wandb", [], ["models.optimizer.lr"], "hrnet_w18_small_cpu")
+    sweep = best_cmd.SweepRuns("s", "wandb", [], ["models.optimizer.lr"], "hrnet_w18_small_cpu")
     bad = rank_runs([RunRecord("a", "finished", config={"models.optimizer.lr": -1.0}, history=[0.5])]).best
     with pytest.raises(UserError, match="models.optimizer.lr"):
-        select.export_preset(tmp_path / "x.yaml", sweep, bad)
+        best_cmd.export_preset(tmp_path / "x.yaml", sweep, bad)
     assert not (tmp_path / "x.yaml").exists()
 
 
@@ -284,10 +285,10 @@ def test_export_rejects_a_run_value_the_config_refuses(tmp_path):
 def test_plain_numbers_in_export(tmp_path):
     import numpy as np
 
-    sweep = select.SweepRuns("s", "wandb", [], ["models.optimizer.lr", "models.scheduler.T_max"], "hrnet_w18_small_cpu")
+    sweep = best_cmd.SweepRuns("s", "wandb", [], ["models.optimizer.lr", "models.scheduler.T_max"], "hrnet_w18_small_cpu")
     run = RunRecord("a", "finished", config={"models.optimizer.lr": np.float64(3e-4), "models.scheduler.T_max": "6"},
                     history=[0.5])
-    path = select.export_preset(tmp_path / "x.yaml", sweep, rank_runs([run]).best)
+    path = best_cmd.export_preset(tmp_path / "x.yaml", sweep, rank_runs([run]).best)
     doc = yaml.safe_load(path.read_text())
     assert doc["models"]["optimizer"]["lr"] == 3e-4 and type(doc["models"]["optimizer"]["lr"]) is float
     assert doc["models"]["scheduler"]["T_max"] == 6 and type(doc["models"]["scheduler"]["T_max"]) is int
@@ -296,7 +297,7 @@ def test_plain_numbers_in_export(tmp_path):
 @pytest.mark.unit
 def test_unknown_sweep_reference_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="not a local sweep"):
-        select.load_runs(str(tmp_path / "nowhere"))
+        best_cmd.load_runs(str(tmp_path / "nowhere"))
 
 
 # ----------------------------------------------------------------------------- local sweeps (embedded engine)
@@ -319,10 +320,10 @@ def test_best_on_a_local_sweep(tmp_path, capsys):
     running = sweep.suggest(agent="test")  # still running (this process is alive)
     sweep.report(running.number, [0.99], 0)
     out = tmp_path / "best.yaml"
-    assert select.main([str(tmp_path / "sw"), "--export", str(out)]) == 0
+    assert best_cmd.main([str(tmp_path / "sw"), "--export", str(out)]) == 0
     text = capsys.readouterr().out
     assert "1 stopped" in text and "1 failed" in text and "1 running" in text
-    prov = select.read_provenance(out)
+    prov = read_provenance(out)
     assert prov["run"] == ids["finished"] and prov["best"] == 0.6 and prov["epoch"] == 1
     assert prov["source"] == "local"
     cfg = load_config([f"preset={out}"])
@@ -335,10 +336,10 @@ def test_best_on_a_local_sweep(tmp_path, capsys):
 
 @pytest.mark.integration
 def test_exported_preset_trains_one_tiny_epoch(fake_wandb, tmp_path, synth_data):
-    from hrnet_sweep.train import run
+    from hrnet_sweep.pipeline.train import run
 
     out = tmp_path / "best.yaml"
-    assert select.main([SWEEP_PATH, "--export", str(out)]) == 0
+    assert best_cmd.main([SWEEP_PATH, "--export", str(out)]) == 0
     cfg = load_config([f"preset={out}", f"data.root={synth_data}", "data.image_height=64", "data.image_width=64",
                        "models.decoder.inner_channels=16", "trainer.max_epochs=1", "data.num_workers=0",
                        "data.batch_size=4", "data.num_folds=2", f"output_dir={tmp_path / 'runs'}", "run_name=r",

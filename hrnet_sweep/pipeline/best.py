@@ -2,16 +2,14 @@
 
 Three layers, so the rule can be tested without W&B:
 
-- `rank_runs(runs)` is a pure function over plain `RunRecord`s: only finished runs with a
-  finite metric count; they are ranked by the best logged `val/hmean` (not the last one,
-  which early stopping and cosine tails make noisy), ties to the earlier epoch.
+- `hrnet_sweep.ranking.rank_runs(runs)`, a pure function over plain `RunRecord`s, ranks
+  them (the rule `hrnet_sweep status` shows too).
 - Sources turn a sweep into records: `wandb_runs("entity/project/id")` (public API, with
   an HTTP timeout, retries on transient errors and an overall deadline, so it never
   hangs) and `local_runs(dir_or_id)` (the embedded engine's `LocalSweep.runs()`).
 - `export_preset` writes the base preset plus the winning parameters as plain numbers,
-  with the provenance in a YAML comment block at the top (the config forbids unknown
-  keys; comments keep the file loadable by any preset loader). Atomic; refuses to replace
-  an existing file unless `force`.
+  with the provenance (`pipeline.presets` owns the file format). Atomic; refuses to
+  replace an existing file unless `force`.
 """
 
 from __future__ import annotations
@@ -23,138 +21,24 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from numbers import Real
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-import yaml
+from ..constants import METRIC
+from ..errors import UserError
+from ..formats import check_writable
+from ..ranking import RankedRun, Ranking, RunRecord, rank_runs
+from ..runfolder import MANIFEST_FILE, finite, read_history
+from ..wandb_auth import is_sweep_path, require_credentials
+from .presets import base_ref, preset_text, write_preset
 
-from .constants import METRIC
-from .errors import ConfigError, UserError
+__all__ = ["SweepRuns", "export_preset", "exported_params", "load_runs", "local_runs", "main", "wandb_runs"]
 
-__all__ = [
-    "Ranking",
-    "RankedRun",
-    "RunRecord",
-    "SweepRuns",
-    "export_preset",
-    "load_runs",
-    "local_runs",
-    "main",
-    "preset_text",
-    "rank_runs",
-    "read_provenance",
-    "wandb_runs",
-]
-
-FINISHED = "finished"
 NOT_EXPORTED = ("preset", "base", "run_name", "output_dir", "resume_from_checkpoint", "wandb", "data.root")
 """Sweep parameters that describe where or how a run ran, not what it learned with."""
-PROVENANCE_MARK = "# provenance (hrnet_sweep best):"
-WANDB_PATH = re.compile(r"^[\w.-]+/[\w.-]+/[\w-]+$")
 
-# ----------------------------------------------------------------------------- records and ranking
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One sweep run as the selector sees it.
-
-    Args:
-        id: run id.
-        state: W&B / engine state (`finished`, `running`, `crashed`, `failed`, `killed`,
-            `stopped`, ...); compared case-insensitively.
-        config: the run's parameters, dotted config keys -> values.
-        history: the metric's logged values, in order (may hold None / NaN).
-        summary: the run summary (`val/hmean` may be a number or `{"max": x}`).
-        epochs: the epoch of each history entry; default its position.
-        name: display name.
-        run_dir: local output folder, where known.
-    """
-
-    id: str
-    state: str
-    config: Mapping[str, Any] = field(default_factory=dict)
-    history: Sequence[Any] = ()
-    summary: Mapping[str, Any] = field(default_factory=dict)
-    epochs: Sequence[int] | None = None
-    name: str | None = None
-    run_dir: str | None = None
-
-
-@dataclass(frozen=True)
-class RankedRun:
-    run: RunRecord
-    best: float
-    epoch: int | None
-    last: float | None
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """Ranked runs (best first) and the excluded ones by reason."""
-
-    ranked: list[RankedRun]
-    excluded: dict[str, list[str]]
-
-    def counts(self) -> dict[str, int]:
-        return {reason: len(ids) for reason, ids in self.excluded.items()}
-
-    @property
-    def best(self) -> RankedRun | None:
-        return self.ranked[0] if self.ranked else None
-
-
-def _finite(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, Real):
-        return None
-    f = float(v)
-    return f if math.isfinite(f) else None
-
-
-def _summary_best(summary: Mapping[str, Any], metric: str) -> float | None:
-    v = summary.get(metric)
-    if isinstance(v, Mapping):  # define_metric(summary="max") stores {"max": x}
-        v = v.get("max", v.get("best"))
-    return _finite(v)
-
-
-def _best_of(run: RunRecord, metric: str) -> RankedRun | None:
-    values = [_finite(v) for v in run.history]
-    finite = [(i, v) for i, v in enumerate(values) if v is not None]
-    if finite:
-        # max value; on a tie the earlier entry (fewer epochs to reach it)
-        i, best = max(finite, key=lambda iv: (iv[1], -iv[0]))
-        epochs = list(run.epochs) if run.epochs is not None and len(run.epochs) == len(values) else None
-        return RankedRun(run, best, epochs[i] if epochs else i, values[-1])
-    best = _summary_best(run.summary, metric)
-    return None if best is None else RankedRun(run, best, None, None)
-
-
-def rank_runs(runs: Iterable[RunRecord], *, metric: str = METRIC) -> Ranking:
-    """Rank finished runs by their best logged metric value (maximised).
-
-    Excluded, by reason: every state other than finished (`crashed`, `failed`,
-    `killed`, `running`, `stopped`, ...) and finished runs without a finite value
-    (`no finite <metric>`, e.g. NaN). Ties go to the earlier epoch, then the run id, so
-    the result does not depend on the order the API lists runs in.
-    """
-    ranked: list[RankedRun] = []
-    excluded: dict[str, list[str]] = {}
-    for run in runs:
-        state = str(run.state or "unknown").lower()
-        if state != FINISHED:
-            excluded.setdefault(state, []).append(run.id)
-            continue
-        r = _best_of(run, metric)
-        if r is None:
-            excluded.setdefault(f"no finite {metric}", []).append(run.id)
-            continue
-        ranked.append(r)
-    ranked.sort(key=lambda r: (-r.best, r.epoch if r.epoch is not None else math.inf, r.run.id))
-    return Ranking(ranked, excluded)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -231,19 +115,10 @@ def _retry(fn: Callable[[], Any], what: str, *, retries: int, backoff: float, sl
             sleep(backoff * 2 ** (attempt - 1))
 
 
-def _check_credentials() -> None:
-    """wandb.Api() prompts for a key when none is configured: fail clearly instead."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_BASE_URL"):
-        return
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    if netrc.is_file() and "wandb" in netrc.read_text(errors="ignore"):
-        return
-    raise UserError("no W&B credentials: run `wandb login` or set WANDB_API_KEY (a local sweep is read "
-                    "from its folder or id instead: hrnet_sweep best outputs/sweeps/<id>)")
-
-
 def _default_api(timeout: float):
-    _check_credentials()
+    # wandb.Api() prompts for a key when none is configured: fail clearly instead
+    require_credentials("reading a W&B sweep (a local sweep is read from its folder: hrnet_sweep best "
+                        "outputs/sweeps/<id>)")
     import wandb
 
     return wandb.Api(timeout=int(math.ceil(timeout)))
@@ -321,28 +196,17 @@ def wandb_runs(path: str, *, api_factory: Callable[[float], Any] | None = None, 
 # -- embedded engine
 
 
-def _metrics_epochs(control_dir: str | None, n: int) -> list[int] | None:
+def _epochs(control_dir: str | None, n: int) -> list[int] | None:
+    """The epoch of each of a local run's `n` metric values (None unless they line up)."""
     if not control_dir:
         return None
-    import json
-
-    path = Path(control_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    epochs = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if row.get(METRIC) is not None and isinstance(row.get("epoch"), int):
-            epochs.append(row["epoch"])
-    return epochs if len(epochs) == n else None
+    epochs = [r.get("epoch") for r in read_history(control_dir) if finite(r.get(METRIC)) is not None]
+    return epochs if len(epochs) == n and all(isinstance(e, int) for e in epochs) else None
 
 
 def local_runs(ref: str | os.PathLike, *, sweeps_root: str | os.PathLike | None = None) -> SweepRuns:
     """Read a local sweep (folder or id) of the embedded engine."""
-    from .sweep.engine import DEFAULT_SWEEPS_ROOT, LocalSweep
+    from ..sweep.engine import DEFAULT_SWEEPS_ROOT, LocalSweep
 
     sweep = LocalSweep.open(ref, sweeps_root=sweeps_root or DEFAULT_SWEEPS_ROOT)
     spec = sweep.spec
@@ -352,7 +216,7 @@ def local_runs(ref: str | os.PathLike, *, sweeps_root: str | os.PathLike | None 
     preset = spec.parameters.get("preset")
     records = [
         RunRecord(id=r.run_id, state=r.state, config=dict(r.params), history=list(r.history),
-                  epochs=_metrics_epochs(r.control_dir, len(r.history)), run_dir=r.run_dir)
+                  epochs=_epochs(r.control_dir, len(r.history)), run_dir=r.run_dir)
         for r in sweep.runs()
     ]
     return SweepRuns(str(sweep.root), "local", records, list(spec.parameters),
@@ -361,12 +225,12 @@ def local_runs(ref: str | os.PathLike, *, sweeps_root: str | os.PathLike | None 
 
 def load_runs(ref: str, **wandb_kwargs: Any) -> SweepRuns:
     """A local sweep folder or id, else `entity/project/sweep_id` on W&B."""
-    from .sweep.engine import DEFAULT_SWEEPS_ROOT
+    from ..sweep.engine import DEFAULT_SWEEPS_ROOT
 
     p = Path(ref).expanduser()
     if (p / "sweep.json").is_file() or (DEFAULT_SWEEPS_ROOT / ref / "sweep.json").is_file():
         return local_runs(ref)
-    if WANDB_PATH.match(ref) and not p.exists():
+    if is_sweep_path(ref):
         return wandb_runs(ref, **wandb_kwargs)
     raise UserError(f"sweep {ref!r}: not a local sweep folder (holding sweep.json), not a local sweep id under "
                     f"{DEFAULT_SWEEPS_ROOT}, and not an entity/project/sweep_id W&B path")
@@ -392,7 +256,7 @@ def _plain_number(v: Any) -> Any:
 
 def exported_params(run: RunRecord, parameters: Sequence[str]) -> dict[str, Any]:
     """The run's value of every sweep parameter (except `NOT_EXPORTED` ones), as plain numbers."""
-    from .config import check_key
+    from ..config import check_key
 
     out: dict[str, Any] = {}
     for key in parameters:
@@ -406,74 +270,21 @@ def exported_params(run: RunRecord, parameters: Sequence[str]) -> dict[str, Any]
     return out
 
 
-def _nest(flat: Mapping[str, Any]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
-
-
-def preset_text(base: str, params: Mapping[str, Any], provenance: Mapping[str, Any]) -> str:
-    """The exported preset: provenance as a commented YAML block, then `base:` and the
-    winning parameters nested by config path."""
-    prov = yaml.safe_dump(dict(provenance), sort_keys=False, default_flow_style=False, allow_unicode=True)
-    header = [PROVENANCE_MARK] + [f"#   {line}" for line in prov.rstrip("\n").splitlines()]
-    header.append("# Train it: hrnet_sweep train preset=<this file>; retrain every fold: hrnet_sweep kfold <this file>")
-    body = yaml.safe_dump({"base": base, **_nest(params)}, sort_keys=False, default_flow_style=False)
-    return "\n".join(header) + "\n" + body
-
-
-def read_provenance(path: str | os.PathLike) -> dict:
-    """The provenance block of an exported preset ({} when it has none)."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    try:
-        start = lines.index(PROVENANCE_MARK) + 1
-    except ValueError:
-        return {}
-    block = []
-    for line in lines[start:]:
-        if not line.startswith("#   "):
-            break
-        block.append(line[4:])
-    try:
-        doc = yaml.safe_load("\n".join(block))
-    except yaml.YAMLError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def _base_ref(preset: str) -> str:
-    """A shipped preset name stays a name; a file path becomes absolute, so the exported
-    preset loads from any working directory."""
-    from .config import PRESET_DIR, preset_path
-
-    path = preset_path(preset)
-    return path.stem if path.parent.resolve() == PRESET_DIR.resolve() else str(path.resolve())
-
-
 def export_preset(out: str | os.PathLike, sweep: SweepRuns, winner: RankedRun, *, force: bool = False,
                   now: datetime | None = None) -> Path:
     """Write the winning run as a preset that `hrnet_sweep train preset=OUT` accepts.
 
     The file is validated (loaded through the config) before it replaces anything.
     """
-    from .config import load_config
-    from .io import atomic_path
+    from ..config import load_config
 
-    out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"{out} exists; pass --force to overwrite it")
     run = winner.run
     base = _lookup(run.config, "preset") or sweep.default_preset
     if base is None:
-        from .config import DEFAULT_PRESET
+        from ..config import DEFAULT_PRESET
 
         base = DEFAULT_PRESET
-    base = _base_ref(str(base))
+    base = base_ref(str(base))
     params = exported_params(run, sweep.parameters)
     cfg = load_config({"preset": base, **params})
     provenance = {
@@ -491,29 +302,10 @@ def export_preset(out: str | os.PathLike, sweep: SweepRuns, winner: RankedRun, *
     }
     if run.run_dir:
         provenance["run_dir"] = str(run.run_dir)
-        manifest = Path(run.run_dir) / "folds.json"
+        manifest = Path(run.run_dir) / MANIFEST_FILE
         if manifest.is_file():
             provenance["folds"]["manifest"] = str(manifest.resolve())
-    text = preset_text(base, params, provenance)
-    _check_loads(text)
-    with atomic_path(out, overwrite=force) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return out
-
-
-def _check_loads(text: str) -> None:
-    """Load a preset text through the config, so no preset that fails to load is written."""
-    import tempfile
-
-    from .config import load_config
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "preset.yaml"
-        path.write_text(text, encoding="utf-8")
-        try:
-            load_config(preset=str(path))
-        except ConfigError as err:
-            raise UserError(f"the exported preset would not load: {err}") from None
+    return write_preset(out, preset_text(base, params, provenance), force=force)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -562,8 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.top < 1:
         raise UserError(f"--top {args.top} must be >= 1")
-    if args.export and Path(args.export).exists() and not args.force:
-        raise UserError(f"{args.export} exists; pass --force to overwrite it")
+    if args.export is not None:  # before the sweep is read: a bad path fails in a second, not after W&B
+        check_writable(args.export, what="--export", overwrite=args.force)
     sweep = load_runs(args.sweep, timeout=args.timeout, retries=args.retries)
     ranking = rank_runs(sweep.runs)
     print_table(sweep, ranking, args.top)
@@ -571,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"sweep {args.sweep}: no finished run with a finite {METRIC} among {len(sweep.runs)} runs")
     w = ranking.best
     print(f"best: run {w.run.name or w.run.id}, {METRIC} {w.best:.4f} at epoch {w.epoch}")
-    if args.export:
+    if args.export is not None:
         path = export_preset(args.export, sweep, w, force=args.force)
         print(f"exported {path} (train it: hrnet_sweep train preset={path})")
     return 0

@@ -15,9 +15,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .config import Config, PostprocessConfig
-from .errors import DataError, UserError
-from .io import save_predictions, write_submission
+from ..config import Config, PostprocessConfig
+from ..errors import DataError, UserError
+from ..formats import save_predictions, write_submission
 
 log = logging.getLogger(__name__)
 

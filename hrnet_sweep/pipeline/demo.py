@@ -27,14 +27,16 @@ from typing import Callable, Sequence
 
 import yaml
 
-from .constants import DATA_ROOT_ENV, METRIC
-from .errors import UserError
+from ..children import child_env
+from ..constants import DATA_ROOT_ENV, METRIC
+from ..ranking import order_runs
+from ..errors import UserError
 
 __all__ = ["Budget", "DEFAULT", "FAST", "main", "run_demo"]
 
 # Shipped inside the package (an installed demo needs it); sweeps/cpu_demo.yaml in a
 # checkout is a link to it.
-DEMO_SWEEP = Path(__file__).resolve().parent / "sweeps" / "cpu_demo.yaml"
+DEMO_SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "cpu_demo.yaml"
 MARKER = "demo.json"
 
 
@@ -134,7 +136,7 @@ def _sweep_yaml(budget: Budget, path: Path) -> Path:
 
 def _watch_sweep(root: Path, stop: threading.Event, say: Callable[[str], None], every: float = 20.0) -> None:
     """Print the sweep's progress while the agents run."""
-    from .sweep.engine import LocalSweep
+    from ..sweep.engine import LocalSweep
 
     last = None
     while not stop.wait(every):
@@ -145,8 +147,8 @@ def _watch_sweep(root: Path, stop: threading.Event, say: Callable[[str], None], 
         counts: dict[str, int] = {}
         for r in runs:
             counts[r.state] = counts.get(r.state, 0) + 1
-        scored = [r for r in runs if r.best is not None]
-        best = max(scored, key=lambda r: r.best, default=None)
+        ranked = order_runs(runs)
+        best = ranked[0] if ranked else None
         epochs = ", ".join(f"{r.run_id}: epoch {len(r.history)}" for r in runs if r.state == "running")
         line = (f"   sweep: {len(runs)} run(s) " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                 + (f"; best {METRIC} so far {best.best:.4f} ({best.run_id})" if best else "")
@@ -160,9 +162,9 @@ def _fold_vs_ensemble(target, test_dir: Path, gt_json: Path, *, tta: bool) -> di
     """H-Mean of every fold alone and of their probability-map average, one inference
     per fold and image, with the retrain's tuned post-processing."""
     from .ensemble import fold_and_ensemble_maps
-    from .io import integer_points, load_annotations
-    from .metric import evaluate
-    from .predict import load_checkpoint, postprocess_map
+    from ..formats import integer_points, load_annotations
+    from ..metric import evaluate
+    from ..dbnet.inference import load_checkpoint, postprocess_map
 
     folds = target.finished_folds()
     models = [load_checkpoint(c) for _, c, _ in folds]
@@ -208,14 +210,17 @@ def _prepare(out: Path, say: Callable[[str], None]) -> None:
 def run_demo(out: str | os.PathLike = "outputs/demo", *, budget: Budget = DEFAULT, seed: int = 0,
              say: Callable[[str], None] | None = None) -> dict:
     """Run the demo pipeline; return its summary (also written to `<out>/demo.json`)."""
-    from .ensemble import apply_tuned_postprocess, cache_oof_maps, main as predict_main, resolve_retrain
-    from .io import atomic_write_json
+    from ..formats import atomic_write_json
+    from ..ranking import rank_runs
+    from ..submission import main as validate_main
+    from ..sweep.engine import LocalSweep
+    from ..sweep.launcher import run_agents
+    from ..synth import generate
+    from .best import export_preset, local_runs, print_table
+    from .ensemble import cache_oof_maps, resolve_retrain
     from .kfold import run_kfold
-    from .select import export_preset, local_runs, print_table, rank_runs
-    from .submission import main as validate_main
-    from .sweep.engine import LocalSweep
-    from .sweep.launcher import run_agents
-    from .synth import generate
+    from .predict import main as predict_main
+    from .tune import apply_tuned_postprocess
     from .tune import Grid, parse_grid, tune_postprocess
 
     say = say or (lambda s: print(s, flush=True))
@@ -243,9 +248,7 @@ def run_demo(out: str | os.PathLike = "outputs/demo", *, budget: Budget = DEFAUL
         spec = _sweep_yaml(budget, out / "cpu_demo.yaml")
         sweep = LocalSweep.create(spec, sweeps_root=out / "sweeps")
         say(f"   local sweep {sweep.sweep_id} in {sweep.root} (status: hrnet_sweep status {sweep.root})")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                           os.environ.get("PYTHONPATH")]))}
+        env = {**child_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         stop = threading.Event()
         watcher = threading.Thread(target=_watch_sweep, args=(sweep.root, stop, say), daemon=True)
         watcher.start()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io as _io
+import io
 import json
 import logging
 import math
@@ -57,6 +57,36 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_writable(path: str | os.PathLike, *, what: str = "output", overwrite: bool = True) -> Path:
+    """Fail before any expensive work when `path` cannot be written later.
+
+    Refused, each with a `DataError` naming the path: an empty name, a directory, an
+    existing file without `overwrite`, a parent that is a regular file, and a folder where
+    no file can be created (read-only filesystem, permissions). Missing parent folders are
+    created, as the atomic write would create them.
+    """
+    if not str(path).strip():
+        raise DataError(f"{what}: the path is empty; name a file")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise DataError(f"{what} {path}: is a directory; name a file inside it")
+    if path.exists() and not overwrite:
+        raise DataError(f"{what} {path} exists; pass --force to overwrite it")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DataError(f"{what} {path}: cannot be created, {folder} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise DataError(f"{what} {path}: cannot write there ({err.strerror or err})") from None
+    return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = True) -> Path:
@@ -261,7 +291,7 @@ def format_polygons(polys: Sequence[np.ndarray]) -> str:
 
 
 def submission_csv_text(preds: Mapping[str, Sequence[np.ndarray]]) -> str:
-    buf = _io.StringIO()
+    buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     for name in sorted(preds):

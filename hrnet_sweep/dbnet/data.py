@@ -33,9 +33,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import default_collate
 
-from .config import AugmentConfig, TargetsConfig
-from .errors import ConfigError, DataError
-from .io import ImageAnnotation, clamp_polygon
+from ..config import AugmentConfig, TargetsConfig
+from ..errors import ConfigError, DataError
+from ..formats import ImageAnnotation, clamp_polygon
 
 log = logging.getLogger(__name__)
 

@@ -25,15 +25,23 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
+from ..formats import atomic_write_json, read_json
+from .presets import write_postprocess
 
-__all__ = ["Grid", "Setting", "main", "parse_grid", "score_settings", "tune_postprocess"]
+if TYPE_CHECKING:
+    from .ensemble import Retrain
+
+__all__ = ["Grid", "Setting", "apply_tuned_postprocess", "main", "parse_grid", "score_settings", "tune_postprocess"]
 
 PARAMS = ("thresh", "box_thresh", "unclip_ratio", "use_polygon")
+TUNE_FILE = "tune_postprocess.json"
 
 
 @dataclass(frozen=True)
@@ -118,8 +126,8 @@ def _score_chunk(items: list[tuple], settings: Sequence[Setting], fixed: Mapping
 
     items: (map or path, image size (h, w) or None, GT polygons).
     """
-    from .metric import evaluate_image
-    from .postprocess import postprocess
+    from ..metric import evaluate_image
+    from ..dbnet.postprocess import postprocess
 
     passes: dict[tuple, list[Setting]] = {}
     for s in settings:
@@ -203,6 +211,32 @@ def tune_postprocess(maps: Mapping[str, Any], gts: Mapping[str, Sequence[np.ndar
     return dict(table[0]), table
 
 
+# ----------------------------------------------------------------------------- recording the result
+
+
+def apply_tuned_postprocess(target: Retrain, best: Mapping[str, Any], baseline: Mapping[str, Any] | None,
+                            table: Sequence[Mapping[str, Any]], *, write_preset: bool = True) -> list[Path]:
+    """Record the tuning: `<retrain>/tune_postprocess.json`, the summary's `postprocess`
+    entry and, when the preset is a YAML file, its `models.postprocess.*`."""
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    values = {k: best[k] for k in PARAMS}
+    written = [atomic_write_json(target.root / TUNE_FILE, {
+        "best": dict(best), "baseline": dict(baseline) if baseline else None, "table": list(table), "date": date,
+    }, indent=1)]
+    preset_file = target.preset_file if write_preset else None
+    if preset_file is not None:
+        was = f", preset's own {baseline['hmean']:.4f}" if baseline else ""
+        note = f"out-of-fold H-Mean {best['hmean']:.4f}{was} ({date}, {target.root / TUNE_FILE})"
+        written.append(write_postprocess(preset_file, values, note))
+    if write_preset:
+        summary = read_json(target.summary_path)
+        summary["postprocess"] = {"best": values, "hmean": best["hmean"],
+                                  "baseline_hmean": baseline["hmean"] if baseline else None, "date": date,
+                                  "preset": str(preset_file) if preset_file else None}
+        written.append(atomic_write_json(target.summary_path, summary, indent=2))
+    return written
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -248,7 +282,7 @@ def print_table(table: Sequence[dict], baseline: dict | None, top: int = 10) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .ensemble import apply_tuned_postprocess, cache_oof_maps, resolve_retrain
+    from .ensemble import cache_oof_maps, resolve_retrain
 
     ap = argparse.ArgumentParser(prog="hrnet_sweep tune-postprocess", description=(
         "Tune thresh, box_thresh, unclip_ratio and box/polygon mode on the retrain's out-of-fold probability "

@@ -23,7 +23,6 @@ rewritten atomically after every fold, and `predict` / `tune-postprocess` read i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -34,14 +33,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .constants import METRIC
-from .errors import ConfigError, UserError
+from ..children import child_env, kill_group, start
+from ..constants import METRIC
+from ..errors import ConfigError, UserError
+from ..runfolder import MANIFEST_FILE, HistoryTail, clear_status, finite, read_status
+from .presets import preset_ref, read_provenance
 
 __all__ = ["FoldResult", "SUMMARY_FILE", "fold_command", "load_summary", "main", "parse_folds", "retrain_dir",
            "run_kfold"]
 
 SUMMARY_FILE = "kfold_summary.json"
-MANIFEST_FILE = "folds.json"
 SUMMARY_VERSION = 1
 _OWN_KEYS = ("data.fold", "run_name", "output_dir", "resume_from_checkpoint", "logging.group", "preset")
 
@@ -76,12 +77,6 @@ def retrain_dir(preset: str, cfg, out: str | os.PathLike | None = None) -> Path:
     return Path(cfg.output_dir) / f"{Path(preset).stem}-kfold"
 
 
-def _preset_ref(preset: str) -> str:
-    """A YAML path becomes absolute (folds run from anywhere); a shipped name stays."""
-    p = Path(preset).expanduser()
-    return str(p.resolve()) if p.suffix in (".yaml", ".yml") and p.is_file() else preset
-
-
 def fold_command(preset: str, fold: int, root: Path, extra: Sequence[str], *,
                  python: str = sys.executable) -> list[str]:
     """The training command of one fold (what a sweep agent would run)."""
@@ -90,28 +85,13 @@ def fold_command(preset: str, fold: int, root: Path, extra: Sequence[str], *,
             f"logging.group={root.name}"]
 
 
-def _child_env(gpu: str | None, base: Mapping[str, str] | None = None, *, threads: int | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    if threads is not None:
-        # folds sharing the CPU: split the cores, or their thread pools fight each other
-        env.setdefault("OMP_NUM_THREADS", str(threads))
-        env.setdefault("MKL_NUM_THREADS", str(threads))
-    # The package as this process imports it, whatever the child's working directory.
-    pkg_parent = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_parent, env.get("PYTHONPATH")]))
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
 # ----------------------------------------------------------------------------- manifests
 
 
 def _split_manifest(cfg, root: Path) -> Path:
     """Write (or check) the retrain's own manifest, computed from the preset's data."""
-    from .folds import assign_folds, read_manifest, word_counts, write_manifest
-    from .io import load_annotations
+    from ..folds import assign_folds, read_manifest, word_counts, write_manifest
+    from ..formats import load_annotations
 
     d = cfg.data
     train_json = d.resolved_root() / d.train_json
@@ -132,7 +112,7 @@ def _split_manifest(cfg, root: Path) -> Path:
 
 def _same_split(a_path: str | os.PathLike, b_path: str | os.PathLike) -> str | None:
     """None when two manifests describe the same split, else why not."""
-    from .folds import read_manifest
+    from ..folds import read_manifest
 
     a, b = read_manifest(a_path), read_manifest(b_path)
     if a.sha256 != b.sha256:
@@ -147,7 +127,6 @@ def _same_split(a_path: str | os.PathLike, b_path: str | os.PathLike) -> str | N
 
 def _check_sweep_split(preset: str, cfg, manifest: Path) -> str:
     """Compare the retrain's split with the sweep's, as recorded by `best --export`."""
-    from .select import read_provenance
 
     p = Path(preset)
     prov = read_provenance(p) if p.suffix in (".yaml", ".yml") and p.is_file() else {}
@@ -201,7 +180,7 @@ def _rel(path: str | None, root: Path) -> str | None:
 
 def _write_summary(root: Path, preset: str, extra: Sequence[str], cfg, results: Mapping[int, FoldResult],
                    split_note: str) -> Path:
-    from .io import atomic_write_json, read_json
+    from ..formats import atomic_write_json, read_json
 
     path = root / SUMMARY_FILE
     old = read_json(path) if path.is_file() else {}
@@ -215,7 +194,7 @@ def _write_summary(root: Path, preset: str, extra: Sequence[str], cfg, results: 
     summary = {
         "version": SUMMARY_VERSION,
         "retrain": root.name,
-        "preset": _preset_ref(preset),
+        "preset": preset_ref(preset),
         "overrides": list(extra),
         "metric": METRIC,
         "num_folds": cfg.data.num_folds,
@@ -233,7 +212,7 @@ def _write_summary(root: Path, preset: str, extra: Sequence[str], cfg, results: 
 
 def load_summary(path_or_dir: str | os.PathLike) -> tuple[dict, Path]:
     """Read a `kfold_summary.json` (or the retrain folder holding it); paths resolved."""
-    from .io import read_json
+    from ..formats import read_json
 
     p = Path(path_or_dir)
     path = p / SUMMARY_FILE if p.is_dir() else p
@@ -251,14 +230,6 @@ def load_summary(path_or_dir: str | os.PathLike) -> tuple[dict, Path]:
 # ----------------------------------------------------------------------------- running
 
 
-def _read_status(run_dir: Path) -> dict | None:
-    try:
-        doc = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
 @dataclass
 class _Job:
     fold: int
@@ -267,37 +238,32 @@ class _Job:
     gpu: str | None = None
     proc: subprocess.Popen | None = None
     started: float = 0.0
-    seen: int = 0  # metrics.jsonl rows already printed
+    tail: HistoryTail | None = None  # metrics.jsonl rows not printed yet
     best: float | None = None
 
 
 def _print_progress(job: _Job, out: Callable[[str], None]) -> None:
-    path = job.run_dir / "metrics.jsonl"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return
-    for line in lines[job.seen:]:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            break  # a line still being written
-        job.seen += 1
-        v = row.get(METRIC)
-        if isinstance(v, (int, float)):
+    for row in job.tail.read() if job.tail else []:
+        v = finite(row.get(METRIC))
+        if v is not None:
             job.best = v if job.best is None else max(job.best, v)
             out(f"  fold {job.fold} epoch {row.get('epoch')}: {METRIC} {v:.4f} (best {job.best:.4f})")
 
 
-def _finish(job: _Job, rc: int, root: Path, manifest: Path) -> FoldResult:
-    status = _read_status(job.run_dir) or {}
+def _fold_result(fold: int, run_dir: Path, status: Mapping[str, Any], **extra: Any) -> FoldResult:
+    return FoldResult(fold, extra.pop("state", None) or status.get("state"), str(run_dir), best=status.get("best"),
+                      best_epoch=status.get("best_epoch"), best_ckpt=status.get("best_ckpt"),
+                      last_ckpt=status.get("last_ckpt"), **extra)
+
+
+def _finish(job: _Job, rc: int, manifest: Path) -> FoldResult:
+    status = read_status(job.run_dir) or {}
     state = status.get("state") or ("crashed" if rc else "finished")
     if rc and state == "finished":
         state = "failed"
-    r = FoldResult(job.fold, state, str(job.run_dir), best=status.get("best"), best_epoch=status.get("best_epoch"),
-                   best_ckpt=status.get("best_ckpt"), last_ckpt=status.get("last_ckpt"),
-                   reason=status.get("reason") or (f"exit code {rc}; see {job.log}" if rc else None), exit_code=rc,
-                   seconds=round(time.monotonic() - job.started, 1), log=str(job.log), gpu=job.gpu)
+    r = _fold_result(job.fold, job.run_dir, status, state=state,
+                     reason=status.get("reason") or (f"exit code {rc}; see {job.log}" if rc else None), exit_code=rc,
+                     seconds=round(time.monotonic() - job.started, 1), log=str(job.log), gpu=job.gpu)
     fold_manifest = job.run_dir / MANIFEST_FILE
     if fold_manifest.is_file():
         why = _same_split(manifest, fold_manifest)
@@ -305,6 +271,118 @@ def _finish(job: _Job, rc: int, root: Path, manifest: Path) -> FoldResult:
         if why:
             r.state, r.reason = "failed", f"fold split differs from the retrain's {manifest}: {why}"
     return r
+
+
+@dataclass
+class _Retrain:
+    """What every fold of one retrain shares."""
+
+    preset: str
+    cfg: Any
+    root: Path
+    manifest: Path
+    extra: list[str]
+    split_note: str
+    python: str
+    env: Mapping[str, str] | None
+    threads: int | None
+    say: Callable[[str], None]
+
+    def write_summary(self, results: Mapping[int, FoldResult]) -> Path:
+        return _write_summary(self.root, self.preset, self.extra, self.cfg, results, self.split_note)
+
+
+def _skip_finished(rt: _Retrain, fold_list: Sequence[int], results: dict[int, FoldResult]) -> list[_Job]:
+    """Folds whose status.json says finished are recorded and skipped; the others are queued."""
+    queue = []
+    for k in fold_list:
+        run_dir = rt.root / f"fold{k}"
+        status = read_status(run_dir)
+        if not status or status.get("state") != "finished":
+            queue.append(_Job(k, run_dir, rt.root / f"fold{k}.log"))
+            continue
+        r = _fold_result(k, run_dir, status, skipped=True)
+        if (run_dir / MANIFEST_FILE).is_file():
+            r.manifest_ok = _same_split(rt.manifest, run_dir / MANIFEST_FILE) is None
+        results[k] = r
+        best = "n/a" if r.best is None else f"{r.best:.4f}"
+        rt.say(f"fold {k}: already finished (best {METRIC} {best}), skipped")
+    return queue
+
+
+def _launch(rt: _Retrain, job: _Job, gpu: str | None) -> None:
+    job.gpu = gpu
+    resume = (job.run_dir / "checkpoints" / "last.ckpt").is_file()
+    clear_status(job.run_dir)  # the old state (interrupted, failed) is superseded
+    cmd = fold_command(rt.preset, job.fold, rt.root, rt.extra, python=rt.python)
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(job.log, "ab") as log:
+        log.write(f"=== {datetime.now():%Y-%m-%d %H:%M:%S} {' '.join(cmd)}\n".encode())
+        log.flush()
+        job.proc = start(cmd, env=child_env(rt.env, gpu=gpu, threads=rt.threads), log=log)
+    job.started = time.monotonic()
+    job.tail = HistoryTail(job.run_dir, skip_existing=True)
+    on = f"GPU {gpu}" if gpu is not None else "CPU"
+    rt.say(f"fold {job.fold}: {'resuming from last.ckpt' if resume else 'started'} on {on} "
+           f"(pid {job.proc.pid}, log {job.log})")
+
+
+def _stop_running(rt: _Retrain, running: Mapping[int, _Job], results: dict[int, FoldResult]) -> None:
+    """Ctrl-C: stop the running folds (they keep last.ckpt), killing any that hang."""
+    rt.say("interrupted: stopping the running folds (they keep last.ckpt; run the same command to resume)")
+    for job in running.values():
+        kill_group(job.proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + 60
+    for job in running.values():
+        try:
+            job.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            kill_group(job.proc.pid, signal.SIGKILL)
+            job.proc.wait()
+        results[job.fold] = _finish(job, job.proc.returncode, rt.manifest)
+
+
+def _run_queue(rt: _Retrain, queue: list[_Job], slots: Sequence[str | None], results: dict[int, FoldResult],
+               poll_s: float) -> None:
+    """Run the queued folds, one per slot at a time; on Ctrl-C stop them and re-raise."""
+    running: dict[int, _Job] = {}
+    free = list(range(len(slots)))
+    try:
+        while queue or running:
+            while queue and free:
+                slot = free.pop(0)
+                running[slot] = queue.pop(0)
+                _launch(rt, running[slot], slots[slot])
+            time.sleep(poll_s)
+            for slot, job in list(running.items()):
+                _print_progress(job, rt.say)
+                rc = job.proc.poll()
+                if rc is None:
+                    continue
+                _print_progress(job, rt.say)
+                r = results[job.fold] = _finish(job, rc, rt.manifest)
+                del running[slot]
+                free.append(slot)
+                best = "n/a" if r.best is None else f"{r.best:.4f} (epoch {r.best_epoch})"
+                rt.say(f"fold {job.fold}: {r.state} in {r.seconds:.0f} s, best {METRIC} {best}"
+                       + (f"; {r.reason}" if r.state != "finished" and r.reason else ""))
+                rt.write_summary(results)
+    except KeyboardInterrupt:
+        _stop_running(rt, running, results)
+        raise
+
+
+def _slots(gpus: Sequence[str] | None, cpu_jobs: int) -> tuple[list[str | None], int | None, str]:
+    """(one slot per concurrent fold, threads per CPU fold, where the folds run in words)."""
+    from ..sweep.launcher import detect_gpus
+
+    if cpu_jobs < 1:
+        raise UserError(f"--cpu-jobs {cpu_jobs} must be >= 1")
+    slots: list[str | None] = list(detect_gpus() if gpus is None else gpus) or [None] * cpu_jobs
+    threads = None if slots[0] is not None or cpu_jobs == 1 else max(1, (os.cpu_count() or 1) // cpu_jobs)
+    where = (f"{len(slots)} GPU(s) {', '.join(slots)}" if slots[0] is not None else
+             "the CPU, one fold at a time" if cpu_jobs == 1 else f"the CPU, {cpu_jobs} folds at a time")
+    return slots, threads, where
 
 
 def run_kfold(preset: str, folds: Sequence[int] | str | None = None, *, gpus: Sequence[str] | None = None,
@@ -322,128 +400,43 @@ def run_kfold(preset: str, folds: Sequence[int] | str | None = None, *, gpus: Se
         out: the retrain folder (default `<output_dir>/<preset name>-kfold`).
         extra: more `key=value` overrides for every fold (not the keys kfold sets itself).
     """
-    from .config import load_config, parse_overrides
-    from .sweep.agent import _die_with_parent
-    from .sweep.launcher import detect_gpus
+    from ..config import load_config, parse_overrides
 
     say = printer or (lambda s: print(s, flush=True))
     extra = list(extra)
     own = sorted(set(parse_overrides(extra)) & set(_OWN_KEYS))
     if own:
         raise UserError(f"kfold sets {', '.join(own)} itself; drop them from the overrides (use --out for the folder)")
-    preset = _preset_ref(preset)
+    preset = preset_ref(preset)
     cfg = load_config([f"preset={preset}", *extra])
     if cfg.data.fold is None:
         raise ConfigError("data.fold=null is train/val mode; kfold needs fold mode (data.num_folds folds of train_json)")
     fold_list = folds if isinstance(folds, (list, tuple)) else parse_folds(folds, cfg.data.num_folds)
     fold_list = parse_folds(",".join(map(str, fold_list)), cfg.data.num_folds)
+    slots, threads, where = _slots(gpus, cpu_jobs)
     root = retrain_dir(preset, cfg, out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     manifest = _split_manifest(cfg, root)
-    split_note = _check_sweep_split(preset, cfg, manifest)
-    if cpu_jobs < 1:
-        raise UserError(f"--cpu-jobs {cpu_jobs} must be >= 1")
-    slots: list[str | None] = list(detect_gpus() if gpus is None else gpus) or [None] * cpu_jobs
-    threads = None if slots[0] is not None or cpu_jobs == 1 else max(1, (os.cpu_count() or 1) // cpu_jobs)
-    where = (f"{len(slots)} GPU(s) {', '.join(slots)}" if slots[0] is not None else
-             "the CPU, one fold at a time" if cpu_jobs == 1 else f"the CPU, {cpu_jobs} folds at a time")
-    say(f"k-fold retrain {root.name}: folds {fold_list} of {cfg.data.num_folds} on {where}; {split_note}")
+    rt = _Retrain(preset, cfg, root, manifest, extra, _check_sweep_split(preset, cfg, manifest), python, env,
+                  threads, say)
+    say(f"k-fold retrain {root.name}: folds {fold_list} of {cfg.data.num_folds} on {where}; {rt.split_note}")
     say(f"  folder {root}")
-
     results: dict[int, FoldResult] = {}
-    queue: list[_Job] = []
-    for k in fold_list:
-        run_dir = root / f"fold{k}"
-        status = _read_status(run_dir)
-        if status and status.get("state") == "finished":
-            r = FoldResult(k, "finished", str(run_dir), best=status.get("best"), best_epoch=status.get("best_epoch"),
-                           best_ckpt=status.get("best_ckpt"), last_ckpt=status.get("last_ckpt"), skipped=True)
-            if (run_dir / MANIFEST_FILE).is_file():
-                r.manifest_ok = _same_split(manifest, run_dir / MANIFEST_FILE) is None
-            results[k] = r
-            best = "n/a" if r.best is None else f"{r.best:.4f}"
-            say(f"fold {k}: already finished (best {METRIC} {best}), skipped")
-            continue
-        queue.append(_Job(k, run_dir, root / f"fold{k}.log"))
+    queue = _skip_finished(rt, fold_list, results)
     if results:
-        _write_summary(root, preset, extra, cfg, results, split_note)
-
-    running: dict[int, _Job] = {}
-    free = list(range(len(slots)))
+        rt.write_summary(results)
     interrupted = False
     try:
-        while queue or running:
-            while queue and free:
-                job, slot = queue.pop(0), free.pop(0)
-                gpu = job.gpu = slots[slot]
-                resume = (job.run_dir / "checkpoints" / "last.ckpt").is_file()
-                # the old status (interrupted, failed) is superseded; a run killed before it
-                # writes a new one must read as crashed, not as its previous state
-                (job.run_dir / "status.json").unlink(missing_ok=True)
-                cmd = fold_command(preset, job.fold, root, extra, python=python)
-                job.log.parent.mkdir(parents=True, exist_ok=True)
-                with open(job.log, "ab") as log:
-                    log.write(f"=== {datetime.now():%Y-%m-%d %H:%M:%S} {' '.join(cmd)}\n".encode())
-                    log.flush()
-                    job.proc = subprocess.Popen(cmd, env=_child_env(gpu, env, threads=threads), stdin=subprocess.DEVNULL,
-                                                stdout=log,
-                                                stderr=subprocess.STDOUT, start_new_session=True,
-                                                preexec_fn=_die_with_parent())
-                job.started = time.monotonic()
-                job.seen = _count_lines(job.run_dir / "metrics.jsonl")
-                running[slot] = job
-                on = f"GPU {gpu}" if gpu is not None else "CPU"
-                say(f"fold {job.fold}: {'resuming from last.ckpt' if resume else 'started'} on {on} "
-                    f"(pid {job.proc.pid}, log {job.log})")
-            time.sleep(poll_s)
-            for slot, job in list(running.items()):
-                _print_progress(job, say)
-                rc = job.proc.poll()
-                if rc is None:
-                    continue
-                _print_progress(job, say)
-                r = _finish(job, rc, root, manifest)
-                results[job.fold] = r
-                del running[slot]
-                free.append(slot)
-                best = "n/a" if r.best is None else f"{r.best:.4f} (epoch {r.best_epoch})"
-                say(f"fold {job.fold}: {r.state} in {r.seconds:.0f} s, best {METRIC} {best}"
-                    + (f"; {r.reason}" if r.state != "finished" and r.reason else ""))
-                _write_summary(root, preset, extra, cfg, results, split_note)
+        _run_queue(rt, queue, slots, results, poll_s)
     except KeyboardInterrupt:
         interrupted = True
-        say("interrupted: stopping the running folds (they keep last.ckpt; run the same command to resume)")
-        for job in running.values():
-            _signal(job.proc, signal.SIGINT)
-        deadline = time.monotonic() + 60
-        for job in running.values():
-            try:
-                job.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal(job.proc, signal.SIGKILL)
-                job.proc.wait()
-            results[job.fold] = _finish(job, job.proc.returncode, root, manifest)
-    path = _write_summary(root, preset, extra, cfg, results, split_note)
+    path = rt.write_summary(results)
     doc, _ = load_summary(path)
     _print_table(doc, say)
     say(f"summary: {path}")
     if interrupted:
         raise KeyboardInterrupt
     return doc
-
-
-def _count_lines(path: Path) -> int:
-    try:
-        return len(path.read_text(encoding="utf-8").splitlines())
-    except OSError:
-        return 0
-
-
-def _signal(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _print_table(doc: Mapping[str, Any], say: Callable[[str], None]) -> None:
@@ -457,7 +450,7 @@ def _print_table(doc: Mapping[str, Any], say: Callable[[str], None]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .sweep.launcher import parse_gpus
+    from ..sweep.launcher import parse_gpus
 
     ap = argparse.ArgumentParser(prog="hrnet_sweep kfold", description=(
         "Retrain every fold of a preset (one fold per GPU, resumable, finished folds skipped) and record each "

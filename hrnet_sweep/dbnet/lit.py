@@ -10,7 +10,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from .constants import METRIC, VAL_PRECISION, VAL_RECALL
+from ..constants import METRIC, VAL_PRECISION, VAL_RECALL
 
 
 class NonFiniteLossError(RuntimeError):
@@ -49,8 +49,8 @@ class DBNetModule(pl.LightningModule):
     """Training and validation of a DBNet.
 
     Args:
-        model: the network (`hrnet_sweep.model.DBNet`).
-        loss: the loss module (`hrnet_sweep.loss.DBLoss`).
+        model: the network (`hrnet_sweep.dbnet.model.DBNet`).
+        loss: the loss module (`hrnet_sweep.dbnet.loss.DBLoss`).
         cfg: the resolved `Config`; stored in the checkpoint so `predict` can rebuild the
             model without the preset.
         channels_last: use the channels_last memory format.
@@ -138,7 +138,7 @@ class DBNetModule(pl.LightningModule):
                 self.val_maps[name] = np.round(full * 255).astype(np.uint8)
 
     def on_validation_epoch_end(self) -> None:
-        from .metric import evaluate
+        from ..metric import evaluate
 
         if self.trainer.sanity_checking or not self._val_gts:
             return

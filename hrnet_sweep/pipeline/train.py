@@ -1,0 +1,428 @@
+"""Training: `run(cfg) -> TrainResult` is a plain function; `main(argv)` and
+`python -m hrnet_sweep.train key=value ...` (what a W&B agent runs) are thin wrappers.
+
+Outputs go to `outputs/<run name>/`: `config.yaml` (resolved), `checkpoints/`
+(`best-EE.ckpt`, `last.ckpt`), `metrics.jsonl`, `status.json`, `folds.json` (fold mode),
+`logs/` (TensorBoard) and `wandb/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+import pytorch_lightning as pl
+
+from ..config import Config, apply_overrides, load_config, save_config
+from ..constants import CONTROL_DIR_ENV, METRIC, VAL_PRECISION, VAL_RECALL
+from ..errors import ConfigError, UserError
+from ..formats import atomic_path, load_annotations
+from ..runfolder import (
+    MANIFEST_FILE, append_history, best_row, history_is_cut, read_history, rewrite_history, stop_requested,
+    write_status,
+)
+from ..wandb_auth import offline, require_credentials
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """How a training run ended. `state`: finished, stopped (asked to by the sweep
+    engine), failed (NaN loss, out of memory twice, an error) or interrupted (signal)."""
+
+    state: str
+    run_dir: str
+    reason: str | None = None
+    best: float | None = None
+    best_epoch: int | None = None
+    best_ckpt: str | None = None
+    last_ckpt: str | None = None
+    epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return {"finished": 0, "stopped": 0, "interrupted": 130}.get(self.state, 1)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def build_datasets(cfg: Config, run_dir: Path | None = None):
+    """Train and validation datasets for fold mode (split of `train_json`) or the
+    baseline train/val mode (`data.fold=null`: `train_json` -> `val_json`)."""
+    from ..dbnet.data import DetectionDataset, build_transforms
+    from ..folds import fold_assignment, write_manifest
+
+    d = cfg.data
+    root = d.resolved_root()
+    train_json = root / d.train_json
+    train_ann = load_annotations(train_json)
+    train_images = root / d.train_images
+    tp = d.targets.model_dump()
+    train_tf = build_transforms(d.augment, d.image_height, d.image_width, train=True)
+    eval_tf = build_transforms(d.augment, d.image_height, d.image_width, train=False)
+    if d.fold is None:
+        val_json = root / str(d.val_json)
+        val_ann = load_annotations(val_json)
+        train_names, val_names = list(train_ann), list(val_ann)
+        val_images = root / (d.val_images or d.train_images)
+    else:
+        assignment, counts = fold_assignment(train_ann, d.num_folds, d.fold_seed)
+        train_names = [n for n in train_ann if assignment[n] != d.fold]
+        val_names = [n for n in train_ann if assignment[n] == d.fold]
+        val_ann, val_images = train_ann, train_images
+        if run_dir is not None:
+            write_manifest(run_dir / MANIFEST_FILE, train_json, assignment, d.num_folds, d.fold_seed,
+                           word_counts_by_name=counts)
+    train_ds = DetectionDataset(train_images, train_ann, train_names, train_tf, **tp)
+    val_ds = DetectionDataset(val_images, val_ann, val_names, eval_tf, **tp)
+    return train_ds, val_ds
+
+
+def _one_opencv_thread() -> None:
+    """One OpenCV thread in this process, set before DataLoader workers fork from it.
+
+    Workers are the parallelism; nested OpenCV pools in each would oversubscribe the
+    cores and starve the training process. It must be set here, in the parent: a forked
+    worker that calls `cv2.setNumThreads` while the parent's OpenCV pool has threads
+    hangs for ever (measured: 10 of 10 forks after `hrnet_sweep synth` had run in the
+    same process). A worker inherits the setting. The parent's own OpenCV use (validation
+    post-processing) is per-image work that does not use the pool.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _loader(ds, cfg: Config, *, shuffle: bool, batch_size: int):
+    import torch
+
+    from ..dbnet.data import collate
+
+    workers = cfg.data.num_workers
+    if workers > 0:
+        _one_opencv_thread()
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
+        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, drop_last=shuffle and len(ds) > batch_size,
+    )
+
+
+# ----------------------------------------------------------------------------- run control
+
+
+class RunControl(pl.Callback):
+    """Appends a metrics.jsonl row per validation epoch and honours a `STOP` file from the
+    sweep engine (stop at this epoch boundary; `last.ckpt` is still saved)."""
+
+    def __init__(self, run_dir: Path, control_dir: Path | None):
+        self.run_dir, self.control_dir = run_dir, control_dir
+        self.stop_requested = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # After a resume, rows of epochs that are about to be re-run are dropped, so each
+        # epoch appears once (the Hyperband rule counts logged values); a line cut by a
+        # kill or a full disk goes too, or the next row appended to it would be lost with it.
+        rows = read_history(self.run_dir)
+        keep = [r for r in rows if r.get("epoch", -1) < trainer.current_epoch]
+        if len(keep) != len(rows) or history_is_cut(self.run_dir):
+            rewrite_history(self.run_dir, keep)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not pl_module.last_val:
+            return
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **pl_module.last_val,
+               "time": round(time.time(), 3)}
+        pl_module.last_val = {}
+        for folder in filter(None, (self.run_dir, self.control_dir)):
+            append_history(folder, row)
+        if stop_requested(self.control_dir):
+            log.info("STOP requested by the sweep engine: stopping after epoch %d", trainer.current_epoch)
+            self.stop_requested = True
+            trainer.should_stop = True
+
+
+def _atomic_checkpoint_io():
+    from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Checkpoints are written to a temporary file and renamed: never half-written."""
+
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            with atomic_path(path) as tmp:
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+
+    return AtomicCheckpointIO()
+
+
+# ----------------------------------------------------------------------------- loggers
+
+
+def _wandb_wanted(cfg: Config) -> bool:
+    return cfg.wandb or bool(os.environ.get("WANDB_SWEEP_ID"))
+
+
+def check_wandb_access() -> None:
+    """Before the run starts: W&B logging needs credentials unless it logs offline."""
+    if not offline():
+        require_credentials("wandb=true (or a run of a W&B sweep)",
+                            hint="; or log offline with WANDB_MODE=offline (sync later with `wandb sync`)")
+
+
+def build_loggers(cfg: Config, run_dir: Path, run_name: str) -> list:
+    loggers = []
+    if cfg.logging.tensorboard:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version=""))
+    if _wandb_wanted(cfg):
+        check_wandb_access()
+        from pytorch_lightning.loggers import WandbLogger
+
+        lg = cfg.logging
+        wl = WandbLogger(
+            project=lg.project, entity=lg.entity, group=lg.group, tags=list(lg.tags) or None, name=run_name,
+            save_dir=str(run_dir), id=os.environ.get("WANDB_RUN_ID"), config=cfg.to_dict(),
+        )
+        wl.experiment.define_metric(METRIC, summary="max")
+        for key in (VAL_PRECISION, VAL_RECALL):
+            wl.experiment.define_metric(key, summary="max")
+        loggers.append(wl)
+    return loggers
+
+
+def _finish_wandb(exit_code: int) -> None:
+    if "wandb" not in sys.modules:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def _effective_precision(cfg: Config) -> Config:
+    import torch
+
+    if cfg.trainer.precision == "16-mixed" and not torch.cuda.is_available():
+        log.warning("trainer.precision=16-mixed needs a CUDA GPU; this run uses precision 32 on the CPU")
+        return apply_overrides(cfg, {"trainer.precision": "32"})
+    return cfg
+
+
+def resolve_run_dir(cfg: Config) -> tuple[str, Path]:
+    name = cfg.run_name or os.environ.get("WANDB_RUN_ID") or f"{Path(cfg.preset).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    return name, Path(cfg.output_dir) / name
+
+
+def _resume_path(cfg: Config, run_dir: Path) -> str | None:
+    r = cfg.resume_from_checkpoint
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if r is None:
+        if last.exists():
+            raise ConfigError(
+                f"{run_dir} already holds a run (checkpoints/last.ckpt); pass resume_from_checkpoint=auto to "
+                f"resume it, or choose another run_name"
+            )
+        return None
+    if r in ("auto", "last"):
+        return str(last) if last.exists() else None
+    if not Path(r).is_file():
+        raise ConfigError(f"resume_from_checkpoint={r!r}: file not found")
+    return r
+
+
+def _write_status(result: TrainResult, control_dir: Path | None) -> None:
+    doc = asdict(result)
+    doc.pop("history")
+    for folder in filter(None, (Path(result.run_dir), control_dir)):
+        write_status(folder, doc)
+
+
+def run(cfg: Config, *, extra_callbacks: Sequence = ()) -> TrainResult:
+    """Train one model from a resolved config and report how it ended.
+
+    A NaN loss, or running out of GPU memory twice, ends the run as `failed` with a
+    reason; a first out-of-memory retries once with half the batch and twice the
+    gradient accumulation (recorded in the saved config).
+    """
+    import torch
+
+    run_name, run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    control = os.environ.get(CONTROL_DIR_ENV)
+    control_dir = Path(control) if control else None
+    if control_dir:
+        control_dir.mkdir(parents=True, exist_ok=True)
+    cfg = _effective_precision(cfg)
+    result = TrainResult(state="failed", run_dir=str(run_dir))
+    exit_code = 1
+    try:
+        for attempt in (1, 2):
+            try:
+                result = _fit(cfg, run_name, run_dir, control_dir, extra_callbacks)
+                break
+            except torch.cuda.OutOfMemoryError as err:
+                bs, acc = cfg.data.batch_size, cfg.trainer.accumulate_grad_batches
+                if attempt == 2 or bs == 1:
+                    result = TrainResult(state="failed", run_dir=str(run_dir),
+                                         reason=f"out of GPU memory at data.batch_size={bs}: {err}".splitlines()[0])
+                    break
+                log.warning("out of GPU memory at data.batch_size=%d; retrying once with batch %d and "
+                            "accumulate_grad_batches %d", bs, bs // 2, acc * 2)
+                _finish_wandb(1)
+                torch.cuda.empty_cache()
+                cfg = apply_overrides(cfg, {"data.batch_size": bs // 2, "trainer.accumulate_grad_batches": acc * 2,
+                                            "resume_from_checkpoint": "auto"})
+        exit_code = result.exit_code
+        return result
+    except BaseException as err:  # recorded, then re-raised: the caller decides the exit code
+        if isinstance(err, UserError):
+            result.reason = str(err)
+        elif not result.reason:
+            result.reason = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        _finish_wandb(exit_code)
+        _write_status(result, control_dir)
+
+
+def _fit(cfg: Config, run_name: str, run_dir: Path, control_dir: Path | None, extra_callbacks: Sequence) -> TrainResult:
+    import torch
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    from ..dbnet.lit import DBNetModule, NonFiniteLossError
+    from ..dbnet.loss import build_loss
+    from ..dbnet.model import build_model
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    resume = _resume_path(cfg, run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    train_ds, val_ds = build_datasets(cfg, run_dir)
+    log.info("run %s: %d training and %d validation images -> %s", run_name, len(train_ds), len(val_ds), run_dir)
+
+    model = build_model(cfg)
+    if cfg.ckpt_path:
+        load_weights(model, cfg.ckpt_path)
+    if cfg.trainer.compile:
+        model = torch.compile(model)
+    module = DBNetModule(model, build_loss(cfg), cfg, channels_last=cfg.trainer.channels_last)
+
+    ckpt_cfg = cfg.callbacks.model_checkpoint
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch:02d}", monitor=METRIC, mode="max",
+                           save_top_k=ckpt_cfg.save_top_k, save_last=False, auto_insert_metric_name=False,
+                           # saved after the epoch ends, so a resume starts the next epoch
+                           # instead of re-running this one's validation
+                           save_on_train_epoch_end=True)
+    control = RunControl(run_dir, control_dir)
+    callbacks = [ckpt, control, *extra_callbacks]
+    if ckpt_cfg.save_last:
+        # Lightning's save_last writes last.ckpt only when a best checkpoint is written, so after
+        # epochs without a new best a kill would resume from the last best epoch. This one writes
+        # last.ckpt at every epoch end, after `ckpt` (whose state it then holds).
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                                         enable_version_counter=False, save_on_train_epoch_end=True))
+    es = cfg.callbacks.early_stopping
+    if es.enabled:
+        callbacks.append(EarlyStopping(monitor=METRIC, mode="max", patience=es.patience, min_delta=es.min_delta,
+                                       check_on_train_epoch_end=False))
+    loggers = build_loggers(cfg, run_dir, run_name)
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    t = cfg.trainer
+    trainer = pl.Trainer(
+        max_epochs=t.max_epochs, accelerator="gpu" if t.accelerator == "cuda" else t.accelerator, devices=t.devices,
+        precision=t.precision if t.precision != "32" else "32-true", accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val, limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches, check_val_every_n_epoch=t.check_val_every_n_epoch,
+        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
+        num_sanity_val_steps=0, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir),
+        plugins=[_atomic_checkpoint_io()], benchmark=torch.cuda.is_available(), enable_model_summary=False,
+    )
+    train_dl = _loader(train_ds, cfg, shuffle=True, batch_size=cfg.data.batch_size)
+    val_dl = _loader(val_ds, cfg, shuffle=False, batch_size=cfg.data.batch_size)
+    previous_term = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    try:
+        trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
+    except NonFiniteLossError as err:
+        return _result(cfg, "failed", run_dir, ckpt, control, reason=str(err))
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+    if trainer.interrupted:
+        return _result(cfg, "interrupted", run_dir, ckpt, control, reason="interrupted by a signal")
+    if control.stop_requested:
+        return _result(cfg, "stopped", run_dir, ckpt, control, reason="stopped by the sweep engine (Hyperband)")
+    return _result(cfg, "finished", run_dir, ckpt, control)
+
+
+def _sigterm_to_interrupt(signum, frame):
+    # Lightning turns KeyboardInterrupt into a graceful shutdown (loggers closed, state kept).
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _result(cfg: Config, state: str, run_dir: Path, ckpt, control, reason: str | None = None) -> TrainResult:
+    history = read_history(run_dir)
+    best = best_row(history, METRIC)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return TrainResult(
+        state=state, run_dir=str(run_dir), reason=reason,
+        best=None if best is None else float(best[METRIC]),
+        best_epoch=None if best is None else int(best["epoch"]),
+        best_ckpt=ckpt.best_model_path or None, last_ckpt=str(last) if last.exists() else None,
+        epochs=len(history), history=history,
+    )
+
+
+def load_weights(model, path: str) -> None:
+    """Initialise `model` from a Lightning checkpoint or a plain state dict."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"ckpt_path={path!r}: file not found")
+    state = torch.load(p, map_location="cpu", weights_only=False)
+    state = state.get("state_dict", state)
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing:
+        raise ConfigError(f"ckpt_path={path!r}: {len(missing)} weights missing for this model, e.g. {missing[:3]}")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+USAGE = """usage: python -m hrnet_sweep.train [--dry-run] [preset=NAME] [key=value ...]
+
+Train one DBNet. Examples:
+  python -m hrnet_sweep.train preset=hrnet_w44_1280 models.optimizer.lr=0.00045 wandb=true
+  python -m hrnet_sweep.train preset=hrnet_w18_small_cpu data.root=data --dry-run
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    dry = "--dry-run" in argv
+    cfg = load_config([a for a in argv if a != "--dry-run"])
+    if dry:
+        print(cfg.to_yaml(), end="")
+        return 0
+    result = run(cfg)
+    best = "n/a" if result.best is None else f"{result.best:.4f} (epoch {result.best_epoch})"
+    print(f"run {result.state}: best {METRIC} {best}; outputs in {result.run_dir}"
+          + (f"; reason: {result.reason}" if result.reason else ""))
+    return result.exit_code
+
