@@ -9,7 +9,10 @@ and what is allowed.
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union
 
@@ -86,13 +89,32 @@ class ModelsConfig(_Node):
     @field_validator("name")
     @classmethod
     def _known_timm_model(cls, v: str) -> str:
-        import timm
-
-        if not timm.is_model(v):
-            close = difflib.get_close_matches(v, timm.list_models(), n=3)
+        names = timm_model_names()
+        if v.split(".", 1)[0] not in names:  # `name.tag` names a pretrained tag of `name`
+            close = difflib.get_close_matches(v, sorted(names), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ValueError(f"not a timm model{hint}")
         return v
+
+
+@functools.lru_cache(maxsize=1)
+def timm_model_names() -> frozenset[str]:
+    """The model names timm registers, read from its sources (`@register_model` functions)
+    without importing it: importing timm takes seconds, and `check` / `--dry-run` must
+    answer at once. Falls back to timm's own list where the sources cannot be read."""
+    spec = importlib.util.find_spec("timm")
+    names: set[str] = set()
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for path in (Path(folder) / "models").rglob("*.py"):
+            names.update(_REGISTERED.findall(path.read_text(encoding="utf-8", errors="ignore")))
+    if not names:
+        import timm
+
+        names = set(timm.list_models())
+    return frozenset(names)
+
+
+_REGISTERED = re.compile(r"@register_model\s*\n\s*def\s+(\w+)\s*\(")
 
 
 # ----------------------------------------------------------------------------- data.*
@@ -255,10 +277,6 @@ def _fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
 
 LEAF_KEYS: dict[str, Any] = _fields(Config)
 """Every settable dotted key -> its pydantic FieldInfo."""
-
-
-def is_key(key: str) -> bool:
-    return key in LEAF_KEYS
 
 
 def _unknown_key_message(key: str, value: Any, where: str) -> str:
@@ -437,11 +455,6 @@ def _validation_message(err: ValidationError, given: Mapping[str, Any]) -> str:
 def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
     """A new validated Config with dotted-key overrides applied on top of `cfg`."""
     return _build(_flatten(cfg.to_dict()), overrides)
-
-
-def flat_dict(cfg: Config) -> dict[str, Any]:
-    """Dotted key -> value for every leaf."""
-    return _flatten(cfg.to_dict())
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> Path:

@@ -591,7 +591,7 @@ from hrnet_sweep.config import load_config, save_config
 from hrnet_sweep.folds import assign_folds, write_manifest
 from hrnet_sweep.formats import save_predictions, write_submission
 from hrnet_sweep.dbnet.model import build_model
-from hrnet_sweep.pipeline.train import _atomic_checkpoint_io
+from hrnet_sweep.pipeline.callbacks import atomic_checkpoint_io
 
 work = Path(sys.argv[1])
 square = np.array([[10, 10], [90, 10], [90, 40], [10, 40]], np.float32)
@@ -608,7 +608,7 @@ writers = {
     "prediction JSON": lambda p: save_predictions(p, {k: [(q, 0.9) for q in v] for k, v in preds.items()}),
     "resolved config (config.yaml)": lambda p: save_config(cfg, p),
     "fold manifest": lambda p: write_manifest(p, ann, assign_folds(names, [1] * len(names), 5, 42), 5, 42),
-    "checkpoint (AtomicCheckpointIO)": lambda p: _atomic_checkpoint_io().save_checkpoint(checkpoint, p),
+    "checkpoint (AtomicCheckpointIO)": lambda p: atomic_checkpoint_io().save_checkpoint(checkpoint, p),
 }
 report = {}
 for name, write in writers.items():

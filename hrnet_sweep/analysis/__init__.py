@@ -1,5 +1,5 @@
 """`hrnet_sweep analyze` and `hrnet_sweep compare`: what is in a prediction file, and where
-it goes wrong (DESIGN.md section 9).
+it goes wrong.
 
 The package has three layers, read top to bottom:
 

@@ -207,126 +207,154 @@ def _prepare(out: Path, say: Callable[[str], None]) -> None:
     (out / MARKER).write_text(json.dumps({"state": "running", "started": time.time()}), encoding="utf-8")
 
 
+def _make_data(budget: Budget, data: Path, test: Path, seed: int, say: Callable[[str], None]) -> None:
+    from ..synth import generate
+
+    w, h = budget.canvas
+    generate(data, num_images=budget.train_images, seed=seed, width=w, height=h, text_scale=budget.text_scale,
+             splits={"train": budget.train_images}, progress=False)
+    generate(test, num_images=budget.test_images, seed=seed + 1, width=w, height=h,
+             text_scale=budget.text_scale, splits={"test": budget.test_images}, progress=False)
+    say(f"   {data / 'train.json'} ({budget.train_images} images), held out: {test / 'test.json'} "
+        f"({budget.test_images} images, seed {seed + 1})")
+
+
+def _run_sweep(budget: Budget, out: Path, say: Callable[[str], None]) -> Path:
+    """The sweep on the embedded engine with the budget's agents; its folder."""
+    from ..sweep.engine import LocalSweep
+    from ..sweep.launcher import run_agents
+
+    spec = _sweep_yaml(budget, out / "cpu_demo.yaml")
+    sweep = LocalSweep.create(spec, sweeps_root=out / "sweeps")
+    say(f"   local sweep {sweep.sweep_id} in {sweep.root} (status: hrnet_sweep status {sweep.root})")
+    env = {**child_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_sweep, args=(sweep.root, stop, say), daemon=True)
+    watcher.start()
+    try:
+        result = run_agents(str(sweep.root), mode="local", gpus=[], agents=budget.agents, stagger_s=2.0,
+                            max_restarts=1, log_dir=sweep.root / "agents", env=env, cwd=str(out),
+                            out=lambda s: say(f"   {s}"))
+    finally:
+        stop.set()
+    if result.interrupted is not None:
+        raise KeyboardInterrupt
+    return sweep.root
+
+
+def _export_best(sweep_root: Path, out: Path, say: Callable[[str], None]):
+    """The best finished run as `<out>/best.yaml`; (preset path, the winner)."""
+    from ..ranking import rank_runs
+    from .best import export_preset, local_runs, print_table
+
+    runs = local_runs(sweep_root)
+    ranking = rank_runs(runs.runs)
+    print_table(runs, ranking, 5)
+    if ranking.best is None:
+        raise UserError(f"no sweep run finished with a finite {METRIC}; see {sweep_root / 'agents'} and "
+                        f"{sweep_root / 'runs'}")
+    preset = export_preset(out / "best.yaml", runs, ranking.best, force=True)
+    say(f"   exported {preset} (run {ranking.best.run.id}, best {METRIC} {ranking.best.best:.4f} "
+        f"at epoch {ranking.best.epoch})")
+    return preset, ranking.best
+
+
+def _retrain(preset: Path, budget: Budget, retrain: Path, say: Callable[[str], None]) -> None:
+    from .kfold import run_kfold
+
+    summary = run_kfold(str(preset), list(budget.folds), gpus=[], out=retrain, cpu_jobs=len(budget.folds),
+                        printer=lambda s: say(f"   {s}"))
+    bad = [k for k, f in summary["folds"].items() if f.get("state") != "finished"]
+    if bad:
+        raise UserError(f"folds {bad} did not finish; see the fold logs in {retrain}")
+
+
+def _tune(retrain: Path, budget: Budget, say: Callable[[str], None]) -> tuple[dict, Path]:
+    """Tune the post-processing on the out-of-fold maps and write it into the preset;
+    (the chosen setting, the map cache folder)."""
+    from .ensemble import cache_oof_maps, resolve_retrain
+    from .tune import Grid, apply_tuned_postprocess, parse_grid, tune_postprocess
+    from .tune import print_table as print_tune
+
+    target = resolve_retrain(retrain)
+    cache = cache_oof_maps(target, progress=False)
+    grid = parse_grid(list(budget.tune_grid), Grid(refine=True))
+    pp = target.cfg.models.postprocess
+    fixed = {"max_candidates": pp.max_candidates, "min_size": pp.min_size}
+    best, table = tune_postprocess(cache.paths, cache.gts, grid, image_sizes=cache.sizes, fixed=fixed,
+                                   workers=min(2, os.cpu_count() or 1))
+    baseline = next((r for r in table if (r["thresh"], r["box_thresh"], r["unclip_ratio"], r["use_polygon"])
+                     == (pp.thresh, pp.box_thresh, pp.unclip_ratio, pp.use_polygon)), None)
+    print_tune(table, baseline, 5)
+    for path in apply_tuned_postprocess(target, best, baseline, table):
+        say(f"   wrote {path}")
+    return best, cache.root
+
+
+def _predict(preset: Path, test: Path, csv: Path) -> None:
+    from ..submission import main as validate_main
+    from .predict import main as predict_main
+
+    rc = predict_main([str(preset), "--images", str(test / "images"), "--out", str(csv), "--gt",
+                       str(test / "test.json")])
+    valid = validate_main([str(csv), "--images", str(test / "images")]) == 0
+    if rc != 0 or not valid:
+        raise UserError(f"{csv} is not a valid submission")
+
+
 def run_demo(out: str | os.PathLike = "outputs/demo", *, budget: Budget = DEFAULT, seed: int = 0,
              say: Callable[[str], None] | None = None) -> dict:
     """Run the demo pipeline; return its summary (also written to `<out>/demo.json`)."""
     from ..formats import atomic_write_json
-    from ..ranking import rank_runs
-    from ..submission import main as validate_main
-    from ..sweep.engine import LocalSweep
-    from ..sweep.launcher import run_agents
-    from ..synth import generate
-    from .best import export_preset, local_runs, print_table
-    from .ensemble import cache_oof_maps, resolve_retrain
-    from .kfold import run_kfold
-    from .predict import main as predict_main
-    from .tune import apply_tuned_postprocess
-    from .tune import Grid, parse_grid, tune_postprocess
+    from .ensemble import resolve_retrain
 
     say = say or (lambda s: print(s, flush=True))
     out = Path(out).resolve()
     _prepare(out, say)
     clock = _Clock(say)
-    data, test = out / "data", out / "test"
+    data, test, retrain, csv = out / "data", out / "test", out / "best-kfold", out / "submission.csv"
     os.environ[DATA_ROOT_ENV] = str(data)  # every training process reads its data from here
     os.environ.setdefault("WANDB_SILENT", "true")
     say(f"hrnet_sweep demo: synthetic receipts, CPU, offline; outputs in {out}")
     say(f"budget: {budget.train_images} training + {budget.test_images} held-out test receipts, "
-        f"{budget.image_size[0]}x{budget.image_size[1]} px, {budget.epochs} epochs, {budget.run_cap} sweep runs on {budget.agents} agents, "
-        f"folds {list(budget.folds)}")
-
+        f"{budget.image_size[0]}x{budget.image_size[1]} px, {budget.epochs} epochs, {budget.run_cap} sweep runs on "
+        f"{budget.agents} agents, folds {list(budget.folds)}")
     with clock.stage("synth", "render synthetic receipts (train + held-out test)"):
-        w, h = budget.canvas
-        generate(data, num_images=budget.train_images, seed=seed, width=w, height=h, text_scale=budget.text_scale,
-                 splits={"train": budget.train_images}, progress=False)
-        generate(test, num_images=budget.test_images, seed=seed + 1, width=w, height=h,
-                 text_scale=budget.text_scale, splits={"test": budget.test_images}, progress=False)
-        say(f"   {data / 'train.json'} ({budget.train_images} images), held out: {test / 'test.json'} "
-            f"({budget.test_images} images, seed {seed + 1})")
-
+        _make_data(budget, data, test, seed, say)
     with clock.stage("sweep", f"sweep on the embedded engine: {budget.run_cap} runs, {budget.agents} agents"):
-        spec = _sweep_yaml(budget, out / "cpu_demo.yaml")
-        sweep = LocalSweep.create(spec, sweeps_root=out / "sweeps")
-        say(f"   local sweep {sweep.sweep_id} in {sweep.root} (status: hrnet_sweep status {sweep.root})")
-        env = {**child_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        stop = threading.Event()
-        watcher = threading.Thread(target=_watch_sweep, args=(sweep.root, stop, say), daemon=True)
-        watcher.start()
-        try:
-            result = run_agents(str(sweep.root), mode="local", gpus=[], agents=budget.agents, stagger_s=2.0,
-                                max_restarts=1, log_dir=sweep.root / "agents", env=env, cwd=str(out),
-                                out=lambda s: say(f"   {s}"))
-        finally:
-            stop.set()
-        if result.interrupted is not None:
-            raise KeyboardInterrupt
-
+        sweep_root = _run_sweep(budget, out, say)
     with clock.stage("best", "best finished run -> exported preset"):
-        runs = local_runs(sweep.root)
-        ranking = rank_runs(runs.runs)
-        print_table(runs, ranking, 5)
-        if ranking.best is None:
-            raise UserError(f"no sweep run finished with a finite {METRIC}; see {sweep.root / 'agents'} and "
-                            f"{sweep.root / 'runs'}")
-        preset = export_preset(out / "best.yaml", runs, ranking.best, force=True)
-        say(f"   exported {preset} (run {ranking.best.run.id}, best {METRIC} {ranking.best.best:.4f} "
-            f"at epoch {ranking.best.epoch})")
-
+        preset, winner = _export_best(sweep_root, out, say)
     with clock.stage("kfold", f"retrain folds {list(budget.folds)} with the best parameters"):
-        retrain = out / "best-kfold"
-        summary = run_kfold(str(preset), list(budget.folds), gpus=[], out=retrain, cpu_jobs=len(budget.folds),
-                            printer=lambda s: say(f"   {s}"))
-        bad = [k for k, f in summary["folds"].items() if f.get("state") != "finished"]
-        if bad:
-            raise UserError(f"folds {bad} did not finish; see the fold logs in {retrain}")
-
+        _retrain(preset, budget, retrain, say)
     with clock.stage("tune", "tune post-processing on the cached out-of-fold maps"):
-        target = resolve_retrain(retrain)
-        cache = cache_oof_maps(target, progress=False)
-        grid = parse_grid(list(budget.tune_grid), Grid(refine=True))
-        pp = target.cfg.models.postprocess
-        fixed = {"max_candidates": pp.max_candidates, "min_size": pp.min_size}
-        best, table = tune_postprocess(cache.paths, cache.gts, grid, image_sizes=cache.sizes, fixed=fixed,
-                                       workers=min(2, os.cpu_count() or 1))
-        baseline = next((r for r in table if (r["thresh"], r["box_thresh"], r["unclip_ratio"], r["use_polygon"])
-                         == (pp.thresh, pp.box_thresh, pp.unclip_ratio, pp.use_polygon)), None)
-        from .tune import print_table as print_tune
-
-        print_tune(table, baseline, 5)
-        for path in apply_tuned_postprocess(target, best, baseline, table):
-            say(f"   wrote {path}")
-
+        best, oof = _tune(retrain, budget, say)
     with clock.stage("predict", "fold ensemble on the held-out test receipts -> CSV, validated"):
-        csv = out / "submission.csv"
-        rc = predict_main([str(preset), "--images", str(test / "images"), "--out", str(csv), "--gt",
-                           str(test / "test.json")])
-        valid = validate_main([str(csv), "--images", str(test / "images")]) == 0
-        if rc != 0 or not valid:
-            raise UserError(f"{csv} is not a valid submission")
-
+        _predict(preset, test, csv)
     with clock.stage("report", "H-Mean: each fold alone vs the ensemble (held-out test receipts)"):
-        target = resolve_retrain(retrain)
-        rows = _fold_vs_ensemble(target, test / "images", test / "test.json", tta=False)
+        rows = _fold_vs_ensemble(resolve_retrain(retrain), test / "images", test / "test.json", tta=False)
         _print_results(rows, f"held-out synthetic receipts ({budget.test_images} images, with their GT)", say)
-
     total = time.monotonic() - clock.t0
     doc = {
         "state": "finished", "seconds": round(total, 1), "stages": clock.stages, "budget": asdict(budget),
-        "results": rows, "best_run": {"id": ranking.best.run.id, "best": ranking.best.best,
-                                      "epoch": ranking.best.epoch},
+        "results": rows, "best_run": {"id": winner.run.id, "best": winner.best, "epoch": winner.epoch},
         "postprocess": {k: best[k] for k in ("thresh", "box_thresh", "unclip_ratio", "use_polygon")},
-        "outputs": {"data": str(data), "test": str(test), "sweep": str(sweep.root), "preset": str(preset),
+        "outputs": {"data": str(data), "test": str(test), "sweep": str(sweep_root), "preset": str(preset),
                     "retrain": str(retrain), "summary": str(retrain / "kfold_summary.json"),
-                    "oof_maps": str(cache.root), "submission": str(csv), "predictions": str(csv.with_suffix(".json"))},
+                    "oof_maps": str(oof), "submission": str(csv), "predictions": str(csv.with_suffix(".json"))},
     }
     atomic_write_json(out / MARKER, doc, indent=2)
-    say(f"\ndemo finished in {total / 60:.1f} min " + "(" + ", ".join(f"{k} {v:.0f} s" for k, v in clock.stages.items())
-        + ")")
+    _print_outputs(doc, total, sweep_root, preset, say)
+    return doc
+
+
+def _print_outputs(doc: dict, total: float, sweep_root: Path, preset: Path, say: Callable[[str], None]) -> None:
+    say(f"\ndemo finished in {total / 60:.1f} min ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in doc["stages"].items()) + ")")
     say("outputs:")
     for k, v in doc["outputs"].items():
         say(f"  {k:<12} {v}")
-    say(f"next: hrnet_sweep best {sweep.root}   |   hrnet_sweep predict {preset} --images DIR --out sub.csv")
-    return doc
+    say(f"next: hrnet_sweep best {sweep_root}   |   hrnet_sweep predict {preset} --images DIR --out sub.csv")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,7 +46,7 @@ class Retrain:
 
     @property
     def summary_path(self) -> Path:
-        from .kfold import SUMMARY_FILE
+        from .retrain import SUMMARY_FILE
 
         return self.root / SUMMARY_FILE
 
@@ -80,7 +80,8 @@ class Retrain:
 
 def _summary_for_preset(preset: str) -> Path | None:
     from ..config import load_config
-    from .kfold import SUMMARY_FILE, retrain_dir
+    from .kfold import retrain_dir
+    from .retrain import SUMMARY_FILE
     from .presets import preset_ref
 
     ref = preset_ref(preset)
@@ -103,7 +104,7 @@ def _summary_for_preset(preset: str) -> Path | None:
 def resolve_retrain(target: str | os.PathLike) -> Retrain:
     """A retrain from its preset (as given to kfold), folder, or `kfold_summary.json`."""
     from ..config import apply_overrides, load_config
-    from .kfold import SUMMARY_FILE, load_summary
+    from .retrain import SUMMARY_FILE, load_summary
 
     p = Path(target)
     if p.is_dir() or p.suffix == ".json":
@@ -177,7 +178,7 @@ def cache_oof_maps(target: Retrain, *, max_side: int = 1024, device: str | None 
     """Each finished fold's best checkpoint on its own validation images, cached once."""
     from ..folds import read_manifest
     from ..formats import atomic_write_json, clamp_polygon, load_annotations, read_json
-    from .kfold import MANIFEST_FILE
+    from ..runfolder import MANIFEST_FILE
     from ..dbnet.inference import load_checkpoint, pick_device, probability_maps
 
     cfg = target.cfg

@@ -37,13 +37,13 @@ from ..children import child_env, kill_group, start
 from ..constants import METRIC
 from ..errors import ConfigError, UserError
 from ..runfolder import MANIFEST_FILE, HistoryTail, clear_status, finite, read_status
-from .presets import preset_ref, read_provenance
+from .presets import preset_ref
+from .retrain import (
+    SUMMARY_FILE, FoldResult, check_sweep_split, load_summary, print_table, same_split, split_manifest, write_summary,
+)
 
-__all__ = ["FoldResult", "SUMMARY_FILE", "fold_command", "load_summary", "main", "parse_folds", "retrain_dir",
-           "run_kfold"]
+__all__ = ["fold_command", "main", "parse_folds", "retrain_dir", "run_kfold"]
 
-SUMMARY_FILE = "kfold_summary.json"
-SUMMARY_VERSION = 1
 _OWN_KEYS = ("data.fold", "run_name", "output_dir", "resume_from_checkpoint", "logging.group", "preset")
 
 
@@ -85,148 +85,6 @@ def fold_command(preset: str, fold: int, root: Path, extra: Sequence[str], *,
             f"logging.group={root.name}"]
 
 
-# ----------------------------------------------------------------------------- manifests
-
-
-def _split_manifest(cfg, root: Path) -> Path:
-    """Write (or check) the retrain's own manifest, computed from the preset's data."""
-    from ..folds import assign_folds, read_manifest, word_counts, write_manifest
-    from ..formats import load_annotations
-
-    d = cfg.data
-    train_json = d.resolved_root() / d.train_json
-    ann = load_annotations(train_json)
-    counts = word_counts(ann)
-    assignment = assign_folds(list(counts), list(counts.values()), d.num_folds, d.fold_seed)
-    path = root / MANIFEST_FILE
-    if path.is_file():
-        old = read_manifest(path)
-        if not old.matches(train_json, d.num_folds, d.fold_seed) or old.assignment != assignment:
-            raise UserError(f"{root} holds a retrain made with another split ({path}: num_folds={old.num_folds}, "
-                            f"seed={old.seed}, annotations sha256 {old.sha256[:12]}); now data.num_folds="
-                            f"{d.num_folds}, data.fold_seed={d.fold_seed}, {train_json}. Use another --out")
-        return path
-    write_manifest(path, train_json, assignment, d.num_folds, d.fold_seed, word_counts_by_name=counts)
-    return path
-
-
-def _same_split(a_path: str | os.PathLike, b_path: str | os.PathLike) -> str | None:
-    """None when two manifests describe the same split, else why not."""
-    from ..folds import read_manifest
-
-    a, b = read_manifest(a_path), read_manifest(b_path)
-    if a.sha256 != b.sha256:
-        return f"annotation files differ (sha256 {a.sha256[:12]} vs {b.sha256[:12]})"
-    if (a.num_folds, a.seed) != (b.num_folds, b.seed):
-        return f"num_folds/seed {a.num_folds}/{a.seed} vs {b.num_folds}/{b.seed}"
-    if a.assignment != b.assignment:
-        n = sum(1 for k in a.assignment if a.assignment.get(k) != b.assignment.get(k))
-        return f"{n} images are in other folds"
-    return None
-
-
-def _check_sweep_split(preset: str, cfg, manifest: Path) -> str:
-    """Compare the retrain's split with the sweep's, as recorded by `best --export`."""
-
-    p = Path(preset)
-    prov = read_provenance(p) if p.suffix in (".yaml", ".yml") and p.is_file() else {}
-    folds = prov.get("folds") or {}
-    if not folds:
-        return "no sweep provenance in the preset: split not compared with a sweep"
-    d = cfg.data
-    for key, mine in (("num_folds", d.num_folds), ("fold_seed", d.fold_seed), ("train_json", d.train_json)):
-        if key in folds and folds[key] != mine:
-            raise UserError(f"the sweep ran with data.{key}={folds[key]!r} but this retrain uses {mine!r}: the folds "
-                            f"would differ from the sweep's; drop the override or export again")
-    sweep_manifest = folds.get("manifest")
-    if sweep_manifest and Path(sweep_manifest).is_file():
-        why = _same_split(manifest, sweep_manifest)
-        if why:
-            raise UserError(f"the retrain's folds differ from the sweep's ({sweep_manifest}): {why}")
-        return f"split identical to the sweep's ({sweep_manifest})"
-    return "split settings equal the sweep's (num_folds, fold_seed, train_json)"
-
-
-# ----------------------------------------------------------------------------- summary
-
-
-@dataclass
-class FoldResult:
-    fold: int
-    state: str  # finished | stopped | failed | interrupted | crashed | pending | skipped-finished
-    run_dir: str
-    best: float | None = None
-    best_epoch: int | None = None
-    best_ckpt: str | None = None
-    last_ckpt: str | None = None
-    reason: str | None = None
-    exit_code: int | None = None
-    seconds: float | None = None
-    log: str | None = None
-    gpu: str | None = None
-    skipped: bool = False
-    manifest_ok: bool | None = None
-
-
-def _rel(path: str | None, root: Path) -> str | None:
-    if not path:
-        return path
-    p = Path(path).resolve()
-    try:
-        return str(p.relative_to(root.resolve()))
-    except ValueError:
-        return str(p)
-
-
-def _write_summary(root: Path, preset: str, extra: Sequence[str], cfg, results: Mapping[int, FoldResult],
-                   split_note: str) -> Path:
-    from ..formats import atomic_write_json, read_json
-
-    path = root / SUMMARY_FILE
-    old = read_json(path) if path.is_file() else {}
-    folds = dict(old.get("folds") or {})
-    for k, r in results.items():
-        doc = {**r.__dict__}
-        for key in ("run_dir", "best_ckpt", "last_ckpt", "log"):
-            doc[key] = _rel(doc[key], root)
-        folds[str(k)] = doc
-    finished = [f for f in folds.values() if f.get("state") == "finished" and f.get("best") is not None]
-    summary = {
-        "version": SUMMARY_VERSION,
-        "retrain": root.name,
-        "preset": preset_ref(preset),
-        "overrides": list(extra),
-        "metric": METRIC,
-        "num_folds": cfg.data.num_folds,
-        "fold_seed": cfg.data.fold_seed,
-        "train_json": str(cfg.data.resolved_root() / cfg.data.train_json),
-        "manifest": MANIFEST_FILE,
-        "split": split_note,
-        "folds": dict(sorted(folds.items(), key=lambda kv: int(kv[0]))),
-        "mean_best": (sum(f["best"] for f in finished) / len(finished)) if finished else None,
-        "postprocess": old.get("postprocess"),
-        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    return atomic_write_json(path, summary, indent=2)
-
-
-def load_summary(path_or_dir: str | os.PathLike) -> tuple[dict, Path]:
-    """Read a `kfold_summary.json` (or the retrain folder holding it); paths resolved."""
-    from ..formats import read_json
-
-    p = Path(path_or_dir)
-    path = p / SUMMARY_FILE if p.is_dir() else p
-    if not path.is_file():
-        raise UserError(f"{path}: no k-fold summary (run hrnet_sweep kfold first)")
-    doc = read_json(path)
-    root = path.parent
-    for f in (doc.get("folds") or {}).values():
-        for key in ("run_dir", "best_ckpt", "last_ckpt", "log"):
-            if f.get(key) and not Path(f[key]).is_absolute():
-                f[key] = str(root / f[key])
-    return doc, root
-
-
 # ----------------------------------------------------------------------------- running
 
 
@@ -266,7 +124,7 @@ def _finish(job: _Job, rc: int, manifest: Path) -> FoldResult:
                      seconds=round(time.monotonic() - job.started, 1), log=str(job.log), gpu=job.gpu)
     fold_manifest = job.run_dir / MANIFEST_FILE
     if fold_manifest.is_file():
-        why = _same_split(manifest, fold_manifest)
+        why = same_split(manifest, fold_manifest)
         r.manifest_ok = why is None
         if why:
             r.state, r.reason = "failed", f"fold split differs from the retrain's {manifest}: {why}"
@@ -289,7 +147,7 @@ class _Retrain:
     say: Callable[[str], None]
 
     def write_summary(self, results: Mapping[int, FoldResult]) -> Path:
-        return _write_summary(self.root, self.preset, self.extra, self.cfg, results, self.split_note)
+        return write_summary(self.root, self.preset, self.extra, self.cfg, results, self.split_note)
 
 
 def _skip_finished(rt: _Retrain, fold_list: Sequence[int], results: dict[int, FoldResult]) -> list[_Job]:
@@ -303,7 +161,7 @@ def _skip_finished(rt: _Retrain, fold_list: Sequence[int], results: dict[int, Fo
             continue
         r = _fold_result(k, run_dir, status, skipped=True)
         if (run_dir / MANIFEST_FILE).is_file():
-            r.manifest_ok = _same_split(rt.manifest, run_dir / MANIFEST_FILE) is None
+            r.manifest_ok = same_split(rt.manifest, run_dir / MANIFEST_FILE) is None
         results[k] = r
         best = "n/a" if r.best is None else f"{r.best:.4f}"
         rt.say(f"fold {k}: already finished (best {METRIC} {best}), skipped")
@@ -416,8 +274,8 @@ def run_kfold(preset: str, folds: Sequence[int] | str | None = None, *, gpus: Se
     slots, threads, where = _slots(gpus, cpu_jobs)
     root = retrain_dir(preset, cfg, out).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    manifest = _split_manifest(cfg, root)
-    rt = _Retrain(preset, cfg, root, manifest, extra, _check_sweep_split(preset, cfg, manifest), python, env,
+    manifest = split_manifest(cfg, root)
+    rt = _Retrain(preset, cfg, root, manifest, extra, check_sweep_split(preset, cfg, manifest), python, env,
                   threads, say)
     say(f"k-fold retrain {root.name}: folds {fold_list} of {cfg.data.num_folds} on {where}; {rt.split_note}")
     say(f"  folder {root}")
@@ -432,21 +290,11 @@ def run_kfold(preset: str, folds: Sequence[int] | str | None = None, *, gpus: Se
         interrupted = True
     path = rt.write_summary(results)
     doc, _ = load_summary(path)
-    _print_table(doc, say)
+    print_table(doc, say)
     say(f"summary: {path}")
     if interrupted:
         raise KeyboardInterrupt
     return doc
-
-
-def _print_table(doc: Mapping[str, Any], say: Callable[[str], None]) -> None:
-    say(f"{'fold':>4}  {'state':<11} {METRIC:>9}  {'epoch':>5}  best checkpoint")
-    for k, f in doc["folds"].items():
-        best = "-" if f.get("best") is None else f"{f['best']:.4f}"
-        epoch = "-" if f.get("best_epoch") is None else str(f["best_epoch"])
-        say(f"{k:>4}  {f.get('state', '?'):<11} {best:>9}  {epoch:>5}  {f.get('best_ckpt') or '-'}")
-    if doc.get("mean_best") is not None:
-        say(f"mean best {METRIC} over finished folds: {doc['mean_best']:.4f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

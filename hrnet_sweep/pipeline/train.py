@@ -12,22 +12,16 @@ import logging
 import os
 import signal
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
-import pytorch_lightning as pl
-
 from ..config import Config, apply_overrides, load_config, save_config
 from ..constants import CONTROL_DIR_ENV, METRIC, VAL_PRECISION, VAL_RECALL
 from ..errors import ConfigError, UserError
-from ..formats import atomic_path, load_annotations
-from ..runfolder import (
-    MANIFEST_FILE, append_history, best_row, history_is_cut, read_history, rewrite_history, stop_requested,
-    write_status,
-)
+from ..formats import load_annotations
+from ..runfolder import MANIFEST_FILE, best_row, read_history, write_status
 from ..wandb_auth import offline, require_credentials
 
 log = logging.getLogger(__name__)
@@ -118,50 +112,6 @@ def _loader(ds, cfg: Config, *, shuffle: bool, batch_size: int):
 
 
 # ----------------------------------------------------------------------------- run control
-
-
-class RunControl(pl.Callback):
-    """Appends a metrics.jsonl row per validation epoch and honours a `STOP` file from the
-    sweep engine (stop at this epoch boundary; `last.ckpt` is still saved)."""
-
-    def __init__(self, run_dir: Path, control_dir: Path | None):
-        self.run_dir, self.control_dir = run_dir, control_dir
-        self.stop_requested = False
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        # After a resume, rows of epochs that are about to be re-run are dropped, so each
-        # epoch appears once (the Hyperband rule counts logged values); a line cut by a
-        # kill or a full disk goes too, or the next row appended to it would be lost with it.
-        rows = read_history(self.run_dir)
-        keep = [r for r in rows if r.get("epoch", -1) < trainer.current_epoch]
-        if len(keep) != len(rows) or history_is_cut(self.run_dir):
-            rewrite_history(self.run_dir, keep)
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not pl_module.last_val:
-            return
-        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **pl_module.last_val,
-               "time": round(time.time(), 3)}
-        pl_module.last_val = {}
-        for folder in filter(None, (self.run_dir, self.control_dir)):
-            append_history(folder, row)
-        if stop_requested(self.control_dir):
-            log.info("STOP requested by the sweep engine: stopping after epoch %d", trainer.current_epoch)
-            self.stop_requested = True
-            trainer.should_stop = True
-
-
-def _atomic_checkpoint_io():
-    from pytorch_lightning.plugins.io import TorchCheckpointIO
-
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        """Checkpoints are written to a temporary file and renamed: never half-written."""
-
-        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-            with atomic_path(path) as tmp:
-                super().save_checkpoint(checkpoint, tmp, storage_options)
-
-    return AtomicCheckpointIO()
 
 
 # ----------------------------------------------------------------------------- loggers
@@ -306,6 +256,10 @@ def _fit(cfg: Config, run_name: str, run_dir: Path, control_dir: Path | None, ex
     from ..dbnet.loss import build_loss
     from ..dbnet.model import build_model
 
+    import pytorch_lightning as pl
+
+    from .callbacks import RunControl, atomic_checkpoint_io
+
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     resume = _resume_path(cfg, run_dir)
     save_config(cfg, run_dir / "config.yaml")
@@ -348,7 +302,7 @@ def _fit(cfg: Config, run_name: str, run_dir: Path, control_dir: Path | None, ex
         limit_val_batches=t.limit_val_batches, check_val_every_n_epoch=t.check_val_every_n_epoch,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
         num_sanity_val_steps=0, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir),
-        plugins=[_atomic_checkpoint_io()], benchmark=torch.cuda.is_available(), enable_model_summary=False,
+        plugins=[atomic_checkpoint_io()], benchmark=torch.cuda.is_available(), enable_model_summary=False,
     )
     train_dl = _loader(train_ds, cfg, shuffle=True, batch_size=cfg.data.batch_size)
     val_dl = _loader(val_ds, cfg, shuffle=False, batch_size=cfg.data.batch_size)

@@ -1,5 +1,4 @@
-"""Deterministic synthetic receipts with exact word polygons: the demo's default dataset
-(DESIGN.md section 10).
+"""Deterministic synthetic receipts with exact word polygons: the demo's default dataset.
 
 `generate(out_dir, num_images=N, seed=S)` writes `out_dir/images/*.jpg` and one
 annotation JSON per split (`train.json`, `val.json`, `test.json`). Image `i` comes from

@@ -1,0 +1,105 @@
+"""A finite number of the declared type, whatever the source: a `key=value` override, a
+YAML file (preset, sweep), a command-line flag, a sweep folder's own files.
+
+One rule, so `lr=.inf`, `--weights nan` and `max: .inf` are refused alike. Python's
+`float()` / `int()` and YAML 1.1 read more than a person means as a number: 'nan',
+'inf', '1_000', '0x10', '1:30' (YAML: 90), non-ASCII digits ('١'), and a bool is an int
+to Python. None of those is a number here: a number is a plain ASCII decimal
+(`3`, `-2`, `0.5`, `.5`, `3e-4`, `1.0e-05`) and finite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import re
+from numbers import Integral, Real
+from typing import Any, Callable, Iterator
+
+__all__ = ["flag", "number_problem", "number_text", "strict_flags", "with_dot"]
+
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def number_text(text: str) -> int | float | None:
+    """The number a plain ASCII decimal spells (int without a dot or exponent), else None."""
+    t = text.strip()
+    if _INT.fullmatch(t):
+        return int(t)
+    if _FLOAT.fullmatch(t):
+        v = float(t)
+        return v if math.isfinite(v) else None  # '1e999' overflows to inf
+    return None
+
+
+def number_problem(value: Any, kind: type = float) -> str | None:
+    """None when `value` is a finite number of `kind`, else why not, in words.
+
+    `kind` is `int` (whole numbers only: 3, not 3.0) or `float` (which takes an int too).
+    Text is never a number here: the caller decides whether to read it (`number_text`).
+    """
+    if isinstance(value, bool):
+        return f"{str(value).lower()} is a boolean, not a number"
+    if isinstance(value, Integral):
+        return None
+    if isinstance(value, Real):
+        if not math.isfinite(float(value)):
+            return f"{value!r} is not a finite number"
+        return f"{value!r} is not a whole number (an integer is expected)" if kind is int else None
+    if isinstance(value, str):
+        spelled = number_text(value) is not None
+        return f"{value!r} is text, not a number" if spelled else f"{value!r} is not a plain decimal number"
+    return f"{value!r} is not a number"
+
+
+def with_dot(text: str) -> str:
+    """`1e-05` -> `1.0e-05`: how to write an exponent number so YAML 1.1 reads a float."""
+    return re.sub(r"^([+-]?[0-9]+)([eE])", r"\1.0\2", text.strip())
+
+
+def flag(kind: type = float, *, ge: float | None = None, gt: float | None = None) -> Callable[[str], Any]:
+    """An argparse `type=`: a finite number of `kind`, optionally `>= ge` / `> gt`.
+
+    argparse reports a refusal as `argument --flag: MESSAGE` and exits 2.
+    """
+
+    def parse(text: str) -> int | float:
+        value = number_text(text)
+        problem = "not a plain decimal number" if value is None else number_problem(value, kind)
+        if problem is None and ge is not None and value < ge:
+            problem = f"must be >= {ge:g}"
+        if problem is None and gt is not None and value <= gt:
+            problem = f"must be > {gt:g}"
+        if problem is not None:
+            what = "an integer" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"{text!r}: {problem} ({what} expected)")
+        return float(value) if kind is float else value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+@contextlib.contextmanager
+def strict_flags() -> Iterator[None]:
+    """While active, every argparse parser built reads `type=int` / `type=float` flags
+    through `flag`, so commands whose modules still write the builtins refuse 'nan',
+    'inf', '1_000' too (`cli.run_command` wraps every command in it).
+
+    argparse looks a flag's `type` up in the parser's type registry first
+    (`ArgumentParser.register("type", ...)`); registering the builtins there changes
+    nothing else.
+    """
+    original = argparse.ArgumentParser.__init__
+
+    def init(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.register("type", int, flag(int))
+        self.register("type", float, flag(float))
+
+    argparse.ArgumentParser.__init__ = init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.__init__ = original  # type: ignore[method-assign]
