@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all demo clean
+.PHONY: install lint test test-all demo clean
 
 install: $(VENV)/.installed
 
@@ -16,8 +16,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-test: install
+test: install lint
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff: lint rules and the format are in pyproject.toml
+lint: install
+	$(VENV)/bin/ruff check hrnet_sweep tests benchmarks
+	$(VENV)/bin/ruff format --check hrnet_sweep tests benchmarks
 
 # Also the few slow tests (whole demo, real CPU sweep, quick-start walk-through): ~20 min more.
 test-all: install

@@ -2,8 +2,9 @@
 
 The reference below is the DB paper's target algorithm written plainly, polygon by
 polygon and edge by edge, over the whole bounding box in float64, the way its public
-code does it (MhLiao/DB: make_seg_detection_data.py, make_border_map.py). The tests
-import it as the oracle for `make_targets`.
+code does it (MhLiao/DB: make_seg_detection_data.py, make_border_map.py), polygons
+clamped and those counter-clockwise on screen reversed first, as its
+`validate_polygons` does. The tests import it as the oracle for `make_targets`.
 
     python benchmarks/bench_targets.py            # full run
     python benchmarks/bench_targets.py --quick    # a few repeats, small scaling curve
@@ -48,6 +49,8 @@ def reference_targets(
         signed = 0.5 * np.sum((np.roll(x, -1) - x) * (np.roll(y, -1) + y))
         if abs(signed) < 1:
             skip[i] = True
+        if signed > 0:  # counter-clockwise on screen: the paper reverses the points
+            polys[i] = poly[::-1]
 
     # shrink map (make_seg_detection_data.py)
     prob_map = np.zeros((height, width), np.float32)
@@ -101,8 +104,8 @@ def _reference_border(poly, canvas, mask, shrink_ratio):
         per_edge[i] = np.clip(_reference_edge_distance(xs, ys, local[i], local[j]) / distance, 0, 1)
     nearest = per_edge.min(axis=0)
 
-    # Clip the bounding box to the canvas (the public code slices the x range with a
-    # typo, xmax_valid - xmin + width, that only works when nothing is cut on the right).
+    # Clip the bounding box to the canvas. The public code ends its slice of the distance
+    # map at xmax_valid - xmax + width (and the same in y), which is x1 - xmin + 1 here.
     x0, x1 = min(max(0, xmin), canvas.shape[1] - 1), min(max(0, xmax), canvas.shape[1] - 1)
     y0, y1 = min(max(0, ymin), canvas.shape[0] - 1), min(max(0, ymax), canvas.shape[0] - 1)
     region = canvas[y0 : y1 + 1, x0 : x1 + 1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.util
+import logging
 import os
 import re
 from pathlib import Path
@@ -21,6 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .constants import DATA_ROOT_ENV, METRIC
 from .errors import ConfigError
+from .numeric import number_problem, number_rule, number_text
+
+log = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "hrnet_w18_small_cpu"
@@ -60,7 +64,11 @@ class PostprocessConfig(_Node):
     unclip_ratio: float = Field(1.5, gt=0)
     use_polygon: bool = True
     max_candidates: int = Field(500, ge=1)
-    min_size: int = Field(3, ge=0)
+    min_size: int = Field(3, ge=0, description="original-image pixels (see hrnet_sweep.dbnet.postprocess)")
+    tune_on_val: bool = Field(True, description="search thresh, box_thresh, unclip_ratio and the mode at every "
+                              "validation epoch; val/hmean at the best, val/hmean_fixed at the values above")
+    tune_workers: int = Field(1, ge=0, description="processes running that search beside training; 0 = in the "
+                              "training process")
 
 
 class DecoderConfig(_Node):
@@ -147,7 +155,13 @@ class DataConfig(_Node):
     image_height: int = Field(1280, ge=32)
     image_width: int = Field(1280, ge=32)
     batch_size: int = Field(2, ge=1)
+    auto_batch_size: bool = Field(
+        False, description="on CUDA, replace batch_size at run start by the largest batch that fits "
+        "(up to 64, 10% memory headroom); on the CPU batch_size stays")
     num_workers: int = Field(4, ge=0)
+    pin_memory: bool = Field(True, description="page-locked batches for asynchronous copies (CUDA only)")
+    persistent_workers: bool = Field(True, description="keep data workers alive between epochs")
+    prefetch_factor: int = Field(2, ge=1, description="batches each worker prepares ahead")
     fold: Union[int, None] = Field(0, ge=0, description="validation fold; null = train_json -> val_json")
     num_folds: int = Field(5, ge=2)
     fold_seed: int = 42
@@ -188,6 +202,18 @@ class TrainerConfig(_Node):
     gradient_clip_val: Union[float, None] = Field(None, ge=0)
     channels_last: bool = True
     compile: bool = False
+    compile_scope: Literal["regional", "full"] = Field(
+        "regional", description="with compile=true: HRNet's repeated blocks, decoder and heads, compiled for "
+        "training (seconds); or the whole network as one graph (minutes for hrnet_w44)")
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead"] = Field(
+        "default", description="torch.compile mode on CUDA; reduce-overhead = CUDA graphs (static shapes)")
+    compile_cache_dir: Union[str, None] = Field(
+        None, description="compiled kernels, shared by the runs of a sweep; default $HRNET_SWEEP_COMPILE_CACHE "
+        "or <output_dir>/.compile_cache/<sweep id>")
+    matmul_precision: Literal["highest", "high", "medium"] = Field(
+        "high", description="float32 matrix products on CUDA: high = TF32 (convolutions use TF32 already)")
+    activation_checkpointing: bool = Field(
+        False, description="recompute HRNet block activations in backward: less memory, ~1/3 more compute")
     limit_train_batches: Union[int, float] = 1.0
     limit_val_batches: Union[int, float] = 1.0
     check_val_every_n_epoch: int = Field(1, ge=1)
@@ -226,6 +252,8 @@ class LoggingConfig(_Node):
     group: Union[str, None] = None
     tags: tuple[str, ...] = ()
     tensorboard: bool = True
+    val_images: int = Field(4, ge=0, description="validation images drawn with their detections each validation "
+                            "epoch (TensorBoard, W&B); 0 = none")
 
 
 # ----------------------------------------------------------------------------- root
@@ -300,16 +328,22 @@ def check_key(key: str, value: Any = None, where: str = "") -> None:
 
 
 def parse_value(text: str) -> Any:
-    """Parse the right-hand side of `key=value` as YAML (`true`, `3e-4`, `[0.9, 0.99]`)."""
+    """Parse the right-hand side of `key=value` as YAML (`true`, `3e-4`, `[0.9, 0.99]`).
+
+    A number is a plain decimal (`numeric.number_text`): YAML 1.1 reads `3e-4` as text
+    (users mean a number) and `1_000`, `0x10`, `1:30`, `.inf` as numbers (users do not);
+    those stay text, which a number key then refuses by name.
+    """
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
     if isinstance(value, str):
-        try:  # YAML 1.1 reads 3e-4 as a string; users mean a number
-            return float(value) if any(c.isdigit() for c in value) and value.lower() not in ("nan", "inf") else value
-        except ValueError:
-            return value
+        spelled = number_text(value)
+        return value if spelled is None else spelled
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        spelled = number_text(text)
+        return text.strip() if spelled is None else spelled
     return value
 
 
@@ -321,7 +355,10 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
         if "=" not in arg:
             raise ConfigError(f"override {arg!r} is not of the form key=value (e.g. models.optimizer.lr=3e-4)")
         key, _, text = arg.partition("=")
-        out[key.strip()] = parse_value(text)
+        key, value = key.strip(), parse_value(text)
+        if key in out:
+            log.warning("override %s given twice (%r, then %r): the last one is used", key, out[key], value)
+        out[key] = value
     return out
 
 
@@ -396,7 +433,7 @@ def load_config(overrides: Sequence[str] | Mapping[str, Any] = (), *, preset: st
     for path, doc in _preset_chain(name):
         for key, value in doc.items():
             check_key(key, value, where=f"{path}: ")
-            merged[key] = value
+            merged[key] = checked_number(key, value, where=f"{path}: ")
     merged["preset"] = name
     return _build(merged, flat)
 
@@ -406,7 +443,7 @@ def _build(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Config:
     merged = dict(base)
     for key, value in overrides.items():
         check_key(key, value)
-        merged[key] = value
+        merged[key] = checked_number(key, value)
     tree: dict = {}
     for key, value in merged.items():
         _set(tree, key, value)
@@ -414,6 +451,32 @@ def _build(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Config:
         return Config.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_validation_message(err, merged)) from None
+
+
+NUMBER_KEYS: dict[str, tuple[type, bool, bool]] = {
+    k: rule for k, info in LEAF_KEYS.items() if (rule := number_rule(info.annotation)) is not None}
+"""Every key that holds numbers -> (int or float, also takes text, is a tuple)."""
+
+
+def checked_number(key: str, value: Any, where: str = "") -> Any:
+    """`value` for `key`, its plain decimal text read as a number; ConfigError naming
+    `where`, the key and the value unless every number in it is finite and of the key's
+    type (`numeric.number_problem`: no bool, NaN, infinity, `1_000`, 3.5 for an int)."""
+    rule = NUMBER_KEYS.get(key)
+    if rule is None or value is None:
+        return value
+    kind, takes_text, is_tuple = rule
+    items = list(value) if is_tuple and isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, str) and not takes_text:
+            spelled = number_text(item)
+            item = item if spelled is None else spelled
+        problem = None if isinstance(item, str) and takes_text else number_problem(item, kind)
+        if problem is not None:
+            raise ConfigError(f"{where}{key}={value!r}: {problem}; allowed: {_allowed(key)}")
+        out.append(item)
+    return out if is_tuple and isinstance(value, (list, tuple)) else out[0]
 
 
 def _allowed(key: str) -> str:

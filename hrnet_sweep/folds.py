@@ -86,7 +86,7 @@ def assign_folds(names: Sequence[str], word_counts: Sequence[int], num_folds: in
 
 
 def word_counts(annotations: Mapping) -> dict[str, int]:
-    """Words per image of a loaded annotation dict (`io.load_annotations`)."""
+    """Words per image of a loaded annotation dict (`formats.load_annotations`)."""
     out = {}
     for name, ann in annotations.items():
         words = getattr(ann, "words", ann)

@@ -15,9 +15,9 @@ import contextlib
 import math
 import re
 from numbers import Integral, Real
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
-__all__ = ["flag", "number_problem", "number_text", "strict_flags", "with_dot"]
+__all__ = ["flag", "number_problem", "number_rule", "number_text", "strict_flags", "with_dot"]
 
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -47,12 +47,34 @@ def number_problem(value: Any, kind: type = float) -> str | None:
     if isinstance(value, Real):
         if not math.isfinite(float(value)):
             return f"{value!r} is not a finite number"
-        return f"{value!r} is not a whole number (an integer is expected)" if kind is int else None
+        return f"{value!r} is not a whole number" if kind is int else None
     if isinstance(value, str):
-        spelled = number_text(value) is not None
-        return f"{value!r} is text, not a number" if spelled else f"{value!r} is not a plain decimal number"
+        if number_text(value) is not None:
+            return f"{value!r} is text, not a number"
+        too_big = _FLOAT.fullmatch(value.strip()) is not None
+        return f"{value!r} is not a finite number" if too_big else f"{value!r} is not a plain decimal number"
     return f"{value!r} is not a number"
 
+
+
+def number_rule(annotation: Any) -> tuple[type, bool, bool] | None:
+    """What a typed field holds, when it holds numbers: (int or float, also takes text,
+    is a tuple). `float`, `Union[int, None]`, `tuple[float, float]`, `Union[int, str]`
+    qualify; `bool`, `str`, `Literal[...]` do not (None)."""
+    types = _leaf_types(annotation)
+    kind = float if float in types else int if int in types else None
+    if kind is None:
+        return None
+    is_tuple = getattr(annotation, "__origin__", None) is tuple or any(
+        getattr(a, "__origin__", None) is tuple for a in getattr(annotation, "__args__", None) or ())
+    return kind, str in types, is_tuple
+
+
+def _leaf_types(annotation: Any) -> set:
+    args = getattr(annotation, "__args__", None)
+    if not args or getattr(annotation, "__origin__", None) is Literal:
+        return {annotation}
+    return set().union(*(_leaf_types(a) for a in args if a is not Ellipsis))
 
 def with_dot(text: str) -> str:
     """`1e-05` -> `1.0e-05`: how to write an exponent number so YAML 1.1 reads a float."""
@@ -66,15 +88,20 @@ def flag(kind: type = float, *, ge: float | None = None, gt: float | None = None
     """
 
     def parse(text: str) -> int | float:
-        value = number_text(text)
-        problem = "not a plain decimal number" if value is None else number_problem(value, kind)
-        if problem is None and ge is not None and value < ge:
-            problem = f"must be >= {ge:g}"
-        if problem is None and gt is not None and value <= gt:
-            problem = f"must be > {gt:g}"
+        value = number_text(text)  # finite when not None
+        problem = None
+        if value is None:
+            problem = number_problem(text, kind)
+        elif kind is int and not isinstance(value, int):
+            problem = f"{text!r} is not a whole number"
+        elif ge is not None and value < ge:
+            problem = f"{text!r} is below {ge:g}"
+        elif gt is not None and value <= gt:
+            problem = f"{text!r} is not above {gt:g}"
         if problem is not None:
-            what = "an integer" if kind is int else "a finite number"
-            raise argparse.ArgumentTypeError(f"{text!r}: {problem} ({what} expected)")
+            want = "an integer" if kind is int else "a finite number"
+            bounds = (f" >= {ge:g}" if ge is not None else "") + (f" > {gt:g}" if gt is not None else "")
+            raise argparse.ArgumentTypeError(f"{problem}; expected {want}{bounds}")
         return float(value) if kind is float else value
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages

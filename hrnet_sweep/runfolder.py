@@ -70,7 +70,7 @@ def read_history(folder: str | os.PathLike) -> list[dict]:
     """The complete rows of `folder/metrics.jsonl`, in order ([] when there is none)."""
     try:
         data = (Path(folder) / METRICS_FILE).read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # missing, or damaged (a folder in its place, unreadable): no rows to trust
         return []
     return _rows(data[: data.rfind(b"\n") + 1])
 

@@ -1,14 +1,17 @@
 """`hrnet_sweep validate-submission CSV [--images DIR]`: check a submission CSV against the
-competition's rules (DESIGN.md section 3) before uploading it.
+competition's rules before uploading it.
 
-Errors (exit 2): a header other than `filename,polygons`; a row without exactly two
-fields; an empty or repeated file name; a coordinate that is not an integer; anything
-but single spaces between coordinates; an empty polygon between `|`s; an odd number of
-coordinates; with `--images`, a test image without a row or a row for a file that is not
-a test image. Warnings (exit 0): polygons with fewer than 4 points (the scorer ignores
-them), more than 500 polygons in one image (the scorer ignores the rest), the same
-polygon twice in one image, points outside the image. An empty `polygons` field is a
-valid "no detections".
+Errors (exit 2): a path that is not a readable regular file (a directory, a FIFO); a
+header other than `filename,polygons`; a row without exactly two fields; an empty or
+repeated file name; a coordinate that is not an integer in ASCII digits (Python's int()
+also reads '٣', the competition's parser would not); anything but single spaces between
+coordinates; an empty polygon between `|`s; an odd number of coordinates; with
+`--images`, a test image without a row or a row for a file that is not a test image.
+Warnings (exit 0): polygons with fewer than 4 points (the scorer ignores them), more
+than 500 polygons in one image (the scorer ignores the rest), the same polygon twice in
+one image, points outside the image. An empty `polygons` field is a valid "no
+detections". Rows of any length are read (up to `formats.CSV_FIELD_LIMIT`
+characters a field, far past the csv module's default of 131,072).
 """
 
 from __future__ import annotations
@@ -18,17 +21,17 @@ import csv
 import io
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from .constants import MAX_DETECTIONS
 from .errors import DataError
-from .formats import CSV_HEADER
+from .formats import CSV_HEADER, check_readable_file, csv_field_limit
 
 __all__ = ["Issue", "Report", "main", "validate_submission"]
 
-_INT = re.compile(r"-?\d+")
+_INT = re.compile(r"-?\d+", re.ASCII)
 MIN_POINTS = 4
 
 
@@ -70,7 +73,7 @@ def _check_polygons(text: str, line: int, row: int, name: str, report: Report,
     chunks = text.split("|")
     count = 0
     for j, chunk in enumerate(chunks, 1):
-        def err(msg: str) -> None:
+        def err(msg: str, j: int = j) -> None:
             report.errors.append(Issue(line, row, name, f"polygon {j}: {msg}"))
 
         if chunk == "":
@@ -124,6 +127,57 @@ def _image_sizes(images: Path, names: Sequence[str]) -> dict[str, tuple[int, int
     return sizes
 
 
+def _test_images(images: Path) -> tuple[set[str], dict[str, tuple[int, int]]]:
+    """The image names of the `--images` folder and their sizes."""
+    from .dbnet.data import IMAGE_EXTENSIONS
+
+    if not images.is_dir():
+        raise DataError(f"--images {images}: not a folder")
+    expected = {p.name for p in images.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+    if not expected:
+        raise DataError(f"--images {images}: no {'/'.join(IMAGE_EXTENSIONS)} images")
+    return expected, _image_sizes(images, sorted(expected))
+
+
+def _check_rows(reader, report: Report, expected: set[str] | None, images: Path | None,
+                sizes: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """Check the data rows after the header; returns the first line of each file name."""
+    first_line: dict[str, int] = {}
+    row = 0
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            report.errors.append(Issue(start, row + 1, None, f"not CSV: {err}"))
+            break
+        if not fields or fields == [""]:
+            report.warnings.append(Issue(start, None, None, "blank line (ignored here; some readers may not)"))
+            continue
+        row += 1
+        if len(fields) != 2:
+            report.errors.append(Issue(start, row, fields[0] or None,
+                                       f"expected 2 fields (filename,polygons), found {len(fields)}"))
+            continue
+        name, polys = fields
+        if not name.strip():
+            report.errors.append(Issue(start, row, None, "empty filename"))
+            continue
+        if name != name.strip():
+            report.errors.append(Issue(start, row, name, "filename has leading or trailing spaces"))
+        if name in first_line:
+            report.errors.append(Issue(start, row, name, f"duplicate row; first at line {first_line[name]}"))
+        else:
+            first_line[name] = start
+        if expected is not None and name not in expected:
+            report.errors.append(Issue(start, row, name, f"not an image of {images}"))
+        _check_polygons(polys, start, row, name, report, sizes.get(name))
+    report.rows = row
+    return first_line
+
+
 def validate_submission(path: str | Path, *, images: str | Path | None = None) -> Report:
     """Check a submission CSV; see the module docstring for the rules.
 
@@ -132,31 +186,21 @@ def validate_submission(path: str | Path, *, images: str | Path | None = None) -
         images: the test image folder; then every image needs exactly one row and every
             row must name one of its images, and points are checked against image sizes.
     """
-    path = Path(path)
+    path = check_readable_file(path)
     report = Report(str(path))
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    expected: set[str] | None = None
-    sizes: dict[str, tuple[int, int]] = {}
-    if images is not None:
-        from .dbnet.data import IMAGE_EXTENSIONS
-
-        images = Path(images)
-        if not images.is_dir():
-            raise DataError(f"--images {images}: not a folder")
-        expected = {p.name for p in images.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
-        if not expected:
-            raise DataError(f"--images {images}: no {'/'.join(IMAGE_EXTENSIONS)} images")
-        sizes = _image_sizes(images, sorted(expected))
+    images = None if images is None else Path(images)
+    expected, sizes = (None, {}) if images is None else _test_images(images)
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         report.errors.append(Issue(1, None, None, f"not UTF-8 text ({err.reason} at byte {err.start})"))
         return report
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it ({err.strerror or err})") from None
     if text.startswith("\ufeff"):
         report.errors.append(Issue(1, None, None, "starts with a byte-order mark (BOM); save as plain UTF-8"))
         text = text[1:]
-    with io.StringIO(text, newline="") as fh:
+    with io.StringIO(text, newline="") as fh, csv_field_limit():
         reader = csv.reader(fh)
         try:
             header = next(reader, None)
@@ -169,42 +213,9 @@ def validate_submission(path: str | Path, *, images: str | Path | None = None) -
         if tuple(header) != CSV_HEADER:
             report.errors.append(Issue(1, None, None, f"header must be exactly 'filename,polygons', found "
                                                        f"{','.join(header)!r}"))
-        first_line: dict[str, int] = {}
-        row = 0
-        while True:
-            start = reader.line_num + 1
-            try:
-                fields = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as err:
-                report.errors.append(Issue(start, row + 1, None, f"not CSV: {err}"))
-                break
-            if not fields or fields == [""]:
-                report.warnings.append(Issue(start, None, None, "blank line (ignored here; some readers may not)"))
-                continue
-            row += 1
-            if len(fields) != 2:
-                report.errors.append(Issue(start, row, fields[0] or None,
-                                           f"expected 2 fields (filename,polygons), found {len(fields)}"))
-                continue
-            name, polys = fields
-            if not name.strip():
-                report.errors.append(Issue(start, row, None, "empty filename"))
-                continue
-            if name != name.strip():
-                report.errors.append(Issue(start, row, name, "filename has leading or trailing spaces"))
-            if name in first_line:
-                report.errors.append(Issue(start, row, name, f"duplicate row; first at line {first_line[name]}"))
-            else:
-                first_line[name] = start
-            if expected is not None and name not in expected:
-                report.errors.append(Issue(start, row, name, f"not an image of {images}"))
-            _check_polygons(polys, start, row, name, report, sizes.get(name))
-        report.rows = row
+        first_line = _check_rows(reader, report, expected, images, sizes)
     if expected is not None:
-        missing = sorted(expected - set(first_line))
-        for name in missing:
+        for name in sorted(expected - set(first_line)):
             report.errors.append(Issue(reader.line_num, None, name, f"image {name} of {images} has no row"))
     return report
 

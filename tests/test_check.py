@@ -155,3 +155,89 @@ def test_check_and_explain_are_registered(capsys):
 def test_explain_without_early_terminate(capsys):
     assert explain_main([str(SWEEPS / "backbone_study.yaml")]) == 0
     assert "no early_terminate" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- numbers; the trainer in the command
+
+LR = "models.optimizer.lr"
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("params, over, key, needle", [
+    ({LR: {"distribution": "log_uniform_values", "min": 1e-5, "max": INF}}, {}, LR, "max must be a finite number: inf"),
+    ({LR: {"distribution": "uniform", "min": True, "max": 0.1}}, {}, LR,
+     "min must be a finite number: true is a boolean"),
+    ({LR: {"distribution": "q_uniform", "min": 0.1, "max": 0.2, "q": NAN}}, {}, LR, "q must be a finite number: nan"),
+    ({LR: {"distribution": "normal", "mu": INF, "sigma": 1}}, {}, LR, "mu must be a finite number"),
+    ({LR: {"distribution": "log_uniform", "min": -10, "max": 1000}}, {}, LR, "exponents"),
+    ({LR: {"values": ["1e-05", 1.0e-3]}}, {}, LR, "takes 1e-05 without a dot as text: write 1.0e-05"),
+    ({LR: {"values": [NAN, 1.0e-3]}}, {}, LR, "nan is not a finite number"),
+    ({LR: {"value": True}}, {}, LR, "true is a boolean"),
+    ({"trainer.max_epochs": {"values": [4, 6.0]}}, {}, "trainer.max_epochs", "6.0 is not a whole number"),
+    ({"seed": {"values": [1, 2], "probabilities": [NAN, 0.5]}}, {}, "seed", "probabilities must be 2 numbers"),
+    ({}, {"early_terminate": {"type": "hyperband", "min_iter": 2, "eta": INF, "strict": True}},
+     "early_terminate.eta", "got inf"),
+    ({}, {"early_terminate": {"type": "hyperband", "min_iter": True, "strict": True}}, "early_terminate.min_iter",
+     "got True"),
+    ({}, {"run_cap": True}, "run_cap", "got True"),
+    ({}, {"metric": {"name": METRIC, "goal": "maximize", "target": INF}}, "metric.target", "got inf"),
+])
+def test_sweep_numbers_are_finite_and_of_their_type(tmp_path, params, over, key, needle):
+    findings = check_sweep(_write(tmp_path, params, **over))
+    hits = [f for f in findings if f.key == key and needle in f.message]
+    assert hits and hits[0].level == "error", findings
+    assert "sweep.yaml:" in hits[0].message  # the file and the line
+
+
+def test_yaml11_exponent_value_has_one_consistent_message(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep_doc(), sort_keys=False).replace(
+        "distribution: log_uniform_values\n    min: 0.0003\n    max: 0.003", "values: [1e-05, 1.0e-3]"))
+    (finding,) = [f for f in check_sweep(path) if f.key == LR]
+    assert "'1e-05' is text, not a number" in finding.message and "write 1.0e-05" in finding.message
+    assert "training reads" not in finding.message
+
+
+@pytest.mark.parametrize("command, needle", [
+    (["${env}", "${interpreter}", "-m", "hrnet_sweep.trian", "${args_no_hyphens}"],
+     "runs 'hrnet_sweep.trian', not the trainer (did you mean hrnet_sweep.train?)"),
+    (["${env}", "${interpreter}", "-c", "print(1)", "${args_no_hyphens}"], "does not run the trainer"),
+    (["${env}", "${interpreter}", "tests/fake_train.py", "${args_no_hyphens}"], "runs 'tests/fake_train.py'"),
+])
+def test_a_command_that_does_not_run_the_trainer_warns(tmp_path, command, needle):
+    findings = check_sweep(_write(tmp_path, command=command))
+    hits = [f for f in findings if f.key == "command" and needle in f.message]
+    assert hits and hits[0].level == "warning", findings
+
+
+@pytest.mark.parametrize("command, program", [
+    (["${env}", "${interpreter}", "-m", "hrnet_sweep", "train", "${args_no_hyphens}"], None),
+    (["${env}", "/venv/bin/hrnet_sweep", "train", "${args_no_hyphens}"], None),
+    (["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"], "hrnet_sweep/train.py"),
+    (["${env}", "${interpreter}", "-m", "hrnet_sweep.pipeline.train", "${args_no_hyphens}"], None),
+])
+def test_every_way_to_run_the_trainer_is_recognised(tmp_path, command, program):
+    over = {"command": command, **({"program": program} if program else {})}
+    assert not [f for f in check_sweep(_write(tmp_path, **over)) if "trainer" in f.message]
+
+
+@pytest.mark.parametrize("params, over", [
+    ({LR: {"distribution": "log_uniform_values", "min": 1e-5, "max": INF}}, {}),
+    ({LR: {"values": ["1e-05", 1.0e-3]}}, {}),
+    ({}, {"metric": {"name": METRIC, "goal": "minimize"}}),
+    ({}, {"metric": {"name": "val/loss", "goal": "maximize"}}),
+    ({"run_name": {"values": ["1e-05", "b"]}}, {}),
+], ids=["inf max", "yaml11 text", "goal minimize", "metric never logged", "text that reads as a number"])
+def test_sweep_and_the_engine_refuse_what_check_refuses(tmp_path, params, over, capsys, monkeypatch):
+    from hrnet_sweep.errors import ConfigError
+    from hrnet_sweep.sweep.engine import LocalSweep
+
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, params, **over)
+    assert main([str(path)]) == 2
+    assert cli.main(["sweep", str(path), "--local", "--sweeps-root", "sweeps", "--create-only"]) == 2
+    err = capsys.readouterr().err
+    assert "hrnet_sweep sweep: error:" in err and str(path) in err and "Traceback" not in err
+    with pytest.raises(ConfigError):
+        LocalSweep.create(path, sweeps_root=tmp_path / "sweeps")
+    assert not (tmp_path / "sweeps").exists()

@@ -94,3 +94,46 @@ def test_dry_run_prints_resolved_config(capsys):
     out = capsys.readouterr().out
     assert "lr: 0.002" in out and "hrnet_w18_small" in out
     assert main(["train", "--dry-run", "models.optimizer.lrr=1"]) == 2
+
+
+# ----------------------------------------------------------------------------- numbers: finite and of the key's type
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("models.optimizer.lr=true", "True"), ("models.optimizer.lr=.inf", "'.inf'"), ("models.optimizer.lr=nan", "'nan'"),
+    ("models.optimizer.lr=-.inf", "'-.inf'"), ("models.optimizer.lr=1_000", "'1_000'"),
+    ("models.optimizer.lr=١", "'١'"), ("models.optimizer.lr=1e999", "'1e999'"), ("seed=0x10", "'0x10'"),
+    ("seed=1:30", "'1:30'"), ("trainer.max_epochs=3.0", "3.0"), ("data.fold=true", "True"),
+    ("trainer.devices=true", "True"), ("trainer.limit_train_batches=.inf", "'.inf'"),
+    ("models.optimizer.betas=[0.9, .nan]", "nan"), ("models.out_indices=[1, 2.5]", "2.5"),
+    ("trainer.gradient_clip_val=.nan", "'.nan'"),
+])
+def test_override_numbers_are_finite_and_of_the_keys_type(override, shown):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        load_config([override])
+    assert f"{key}=" in str(err.value) and shown in str(err.value)
+
+
+def test_plain_decimals_still_read_as_numbers_and_text_keys_keep_their_text():
+    cfg = load_config(["models.optimizer.lr=1e-3", "seed=+7", "trainer.limit_train_batches=.5", "run_name=1_000",
+                       "trainer.devices=auto", "models.optimizer.betas=[0.9, 1.0e-1]"])
+    assert cfg.models.optimizer.lr == 1e-3 and cfg.seed == 7 and cfg.trainer.limit_train_batches == 0.5
+    assert cfg.run_name == "1_000" and cfg.trainer.devices == "auto" and cfg.models.optimizer.betas == (0.9, 0.1)
+
+
+def test_preset_file_numbers_are_checked_naming_the_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("base: hrnet_w18_small_cpu\nmodels:\n  optimizer:\n    lr: .inf\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml: models\.optimizer\.lr=inf: inf is not a finite number"):
+        load_config([f"preset={path}"])
+    path.write_text("base: hrnet_w18_small_cpu\nmodels:\n  optimizer:\n    lr: 2e-4\n")  # YAML 1.1 text: read
+    assert load_config([f"preset={path}"]).models.optimizer.lr == 2e-4
+
+
+def test_a_key_given_twice_warns_and_the_last_wins(caplog):
+    with caplog.at_level("WARNING"):
+        parsed = parse_overrides(["models.optimizer.lr=1", "seed=3", "--models.optimizer.lr=2"])
+    assert parsed == {"models.optimizer.lr": 2, "seed": 3}
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "models.optimizer.lr given twice (1, then 2)" in record.getMessage()

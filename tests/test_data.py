@@ -292,6 +292,20 @@ def test_out_of_image_points_are_clamped(folder):
     assert all(torch.isfinite(s[k].float()).all() for k in MAP_KEYS)
 
 
+def test_zero_area_word_is_ground_truth_but_not_a_target(folder):
+    # the metric scores a word on a line as the competition does; it has no inside to learn
+    root, anns = folder
+    word = Word("0001", _quad(10, 20, 60, 35).astype(np.float64))
+    flat = Word("0002", np.array([[5, 50], [30, 50], [55, 50], [80, 50]], np.float64))
+    transforms = build_transforms(None, 64, 96, train=False)
+    with_flat = DetectionDataset(root, {"0.jpg": ImageAnnotation("0.jpg", [word, flat])}, ["0.jpg"], transforms)[0]
+    without = DetectionDataset(root, {"0.jpg": ImageAnnotation("0.jpg", [word])}, ["0.jpg"], transforms)[0]
+    assert [p.tolist() for p in with_flat["polygons"]] == [word.points.tolist(), flat.points.tolist()]
+    assert with_flat["polygons"][0].dtype == np.float64  # GT keeps its precision for the metric's rounding
+    for key in MAP_KEYS:
+        assert torch.equal(with_flat[key], without[key]), key
+
+
 def test_image_without_words_gives_zero_targets(folder):
     root, anns = folder
     anns["0.jpg"] = ImageAnnotation("0.jpg", [])

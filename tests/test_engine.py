@@ -281,3 +281,36 @@ def test_two_agents_at_the_same_instant_get_distinct_runs(tmp_path, monkeypatch,
     assert len(set(run_ids)) == len(got) and len(set(numbers)) == len(got)
     assert len(set(params_seen)) == len(got), "two agents got the same parameters"
     assert len(LocalSweep(sweep.root).runs()) == len(got)
+
+
+# ----------------------------------------------------------------------------- a damaged sweep folder
+
+
+def _write_meta(root: Path, **changes) -> None:
+    meta = {**json.loads((root / "sweep.json").read_text()), **changes}
+    (root / "sweep.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda r: (r / "optuna.journal").unlink(), "optuna.journal is missing"),
+    (lambda r: ((r / "optuna.journal").unlink(), (r / "optuna.journal").mkdir()), "optuna.journal is missing"),
+    (lambda r: (r / "optuna.journal").write_bytes(b"\x00\xff not json\n"), "holds no study"),  # a cut last line
+    (lambda r: (r / "optuna.journal").open("a").write("[1, 2]\n"), "optuna.journal is damaged"),
+    (lambda r: (r / "optuna.journal").write_text(""), "holds no study"),
+    (lambda r: _write_meta(r, sweep_id="another"), "holds no study 'another'"),
+    (lambda r: (r / "sweep.json").write_text("[]"), "sweep.json must be a JSON object, found list"),
+    (lambda r: (r / "sweep.json").write_text('{"run_cap": 2}'), "sweep.json has no sweep_id"),
+    (lambda r: _write_meta(r, run_cap=True), "run_cap=True must be an integer"),
+    (lambda r: _write_meta(r, run_cap=2.5), "run_cap=2.5 must be an integer"),
+    (lambda r: (r / "sweep.json").write_text("{"), "malformed JSON"),
+], ids=["journal missing", "journal a folder", "journal bytes", "journal odd line", "journal empty",
+        "journal of another sweep", "meta a list", "meta without id", "run_cap bool", "run_cap fraction",
+        "meta not JSON"])
+def test_opening_a_damaged_sweep_folder_is_a_user_error(tmp_path, damage, needle):
+    path = make_sweep_yaml(tmp_path, {"seed": {"values": [1, 2]}}, method="grid")
+    root = LocalSweep.create(path, sweeps_root=tmp_path / "sweeps").root
+    damage(root)
+    with pytest.raises(UserError) as err:
+        LocalSweep(root)
+    assert needle in str(err.value) and str(root) in str(err.value)
+    assert (root / "optuna.journal").exists() or "missing" in needle and not (root / "optuna.journal").exists()

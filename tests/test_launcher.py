@@ -232,3 +232,45 @@ def test_local_sweep_runs_pinned_agents_on_the_embedded_engine(tmp_path, monkeyp
     assert {r["env"]["WANDB_SWEEP_ID"] for r in records} == {"sw"}
     logs = sorted(p.name for p in (tmp_path / "sw" / "agents").iterdir())
     assert logs == ["agent-0-gpu0.log", "agent-1-gpu1.log"]
+
+
+# ----------------------------------------------------------------------------- a sweep whose every run failed
+
+
+def test_resume_of_a_sweep_whose_every_run_crashed_exits_1(tmp_path, monkeypatch, capsys):
+    from hrnet_sweep.sweep.engine import LocalSweep, RunOutcome
+    from test_engine import make_sweep_yaml
+
+    monkeypatch.chdir(tmp_path)
+    path = make_sweep_yaml(tmp_path, {"seed": {"values": [1, 2]}}, run_cap=2)
+    sweep = LocalSweep.create(path, sweep_dir=tmp_path / "sw")
+    for _ in range(2):
+        sug = sweep.suggest(agent="test")
+        sweep.finish(sug.number, RunOutcome("crashed", reason="killed by SIGKILL"))
+    assert launcher.main(["--resume", str(sweep.root), "--gpus", "cpu"]) == 1
+    out = capsys.readouterr().out
+    assert "nothing to run: run cap 2 reached" in out and "every run of sweep sw failed or crashed (2 crashed)" in out
+
+
+def test_agents_whose_runs_all_fail_make_the_sweep_exit_1(tmp_path, monkeypatch, capsys):
+    from hrnet_sweep.sweep.agent import EXIT_RUNS_FAILED, run_agent
+    from hrnet_sweep.sweep.engine import LocalSweep
+    from test_engine import make_sweep_yaml
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("FAKE_TRAIN_FAIL_SEEDS", "1,2,3")
+
+    def grid(name: str, seeds: list[int]) -> Path:
+        return make_sweep_yaml(tmp_path, {"seed": {"values": seeds}, "trainer.max_epochs": {"value": 2}},
+                               method="grid", name=f"{name}.yaml")
+
+    argv = [str(grid("failing", [1, 2])), "--local", "--gpus", "cpu", "--stagger", "0", "--sweep-dir", "sw"]
+    code = launcher.main(argv)
+    out = capsys.readouterr().out
+    assert code == 1 and "every run it started failed" in out and "every run of sweep sw failed" in out
+    # an agent on its own says so too; one good run among failed ones is a success
+    mixed = LocalSweep.create(grid("mixed", [3, 4]), sweep_dir=tmp_path / "mixed")
+    assert run_agent(mixed, out=lambda s: None).exit_code == 0
+    bad = LocalSweep.create(grid("bad", [1]), sweep_dir=tmp_path / "bad")
+    assert run_agent(bad, out=lambda s: None).exit_code == EXIT_RUNS_FAILED

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon
 
-from hrnet_sweep.dbnet.postprocess import postprocess, resize_prob_to_image
+from hrnet_sweep.config import PostprocessConfig
+from hrnet_sweep.dbnet.postprocess import detect, postprocess, resize_prob_to_image
 from hrnet_sweep.dbnet.targets import make_targets
 from _util import load_benchmark
 
@@ -86,7 +87,7 @@ def test_letterboxed_map_maps_back_to_original_pixels(use_polygon, unclip_ratio)
     assert len(polys) == len(quads)
     assert min(best_ious(quads, polys)) > 0.85
     for p in polys:
-        assert (p >= 0).all() and (p[:, 0] <= image_hw[1] - 1).all() and (p[:, 1] <= image_hw[0] - 1).all()
+        assert (p >= 0).all() and (p[:, 0] <= image_hw[1]).all() and (p[:, 1] <= image_hw[0]).all()
 
     # the same map resized to the image first (what the ensemble averages) gives the same words
     full = resize_prob_to_image(prob, content, image_hw)
@@ -105,13 +106,68 @@ def test_padding_outside_the_content_is_ignored():
     assert len(postprocess(prob)[0]) == 2
 
 
-def test_coordinates_are_clamped_to_the_image():
+@pytest.mark.parametrize("use_polygon", [False, True], ids=["box", "polygon"])
+def test_coordinates_are_clamped_to_the_image(use_polygon):
+    # [0, W] x [0, H], as the public code clamps (not [0, W - 1])
     prob = np.zeros((60, 80), np.float32)
     prob[0:20, 0:40] = 1.0  # touching the top-left corner: unclipping goes past it
-    (poly,), _ = postprocess(prob, image_size=(120, 160))
-    assert poly.min() == 0.0
-    assert poly[:, 0].max() <= 159 and poly[:, 1].max() <= 119
-    assert poly[:, 0].max() > 80  # scaled by 2
+    prob[40:60, 50:80] = 1.0  # touching the bottom-right corner
+    polys, _ = postprocess(prob, image_size=(120, 160), use_polygon=use_polygon)
+    assert len(polys) == 2
+    points = np.concatenate(polys)
+    assert points.min() == 0.0
+    assert points[:, 0].max() == 160 and points[:, 1].max() == 120
+
+
+# ----------------------------------------------------------------------------- one frame, one set of defaults
+
+
+def test_defaults_are_the_config_defaults():
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(postprocess).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    config = PostprocessConfig()
+    keys = ("thresh", "box_thresh", "unclip_ratio", "use_polygon", "max_candidates", "min_size")
+    assert {k: defaults[k] for k in keys} == {k: getattr(config, k) for k in keys}
+    bench = load_benchmark("bench_postprocess")
+    prob, _ = bench.receipt_prob_map(20, size=320, seed=2)
+    ours, scores = postprocess(prob, image_size=(500, 400))
+    via_config, config_scores = detect(prob, PostprocessConfig(), image_size=(500, 400))
+    assert len(ours) >= 5 and scores == config_scores
+    assert all(np.array_equal(a, b) for a, b in zip(ours, via_config))
+
+
+def _two_bars(scale: int) -> np.ndarray:
+    """A 5 px and a 23 px thick bar of a 400 x 400 image, drawn on a map 1 / scale its size."""
+    prob = np.zeros((400 // scale, 400 // scale), np.float32)
+    prob[100 // scale : 106 // scale, 50 // scale : 110 // scale] = 0.9
+    prob[200 // scale : 224 // scale, 50 // scale : 110 // scale] = 0.9
+    return prob
+
+
+@pytest.mark.parametrize("use_polygon", [False, True], ids=["box", "polygon"])
+def test_min_size_is_in_original_image_pixels(use_polygon):
+    pp = PostprocessConfig(min_size=16, use_polygon=use_polygon)
+    full, _ = detect(_two_bars(1), pp)
+    half, _ = detect(_two_bars(2), pp, image_size=(400, 400))
+    assert len(full) == len(half) == 1  # the thin bar only is dropped, at either map size
+    assert best_ious(full, half)[0] > 0.85
+    letterboxed = np.zeros((256, 256), np.float32)
+    letterboxed[:200, :200] = _two_bars(2)
+    boxed, _ = detect(letterboxed, pp, content_size=(200, 200), image_size=(400, 400))
+    assert len(boxed) == 1 and np.array_equal(boxed[0], half[0])
+
+
+def test_uint8_map_reads_as_value_over_255():
+    prob = _regression_map()
+    as_uint8 = np.rint(prob * 255).astype(np.uint8)
+    for use_polygon in (False, True):
+        pp = PostprocessConfig(box_thresh=0.5, use_polygon=use_polygon)
+        (a,), (sa,) = detect(prob, pp)
+        (b,), (sb,) = detect(as_uint8, pp)
+        np.testing.assert_array_equal(a, b)
+        assert sa == pytest.approx(sb, abs=1 / 255)
 
 
 # ----------------------------------------------------------------------------- filters
@@ -163,7 +219,7 @@ def _regression_map() -> np.ndarray:
 
 
 def test_pinned_box():
-    (box,), (score,) = postprocess(_regression_map(), box_thresh=0.5)
+    (box,), (score,) = postprocess(_regression_map(), box_thresh=0.5, use_polygon=False)
     expected = [[9.32, 4.30], [86.67, 15.55], [80.68, 56.70], [3.33, 45.45]]
     np.testing.assert_allclose(box, expected, atol=0.05)
     assert score == pytest.approx(0.74755, abs=1e-4)  # the rectangle also covers some zeros

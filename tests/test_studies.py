@@ -57,7 +57,7 @@ def _config_of(params: dict):
 
 def _weight_decays(cfg) -> list[float]:
     """Weight decay of each optimizer parameter group that `configure_optimizers` builds."""
-    module = DBNetModule(torch.nn.Conv2d(3, 4, 3), torch.nn.Identity(), cfg)
+    module = DBNetModule.from_config(torch.nn.Conv2d(3, 4, 3), torch.nn.Identity(), cfg)
     module.trainer = SimpleNamespace(estimated_stepping_batches=10)  # one-cycle needs the step count
     out = module.configure_optimizers()
     optimizer = out["optimizer"] if isinstance(out, dict) else out

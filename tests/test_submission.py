@@ -1,4 +1,4 @@
-"""Submission CSV: what `io.write_submission` writes passes `validate-submission`, and
+"""Submission CSV: what `formats.write_submission` writes passes `validate-submission`, and
 each rule of the competition format is caught on a bad file, with its line number."""
 
 from __future__ import annotations

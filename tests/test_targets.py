@@ -240,3 +240,43 @@ def test_large_polygon_with_many_points_equals_reference(monkeypatch):
     t = np.linspace(0, 2 * np.pi, 14, endpoint=False)
     blob = np.stack([60 + 50 * np.cos(t), 45 + 35 * np.sin(t)], 1).astype(np.float32)
     _assert_close(make_targets([blob], 90, 120), _reference([blob], 90, 120))
+
+
+# ----------------------------------------------------------------------------- point order and zero area
+
+
+def test_counter_clockwise_polygon_gives_the_papers_threshold_map():
+    # The paper reverses a polygon counter-clockwise on screen before drawing. The order
+    # reaches the map through its arithmetic on the column edge x = 10: in the paper's
+    # order (10, 20) is on the edge (0.7), the other order gives NaN there (0.3).
+    ccw = np.array([[10, 20.3], [40, 20.3], [40, 10], [10, 10]])
+    cw = ccw[::-1].copy()
+    maps = make_targets([ccw], 640, 640)
+    t = maps["thresh_map"]
+    assert t[20, 10] == pytest.approx(0.7) and t[20, 40] == pytest.approx(0.3)
+    clockwise = make_targets([cw], 640, 640)
+    for key in KEYS:
+        np.testing.assert_array_equal(maps[key], clockwise[key], err_msg=key)
+    _assert_close(maps, _reference([ccw], 640, 640))
+    np.testing.assert_array_equal(ccw, [[10, 20.3], [40, 20.3], [40, 10], [10, 10]])  # the caller's array
+
+
+@pytest.mark.parametrize(
+    "flat",
+    [
+        np.array([[4, 24], [14, 24], [24, 24], [34, 24]], np.float32),
+        np.array([[20, 26]] * 4, np.float32),
+        np.array([[5, 28], [5, 28], [30, 28], [30, 28]], np.float32),
+    ],
+    ids=["line", "point", "two points"],
+)
+def test_zero_area_polygons_are_masked_without_failing(flat):
+    word = rect(2, 2, 30, 14)
+    maps = make_targets([word, flat], 32, 40)
+    assert all(np.isfinite(m).all() for m in maps.values())
+    alone = make_targets([word], 32, 40)
+    for key in ("prob_map", "thresh_map", "thresh_mask"):
+        np.testing.assert_array_equal(maps[key], alone[key], err_msg=key)
+    x0, y0 = flat.min(0).astype(int)
+    assert maps["prob_mask"][y0, x0] == 0
+    _assert_close(maps, _reference([word, flat], 32, 40))

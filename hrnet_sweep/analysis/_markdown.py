@@ -46,7 +46,38 @@ def _names(names: Sequence[str], counts: Mapping[str, dict], limit: int = 12) ->
 
 
 def _analysis_markdown(s: dict, files: Mapping[str, Path]) -> str:
-    img, box, out, rules = s["images"], s["boxes"], s["count_outliers"], s["rules"]["definitions"]
+    img, out, rules = s["images"], s["count_outliers"], s["rules"]["definitions"]
+    body = _analysis_overview(s)
+
+    few, many = count_limits(out['few_below'], out['many_above'])
+    body += ["## Boxes per image", "", *_img("boxes per image", files.get("boxes_per_image")),
+             f"- Too few ({rules['few']}, i.e. {few} boxes): {_names(out['few'], s['per_image'])}",
+             f"- Too many ({rules['many']}, i.e. {many} boxes): {_names(out['many'], s['per_image'])}", ""]
+
+    flag_rows = [[f.replace("_", " "), s["flags"][f]["boxes"], s["flags"][f]["images"], _top(s["flags"][f]), rules[f]]
+                 for f in ("tiny", "huge", "extreme_aspect", "under_4_points", "over_cap")]
+    body += ["## Box flags", "", _md_table(["flag", "boxes", "images", "most in", "rule"], flag_rows), ""]
+    unsized = img["total"] - s["flags"]["huge"]["images_checked"]
+    if unsized:
+        body += [f"The image size of {unsized} of {img['total']} images is unknown, so they are not checked for huge "
+                 "boxes: pass `--images` or `--gt`.", ""]
+    body += _img("box geometry", files.get("box_geometry"))
+
+    if s["errors"]:
+        err_rows = [[e.replace("_", " "), s["errors"][e]["total"], s["errors"][e]["images"], _top(s["errors"][e]),
+                     rules[e]] for e in _ERRORS]
+        body += ["## Errors against the ground truth", "",
+                 _md_table(["error", "count", "images", "most in", "rule"], err_rows), "",
+                 *_img("per-image H-Mean", files.get("hmean_per_image"))]
+
+    body += _worst_section(s)
+    body += ["All numbers, per image: [summary.json](summary.json).", ""]
+    return "\n".join(body)
+
+
+def _analysis_overview(s: dict) -> list[str]:
+    """The title, the inputs and the table of the headline numbers."""
+    img, box, out = s["images"], s["boxes"], s["count_outliers"]
     inputs = s["inputs"]
     head = [f"# Analysis of `{Path(inputs['predictions']).name}`", "",
             " · ".join(f"{k.replace('_', ' ')}: `{v}`" for k, v in inputs.items() if v), ""]
@@ -70,45 +101,27 @@ def _analysis_markdown(s: dict, files: Mapping[str, Path]) -> str:
     if s["unreadable"]:
         body += [f"{s['unreadable']} polygons of the file were unreadable (NaN; in JSON also under 3 points or zero "
                  "area) and are not counted.", ""]
+    return body
 
-    few, many = count_limits(out['few_below'], out['many_above'])
-    body += ["## Boxes per image", "", *_img("boxes per image", files.get("boxes_per_image")),
-             f"- Too few ({rules['few']}, i.e. {few} boxes): {_names(out['few'], s['per_image'])}",
-             f"- Too many ({rules['many']}, i.e. {many} boxes): {_names(out['many'], s['per_image'])}", ""]
 
-    flag_rows = [[f.replace("_", " "), s["flags"][f]["boxes"], s["flags"][f]["images"], _top(s["flags"][f]), rules[f]]
-                 for f in ("tiny", "huge", "extreme_aspect", "under_4_points", "over_cap")]
-    body += ["## Box flags", "", _md_table(["flag", "boxes", "images", "most in", "rule"], flag_rows), ""]
-    unsized = img["total"] - s["flags"]["huge"]["images_checked"]
-    if unsized:
-        body += [f"The image size of {unsized} of {img['total']} images is unknown, so they are not checked for huge "
-                 "boxes: pass `--images` or `--gt`.", ""]
-    body += _img("box geometry", files.get("box_geometry"))
-
-    if s["errors"]:
-        err_rows = [[e.replace("_", " "), s["errors"][e]["total"], s["errors"][e]["images"], _top(s["errors"][e]),
-                     rules[e]] for e in _ERRORS]
-        body += ["## Errors against the ground truth", "",
-                 _md_table(["error", "count", "images", "most in", "rule"], err_rows), "",
-                 *_img("per-image H-Mean", files.get("hmean_per_image"))]
-
-    if s["worst"]:
-        if s["worst_by"] == "hmean":
-            body += ["## Worst images (lowest H-Mean)", "",
-                     "Green: ground truth (filled: missed); red: predictions (filled: false positive).", ""]
-            cols = ["#", "image", "H-Mean", "P", "R", "GT", "det", "missed", "split", "merged", "false pos.", "overlay"]
-            wrows = [[w["rank"], f"`{w['image']}`", _f(w["hmean"], 3), _f(w["precision"], 3), _f(w["recall"], 3),
-                      w.get("num_gt", "-"), w["boxes"], w["missed"], w["split"], w["merged"], w["false_positive"],
-                      _link(w["overlay"])] for w in s["worst"]]
-        else:
-            body += ["## Most flagged images", "", "Without ground truth: images with too few / too many boxes first, "
-                     "then by flagged boxes (thick outlines).", ""]
-            cols = ["#", "image", "boxes", "tiny", "huge", "extreme aspect", "under 4 points", "overlay"]
-            wrows = [[w["rank"], f"`{w['image']}`", w["boxes"], w["tiny"], "-" if w["huge"] is None else w["huge"],
-                      w["extreme_aspect"], w["under_4_points"], _link(w["overlay"])] for w in s["worst"]]
-        body += [_md_table(cols, wrows), ""]
-    body += ["All numbers, per image: [summary.json](summary.json).", ""]
-    return "\n".join(body)
+def _worst_section(s: dict) -> list[str]:
+    """The table of the worst images (with GT) or the most flagged ones; none when empty."""
+    if not s["worst"]:
+        return []
+    if s["worst_by"] == "hmean":
+        body = ["## Worst images (lowest H-Mean)", "",
+                "Green: ground truth (filled: missed); red: predictions (filled: false positive).", ""]
+        cols = ["#", "image", "H-Mean", "P", "R", "GT", "det", "missed", "split", "merged", "false pos.", "overlay"]
+        rows = [[w["rank"], f"`{w['image']}`", _f(w["hmean"], 3), _f(w["precision"], 3), _f(w["recall"], 3),
+                 w.get("num_gt", "-"), w["boxes"], w["missed"], w["split"], w["merged"], w["false_positive"],
+                 _link(w["overlay"])] for w in s["worst"]]
+    else:
+        body = ["## Most flagged images", "", "Without ground truth: images with too few / too many boxes first, "
+                "then by flagged boxes (thick outlines).", ""]
+        cols = ["#", "image", "boxes", "tiny", "huge", "extreme aspect", "under 4 points", "overlay"]
+        rows = [[w["rank"], f"`{w['image']}`", w["boxes"], w["tiny"], "-" if w["huge"] is None else w["huge"],
+                 w["extreme_aspect"], w["under_4_points"], _link(w["overlay"])] for w in s["worst"]]
+    return body + [_md_table(cols, rows), ""]
 
 
 def _compare_markdown(s: dict, files: Mapping[str, Path]) -> str:

@@ -14,13 +14,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import DataError, UserError
-from ..formats import atomic_write_json, atomic_write_text
 from ._load import _check_inputs, _image_sizes, _load_gt, _load_predictions, _safe, _scored
 from ._markdown import _compare_markdown, _name
 from ._model import _analyse_model, _image_names, _int_histogram, _Model
 from ._overlays import _clean_stale, _draw, _error_line, _model_panel
 from ._rules import Rules
-from .report import _Report
+from .report import _Report, _write_report
 
 
 @dataclass
@@ -86,10 +85,43 @@ def compare(paths: Sequence[str | Path], *, gt_path: str | Path | None = None, i
         raise DataError("no images in any of the prediction files")
     sizes = _image_sizes(images, images_dir, gt, loaded)
     models = [_analyse_model(n, ld, images, sizes, gt, rules) for n, ld in zip(model_names, loaded)]
+    per_image = _per_image(models, images, gt)
+    ranked = _rank_disagreements(per_image, images, gt, top)
+
+    out_dir = Path(out_dir)
+    files: dict[str, Path] = {}
+    if plots:
+        files = _compare_plots(models, gt, images, per_image, ranked, out_dir)
+        files.update(_draw_disagreements(models, gt, per_image, ranked, out_dir, images_dir, sizes))
+        _clean_stale(out_dir, "disagree", set(files.values()))
+
+    summary = {
+        "inputs": {"predictions": [str(p) for p in paths], "names": model_names,
+                   "ground_truth": None if gt_path is None else str(gt_path),
+                   "images": None if images_dir is None else str(images_dir)},
+        "reference": models[0].name,
+        "images": len(images),
+        "models": {m.name: m.summary() for m in models},
+        "differences": _differences(models, per_image, gt),
+        "most_disagreeing": [{"rank": i, "image": n, "disagreement": per_image[n]["disagreement"],
+                              "boxes": per_image[n]["boxes"], "hmean": per_image[n].get("hmean"),
+                              "agreement": per_image[n]["agreement"],
+                              "overlay": _name(files.get(f"disagree_{i:02d}"))}
+                             for i, n in enumerate(ranked, start=1)],
+        "disagreement_by": "hmean_spread" if gt is not None else "agreement",
+        "rules": {"values": asdict(rules), "definitions": rules.describe()},
+        "per_image": per_image,
+    }
+    md = _compare_markdown(summary, files)
+    return CompareReport(out_dir, summary, _write_report(out_dir, summary, files, md))
+
+
+def _per_image(models: Sequence[_Model], images: Sequence[str], gt) -> dict[str, dict]:
+    """Per image: each model's boxes and (with GT) H-Mean, their differences to the reference
+    (the first model), the agreement of each pair, and the disagreement images are ranked by."""
     ref = models[0]
     pairs = [(a, b) for i, a in enumerate(models) for b in models[i + 1:]]
     agreement = {f"{a.name} ~ {b.name}": _agreement(a, b, images) for a, b in pairs}
-
     per_image = {}
     for img in images:
         boxes = {m.name: m.images[img]["boxes"] for m in models}
@@ -103,14 +135,24 @@ def compare(paths: Sequence[str | Path], *, gt_path: str | Path | None = None, i
             rec["disagreement"] = max(h.values()) - min(h.values())
         rec["models"] = {m.name: m.image_record(img) for m in models}
         per_image[img] = rec
-    candidates = [n for n in images if gt is None or n in gt]
-    ranked = sorted(candidates, key=lambda n: (-per_image[n]["disagreement"],
-                                               -(1.0 - min(per_image[n]["agreement"].values())),
-                                               -max(abs(d) for d in per_image[n]["box_diff"].values()), n))[:top]
+    return per_image
 
-    out_dir = Path(out_dir)
-    files = _compare_plots(models, gt, images, per_image, ranked, out_dir) if plots else {}
-    for rank, img in enumerate(ranked if plots else [], start=1):
+
+def _rank_disagreements(per_image: Mapping[str, dict], images: Sequence[str], gt, top: int) -> list[str]:
+    """The `top` images by disagreement; ties go to the lower worst-pair agreement, then the
+    larger box count difference, then the name. With GT, only the images it covers."""
+    candidates = [n for n in images if gt is None or n in gt]
+    return sorted(candidates, key=lambda n: (-per_image[n]["disagreement"],
+                                             -(1.0 - min(per_image[n]["agreement"].values())),
+                                             -max(abs(d) for d in per_image[n]["box_diff"].values()), n))[:top]
+
+
+def _draw_disagreements(models: Sequence[_Model], gt, per_image: Mapping[str, dict], ranked: Sequence[str],
+                        out_dir: Path, images_dir: str | Path | None,
+                        sizes: Mapping[str, tuple[int, int]]) -> dict[str, Path]:
+    """One overlay per most disagreeing image: the models side by side."""
+    files = {}
+    for rank, img in enumerate(ranked, start=1):
         rec = per_image[img]
         panels = []
         for m in models:
@@ -126,31 +168,7 @@ def compare(paths: Sequence[str | Path], *, gt_path: str | Path | None = None, i
             head += f"  ·  GT {len(gt[img].words)}"
         png = out_dir / f"disagree_{rank:02d}_{_safe(img)}.png"
         files[f"disagree_{rank:02d}"] = _draw(png, panels, img, images_dir, sizes, head)
-    if plots:
-        _clean_stale(out_dir, "disagree", set(files.values()))
-
-    summary = {
-        "inputs": {"predictions": [str(p) for p in paths], "names": model_names,
-                   "ground_truth": None if gt_path is None else str(gt_path),
-                   "images": None if images_dir is None else str(images_dir)},
-        "reference": ref.name,
-        "images": len(images),
-        "models": {m.name: m.summary() for m in models},
-        "differences": _differences(models, per_image, gt),
-        "most_disagreeing": [{"rank": i, "image": n, "disagreement": per_image[n]["disagreement"],
-                              "boxes": per_image[n]["boxes"], "hmean": per_image[n].get("hmean"),
-                              "agreement": per_image[n]["agreement"],
-                              "overlay": _name(files.get(f"disagree_{i:02d}"))}
-                             for i, n in enumerate(ranked, start=1)],
-        "disagreement_by": "hmean_spread" if gt is not None else "agreement",
-        "rules": {"values": asdict(rules), "definitions": rules.describe()},
-        "per_image": per_image,
-    }
-    md = _compare_markdown(summary, files)
-    summary["files"] = sorted(p.name for p in files.values()) + ["report.md", "summary.json"]
-    atomic_write_text(out_dir / "report.md", md)
-    atomic_write_json(out_dir / "summary.json", summary, indent=1)
-    return CompareReport(out_dir, summary, [out_dir / f for f in summary["files"]])
+    return files
 
 
 def _differences(models: Sequence[_Model], per_image: Mapping[str, dict], gt) -> dict[str, dict]:

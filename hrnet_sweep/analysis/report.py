@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import DataError, UserError
 from ..formats import atomic_write_json, atomic_write_text
-from ._load import _check_inputs, _image_sizes, _load_gt, _load_predictions, _safe
+from ._load import _check_inputs, _image_sizes, _load_gt, _load_predictions, _Loaded, _safe
 from ._markdown import _analysis_markdown, _name
 from ._model import _analyse_model, _image_names, _int_histogram, _Model
 from ._overlays import _clean_stale, _draw, _error_line, _model_panel
@@ -121,10 +121,33 @@ def analyze(pred_path: str | Path, *, gt_path: str | Path | None = None, images_
     model = _analyse_model(Path(pred_path).name, loaded, names, sizes, gt, rules)
     out_dir = Path(out_dir)
     worst_names = _worst(model, worst)
-    files = _analysis_plots(model, gt, rules, out_dir, worst_names) if plots else {}
-
     prefix = "worst" if gt is not None else "flagged"
-    for rank, name in enumerate(worst_names if plots else [], start=1):
+    files: dict[str, Path] = {}
+    if plots:
+        files = _analysis_plots(model, gt, rules, out_dir, worst_names)
+        files.update(_draw_worst(model, gt, worst_names, prefix, out_dir, images_dir, sizes))
+        _clean_stale(out_dir, prefix, set(files.values()))
+
+    summary = {
+        "inputs": {"predictions": str(pred_path), "ground_truth": None if gt_path is None else str(gt_path),
+                   "images": None if images_dir is None else str(images_dir)},
+        "images": _image_counts(names, loaded, gt, sizes),
+        **model.summary(),
+        "worst": [dict(model.image_record(n), rank=i, image=n, overlay=_name(files.get(f"{prefix}_{i:02d}")))
+                  for i, n in enumerate(worst_names, start=1)],
+        "worst_by": "hmean" if gt is not None else "flags",
+        "rules": {"values": asdict(rules), "definitions": rules.describe()},
+        "per_image": {n: model.image_record(n) for n in names},
+    }
+    md = _analysis_markdown(summary, files)
+    return AnalysisReport(out_dir, summary, _write_report(out_dir, summary, files, md))
+
+
+def _draw_worst(model: _Model, gt, worst_names: list[str], prefix: str, out_dir: Path,
+                images_dir: str | Path | None, sizes: dict[str, tuple[int, int]]) -> dict[str, Path]:
+    """One overlay per worst image (`prefix` "worst", with GT) or most flagged one ("flagged")."""
+    files = {}
+    for rank, name in enumerate(worst_names, start=1):
         rec = model.images[name]
         if gt is not None:
             head = (f"worst {rank}/{len(worst_names)}: {name}  ·  GT {len(gt[name].words)}  ·  "
@@ -137,28 +160,27 @@ def analyze(pred_path: str | Path, *, gt_path: str | Path | None = None, images_
                 f"{f.replace('_', ' ')} {len(rec[f])}" for f in ("tiny", "huge", "extreme_aspect") if rec[f]) or " ")
         png = out_dir / f"{prefix}_{rank:02d}_{_safe(name)}.png"
         files[f"{prefix}_{rank:02d}"] = _draw(png, [panel], name, images_dir, sizes, head)
-    if plots:
-        _clean_stale(out_dir, prefix, set(files.values()))
+    return files
 
-    summary = {
-        "inputs": {"predictions": str(pred_path), "ground_truth": None if gt_path is None else str(gt_path),
-                   "images": None if images_dir is None else str(images_dir)},
-        "images": {
-            "total": len(names),
-            "in_predictions": sum(n in loaded.polys for n in names),
-            "missing_from_predictions": [n for n in names if n not in loaded.polys],
-            "not_in_ground_truth": [n for n in names if gt is not None and n not in gt],
-            "size_known": sum(n in sizes for n in names),
-        },
-        **model.summary(),
-        "worst": [dict(model.image_record(n), rank=i, image=n, overlay=_name(files.get(f"{prefix}_{i:02d}")))
-                  for i, n in enumerate(worst_names, start=1)],
-        "worst_by": "hmean" if gt is not None else "flags",
-        "rules": {"values": asdict(rules), "definitions": rules.describe()},
-        "per_image": {n: model.image_record(n) for n in names},
+
+def _image_counts(names: list[str], loaded: _Loaded, gt, sizes: dict[str, tuple[int, int]]) -> dict:
+    """summary["images"]: which images the predictions, the ground truth and the sizes cover."""
+    return {
+        "total": len(names),
+        "in_predictions": sum(n in loaded.polys for n in names),
+        "missing_from_predictions": [n for n in names if n not in loaded.polys],
+        "not_in_ground_truth": [n for n in names if gt is not None and n not in gt],
+        "size_known": sum(n in sizes for n in names),
     }
-    md = _analysis_markdown(summary, files)
+
+
+def _write_report(out_dir: Path, summary: dict, files: dict[str, Path], md: str) -> list[Path]:
+    """Write report.md and summary.json; return every file of the report.
+
+    `md` is rendered from `summary` before this adds `summary["files"]`: report.md links the
+    files itself, so only summary.json lists them.
+    """
     summary["files"] = sorted(p.name for p in files.values()) + ["report.md", "summary.json"]
     atomic_write_text(out_dir / "report.md", md)
     atomic_write_json(out_dir / "summary.json", summary, indent=1)
-    return AnalysisReport(out_dir, summary, [out_dir / f for f in summary["files"]])
+    return [out_dir / f for f in summary["files"]]

@@ -10,13 +10,18 @@
 - `collate`: tensors stacked, meta kept as lists. Batches stay compact (uint8 image and
   masks) until `to_network_input` normalises them on the training device.
 
-Failure policy. A missing image, or one whose header cannot be read, fails at dataset
-construction with every bad name listed, so a training fails before epoch 1. An image
-whose content turns out unreadable later (a truncated JPEG) is logged as a warning
-naming the file (once per file and worker) and the next readable sample is returned in
-its place: an epoch never dies at step 3,000 for one broken file, and the log says
-which file was skipped. `DetectionDataset.bad_files` lists them. Prediction never
+Failure policy. A missing image, one that is not a regular file (a directory; a FIFO,
+whose opening would block the training forever), or one whose header cannot be read,
+fails at dataset construction with every bad name listed, so a training fails before
+epoch 1. An image whose content turns out unreadable later (a truncated JPEG) is logged
+as a warning naming the file (once per file and worker) and the next readable sample is
+returned in its place: an epoch never dies at step 3,000 for one broken file, and the
+log says which file was skipped. `DetectionDataset.bad_files` lists them. Prediction never
 substitutes: every test image needs its own row, so there it is a `DataError`.
+
+Words of zero area (points on a line) stay in the ground truth of a sample, which the
+metric scores as the competition does, and are left out of the target maps: they have
+no inside to learn.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from torch.utils.data import default_collate
 
 from ..config import AugmentConfig, TargetsConfig
 from ..errors import ConfigError, DataError
-from ..formats import ImageAnnotation, clamp_polygon
+from ..formats import ImageAnnotation, check_readable_file, clamp_polygon
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +94,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as (H, W, 3) RGB uint8 with its EXIF orientation applied.
 
     Grayscale, palette, RGBA (composited on white) and 16-bit PNGs are converted.
-    A missing, unidentifiable or truncated file raises `DataError` naming the file.
+    A missing, unidentifiable or truncated file, or one that is not a regular file,
+    raises `DataError` naming the file.
     """
-    path = Path(path)
+    path = check_readable_file(path, "image file")
     try:
         with Image.open(path) as im:
             im.load()
@@ -104,15 +110,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def _check_files(image_dir: Path, names: Sequence[str]) -> None:
-    """Fail before training starts when an image is missing or is not an image at all."""
+    """Fail before training starts when an image is missing, not a regular file or not
+    an image at all."""
     bad = []
     for name in names:
         path = image_dir / name
         try:
+            check_readable_file(path, "image file")
             with Image.open(path):  # reads the header only
                 pass
-        except FileNotFoundError:
-            bad.append(f"{path} (not found)")
+        except DataError as err:
+            bad.append(str(err))
         except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             bad.append(f"{path} ({type(err).__name__}: {err})")
     if bad:
@@ -294,13 +302,14 @@ class DetectionDataset(torch.utils.data.Dataset):
     `thresh_mask` (H, W) uint8 0/1 and `thresh_map` (H, W) float32; `name`; `image_size` (H0, W0) of the
     image after EXIF; `content_size` (h, w) of the letterboxed image inside the input
     (before any augmentation: what post-processing needs at validation); `polygons`,
-    the ground truth in original pixels clamped to the image, for the metric. Words
-    that end up mostly outside the input or degenerate after augmentation are masked
-    out of the loss (`ignore`), never an error.
+    the ground truth in original pixels clamped to the image, for the metric (every
+    word, zero-area ones included). Words of zero area are left out of the targets;
+    words that end up mostly outside the input or degenerate after augmentation are
+    masked out of the loss (`ignore`), never an error.
 
     Args:
         image_dir: folder of the images named in `annotations`.
-        annotations: `{name: ImageAnnotation}` from `io.load_annotations`.
+        annotations: `{name: ImageAnnotation}` from `formats.load_annotations`.
         names: the images of this split (e.g. from `folds.split`).
         transforms: a `Pipeline` from `build_transforms`.
         shrink_ratio, thresh_min, thresh_max, min_text_size: passed to `targets.make_targets`.
@@ -364,7 +373,8 @@ class DetectionDataset(torch.utils.data.Dataset):
             log.warning("%s: annotation says img_w=%d img_h=%d, the image is %dx%d after EXIF orientation",
                         self.image_dir / name, ann.width, ann.height, w0, h0)
         original = [clamp_polygon(p, w0, h0) for p in ann.polygons()]
-        inp, moved = self.transforms(image, original)
+        drawn = [p for p, word in zip(original, ann.words) if word.has_area]
+        inp, moved = self.transforms(image, drawn)
         height, width = inp.shape[:2]
         polygons, ignore = _fit_polygons(moved, width, height)
         maps = make_targets(polygons, height, width, ignore=ignore, compact=True, **self.target_params)

@@ -3,6 +3,11 @@ models, optionally with flip TTA) -> one post-processing pass -> prediction JSON
 
 Averaging in original-image coordinates lets models of different backbones and input
 sizes form one ensemble: probability maps average well, voting on boxes does not.
+
+A checkpoint written with `models.postprocess.tune_on_val` holds the post-processing
+chosen at its validation epoch (`dbnet.validation.CHECKPOINT_KEY`); `load_checkpoint`
+puts it into the checkpoint's config, so predicting with that checkpoint uses it unless
+the caller passes other settings (a retrain's preset, `predict --set`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from ..config import Config, PostprocessConfig
 from ..errors import DataError, UserError
 from ..formats import save_predictions, write_submission
+from ..progress import track
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +33,9 @@ class LoadedModel:
     """A network ready for inference, with the config it was trained with."""
 
     model: torch.nn.Module
-    cfg: Config
+    cfg: Config  # post-processing as tuned at validation, where the checkpoint holds it
     path: str
+    tuned_postprocess: dict | None = None  # that setting and its validation H-Mean, as stored
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -40,6 +47,7 @@ def pick_device(device: str | None = None) -> torch.device:
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Rebuild the DBNet of a training checkpoint (its config is stored inside)."""
     from .model import build_model
+    from .validation import CHECKPOINT_KEY, PARAMS
 
     path = Path(path)
     if not path.is_file():
@@ -53,12 +61,18 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loa
     except (KeyError, TypeError):
         raise DataError(f"{path}: no hrnet_sweep config inside; was it written by hrnet_sweep train?") from None
     cfg = Config.model_validate({**cfg_dict, "models": {**cfg_dict["models"], "pretrained": False}})
+    tuned = ckpt.get(CHECKPOINT_KEY)
+    if tuned:
+        cfg.models.postprocess = PostprocessConfig.model_validate(
+            {**cfg.models.postprocess.model_dump(), **{k: tuned[k] for k in PARAMS}})
+        log.info("%s: post-processing tuned at validation (H-Mean %.4f): %s", path, tuned.get("hmean", float("nan")),
+                 {k: tuned[k] for k in PARAMS})
     model = build_model(cfg)
     state = {k.removeprefix("model.").removeprefix("_orig_mod."): v for k, v in ckpt["state_dict"].items()
              if k.startswith("model.")}
     model.load_state_dict(state)
     model.eval().to(device)
-    return LoadedModel(model, cfg, str(path))
+    return LoadedModel(model, cfg, str(path), dict(tuned) if tuned else None)
 
 
 @torch.no_grad()
@@ -95,8 +109,6 @@ def probability_maps(
     progress: bool = True,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield `(image name, averaged float32 probability map at original image size)`."""
-    from tqdm import tqdm
-
     from .data import IMAGE_EXTENSIONS, build_transforms, read_image
 
     if not models:
@@ -113,7 +125,7 @@ def probability_maps(
         if not names:
             raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     tfs = [build_transforms(None, m.cfg.data.image_height, m.cfg.data.image_width, train=False) for m in models]
-    for name in tqdm(names, desc="predict", unit="img", disable=not progress):
+    for name in track(names, desc="predict", unit="img", enabled=progress):
         image = read_image(image_dir / name)
         acc = None
         for lm, tf, wi in zip(models, tfs, w):
@@ -123,13 +135,10 @@ def probability_maps(
 
 
 def postprocess_map(prob: np.ndarray, pp: PostprocessConfig) -> tuple[list[np.ndarray], list[float]]:
-    """Post-process a map that is already at original image size."""
-    from .postprocess import postprocess
+    """Post-process a map that is already at original image size (`postprocess.detect`)."""
+    from .postprocess import detect
 
-    h, w = prob.shape
-    return postprocess(prob, thresh=pp.thresh, box_thresh=pp.box_thresh, unclip_ratio=pp.unclip_ratio,
-                       use_polygon=pp.use_polygon, max_candidates=pp.max_candidates, min_size=pp.min_size,
-                       content_size=(h, w), image_size=(h, w))
+    return detect(prob, pp)
 
 
 def predict(
@@ -147,7 +156,8 @@ def predict(
 ) -> dict[str, list[tuple[np.ndarray, float]]]:
     """Run the (ensemble) prediction and write the JSON and CSV atomically.
 
-    Post-processing parameters default to those stored in the first checkpoint.
+    Post-processing parameters default to those of the first checkpoint (tuned at its
+    validation epoch where it holds them, else its config's).
     """
     dev = pick_device(device)
     models = [load_checkpoint(c, dev) for c in checkpoints]

@@ -4,9 +4,12 @@ The definition is the DB paper's, as its public code computes it (MhLiao/DB,
 `make_seg_detection_data.py` and `make_border_map.py`), so that a model trained here
 sees the same targets as one trained there:
 
-* polygons are clamped into the image; one with area < 1, a bounding box thinner than
-  `min_text_size`, an ignore flag, or an empty shrink is *ignored*: `prob_mask` is 0
-  over it and it adds nothing else;
+* polygons are clamped into the image, and those whose signed area
+  sum (x' - x)(y' + y) / 2 is positive have their points reversed, as the public code's
+  `validate_polygons` does before any map is drawn (the order reaches the maps only
+  through rounding: the NaN pixels described below); one with area < 1, a bounding box
+  thinner than `min_text_size`, an ignore flag, or an empty shrink is *ignored*:
+  `prob_mask` is 0 over it and it adds nothing else;
 * shrink and dilation by D = A (1 - r^2) / L (area, perimeter), with pyclipper (round
   joins) on the polygon's points, which pyclipper truncates to integers;
 * the border value of a pixel is 1 - min(dist / D, 1), dist its distance to the
@@ -167,6 +170,7 @@ def _measure(polygons: Sequence[np.ndarray], width: int, height: int) -> _Geomet
     starts = stops - sizes
     following = np.arange(1, len(points) + 1)
     following[stops - 1] = starts  # the point after each polygon's last is its first
+    points = _public_code_order(points, following, starts, stops)
     x, y = points[:, 0], points[:, 1]
     xn, yn = x[following], y[following]
     area = 0.5 * np.abs(np.add.reduceat(x * yn - xn * y, starts))
@@ -191,6 +195,21 @@ def _measure(polygons: Sequence[np.ndarray], width: int, height: int) -> _Geomet
         _plane_coefficients(x, y, xn, yn, length),
         exact,
     )
+
+
+def _public_code_order(points: np.ndarray, following: np.ndarray, starts: np.ndarray,
+                       stops: np.ndarray) -> np.ndarray:
+    """The stacked points with each polygon whose signed area sum (x' - x)(y' + y) / 2 is
+    positive reversed (counter-clockwise on screen), as the public code's
+    `validate_polygons` reverses them before drawing."""
+    x, y = points[:, 0], points[:, 1]
+    signed = np.add.reduceat((x[following] - x) * (y[following] + y), starts)
+    if not (signed > 0).any():
+        return points
+    owner = np.repeat(np.arange(len(starts)), stops - starts)
+    index = np.arange(len(points))
+    order = np.where(signed[owner] > 0, starts[owner] + stops[owner] - 1 - index, index)
+    return points[order]
 
 
 def _plane_coefficients(x, y, xn, yn, length) -> np.ndarray:

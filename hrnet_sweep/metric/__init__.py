@@ -1,4 +1,4 @@
-"""CLEval detection-only H-Mean, as the receipt competition scores it (DESIGN.md section 5).
+"""CLEval detection-only H-Mean, as the receipt competition scores it.
 
 CLEval (Baek et al., 2020) scores detection at the character level. Without transcriptions
 every ground-truth box gets a *pseudo* character count from its aspect ratio and that many
@@ -18,7 +18,8 @@ Two conventions, both exact:
 
 * ``"competition"`` (default): the competition's own copy of CLEval (its baseline's
   ``ocr/metrics``), which takes polygons of 4 or more points. GT points are rounded to
-  integers first (its dataset does). Each box's aspect ratio comes from its minimum-area
+  integers first, from float64 (its dataset does: x = 1000.50002 is 1001, where a
+  float32 cast first would give 1000). Each box's aspect ratio comes from its minimum-area
   rectangle, found over the convex hull's edges in qhull's order (the first strict minimum
   wins): ``ar = min(100, h / (w + eps))`` with w along that edge and eps the float32
   epsilon. A GT box has ``min(round(0.5 + max(ar, 1 / (ar + eps))), cap)`` characters, an
@@ -40,7 +41,10 @@ Two conventions, both exact:
 In both, geometry is done as Polygon3 (the package's clipper) does it: vertices truncated
 to integers, area by the shoelace formula, PCC containment by the even-odd crossing rule
 with half-open edges. Detections past `max_detections` are dropped before polygons with
-fewer than 4 points are skipped, as the competition does.
+fewer than 4 points are skipped, as the competition does. Polygons of zero area are
+scored, as there: a GT box on a line gets the cap of pseudo characters (its hull, and so
+its rectangle, is empty); a detection on a line covers no area of any GT box, so it is
+a false positive.
 
 Speed: candidate GT/detection pairs come from a sorted bounding-box sweep; areas of
 convex pairs are computed in NumPy (segment clipping + Green's theorem), other pairs with

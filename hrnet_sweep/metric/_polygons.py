@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 
 from ..constants import MAX_DETECTIONS
+from ..formats import integer_points
 
 Convention = Literal["competition", "cleval"]
 _CONVENTIONS = ("competition", "cleval")
@@ -68,7 +69,8 @@ class _Polys:
 def _pack(polys, limit: int | None = None, *, convention: str = "competition", what: str = "GT",
           round_points: bool = False) -> _Polys:
     """Validate and pad (K, 2) polygons; those with fewer than 4 points or non-finite
-    coordinates are skipped (the competition skips short ones)."""
+    coordinates are skipped (the competition skips short ones). `round_points` rounds
+    the float64 points to integers (`formats.integer_points`), as the competition rounds GT."""
     polys = list(polys)
     if limit is not None:
         polys = polys[:limit]
@@ -103,7 +105,7 @@ def _pack(polys, limit: int | None = None, *, convention: str = "competition", w
         arr = np.zeros((0, 4, 2))
     raw = np.ascontiguousarray(arr.transpose(2, 1, 0))
     if round_points:
-        raw = np.rint(raw)
+        raw = integer_points(raw).astype(np.float64)
     return _Polys(raw, np.trunc(raw), k)
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..constants import METRIC
 from ..errors import UserError
 from ..formats import check_writable
+from ..numeric import flag
 from ..ranking import RankedRun, Ranking, RunRecord, rank_runs
 from ..runfolder import MANIFEST_FILE, finite, read_history
 from ..wandb_auth import is_sweep_path, require_credentials
@@ -347,13 +348,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "as a preset."))
     ap.add_argument("sweep", help="entity/project/sweep_id (W&B), or a local sweep folder or id")
     ap.add_argument("--export", metavar="PRESET.yaml", help="write the best run as a preset")
-    ap.add_argument("--top", type=int, default=10, help="rows of the table (default 10)")
+    ap.add_argument("--top", type=flag(int, ge=1), default=10, help="rows of the table (default 10)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing --export file")
-    ap.add_argument("--timeout", type=float, default=30.0, help="W&B HTTP timeout per request, seconds")
-    ap.add_argument("--retries", type=int, default=3, help="W&B retries on transient errors")
+    ap.add_argument("--timeout", type=flag(float, gt=0), default=30.0, help="W&B HTTP timeout per request, seconds")
+    ap.add_argument("--retries", type=flag(int, ge=0), default=3, help="W&B retries on transient errors")
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.top < 1:
-        raise UserError(f"--top {args.top} must be >= 1")
     if args.export is not None:  # before the sweep is read: a bad path fails in a second, not after W&B
         check_writable(args.export, what="--export", overwrite=args.force)
     sweep = load_runs(args.sweep, timeout=args.timeout, retries=args.retries)

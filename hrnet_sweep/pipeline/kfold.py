@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..children import child_env, kill_group, start
 from ..constants import METRIC
 from ..errors import ConfigError, UserError
+from ..numeric import number_text
 from ..runfolder import MANIFEST_FILE, HistoryTail, clear_status, finite, read_status
 from .presets import preset_ref
 from .retrain import (
@@ -57,10 +58,9 @@ def parse_folds(text: str | None, num_folds: int) -> list[int]:
     folds: set[int] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         lo, sep, hi = part.partition("-")
-        try:
-            a, b = int(lo), int(hi) if sep else int(lo)
-        except ValueError:
-            raise UserError(f"--folds {text!r}: expected e.g. 0-4 or 0,2,3") from None
+        a, b = number_text(lo), number_text(hi) if sep else number_text(lo)
+        if not (isinstance(a, int) and isinstance(b, int)):  # plain ASCII integers (int() takes '١', '1_0')
+            raise UserError(f"--folds {text!r}: expected e.g. 0-4 or 0,2,3")
         if a > b:
             raise UserError(f"--folds {text!r}: range {part} is empty")
         folds.update(range(a, b + 1))

@@ -17,6 +17,8 @@ from typing import Sequence
 
 from ..dbnet import inference
 from ..errors import UserError
+from ..formats import check_writable
+from ..numeric import flag
 
 __all__ = ["main"]
 
@@ -25,10 +27,26 @@ def _is_ckpt(arg: str) -> bool:
     return arg.endswith(".ckpt")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`hrnet_sweep predict`: .ckpt files, or a preset / retrain (its folds) -> JSON + CSV."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _check_outputs(args: argparse.Namespace) -> str:
+    """Refuse `--images` that is no folder and `--out` / `--json` paths that cannot be
+    written; return the JSON path."""
+    if not Path(args.images).expanduser().is_dir():
+        raise UserError(f"--images {args.images}: not a folder")
+    check_writable(args.out, what="--out", overwrite=not args.no_overwrite)
+    out_json = args.json if args.json is not None else str(Path(args.out).with_suffix(".json"))
+    check_writable(out_json, what="--json", overwrite=not args.no_overwrite)
+    if Path(out_json).expanduser().resolve() == Path(args.out).expanduser().resolve():
+        raise UserError(f"--json {out_json} and --out {args.out} name the same file; give two paths")
+    return out_json
 
+
+def _check_weights(weights: Sequence[float] | None, n: int) -> None:
+    if weights is not None and (len(weights) != n or sum(weights) <= 0):
+        raise UserError(f"--weights {' '.join(f'{w:g}' for w in weights)}: need {n} weight(s), one per "
+                        "checkpoint / fold, >= 0 with a positive sum")
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hrnet_sweep predict", description=(
         "Fold ensemble -> prediction JSON + submission CSV. TARGET is the preset given to kfold (its retrain is "
         "found), the retrain folder, its kfold_summary.json, or one or more .ckpt files."))
@@ -37,23 +55,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="submission CSV to write")
     ap.add_argument("--json", help="prediction JSON to write (default: next to the CSV)")
     ap.add_argument("--tta", choices=["none", "flip"], default="none")
-    ap.add_argument("--weights", type=float, nargs="+", help="one weight per checkpoint / fold")
+    ap.add_argument("--weights", type=flag(float, ge=0), nargs="+", help="one weight per checkpoint / fold (>= 0)")
     ap.add_argument("--folds", help="folds of the retrain to use, e.g. 0,2 (default: every finished fold)")
     ap.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     ap.add_argument("--no-overwrite", action="store_true", help="refuse to replace existing outputs")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="post-processing overrides, e.g. models.postprocess.box_thresh=0.5")
     ap.add_argument("--gt", help="annotation JSON of the test images: print the H-Mean")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`hrnet_sweep predict`: .ckpt files, or a preset / retrain (its folds) -> JSON + CSV."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     from ..config import apply_overrides, parse_overrides
     from ..submission import validate_submission
     from .ensemble import resolve_retrain
     from .kfold import parse_folds
 
+    out_json = _check_outputs(args)  # before any checkpoint is read: a bad path fails at once
+    overrides = parse_overrides(args.set)
     if all(_is_ckpt(t) for t in args.targets):
         checkpoints = list(args.targets)
         if args.folds:
             raise UserError("--folds selects folds of a retrain; with .ckpt files, list the ones to use")
+        _check_weights(args.weights, len(checkpoints))
         cfg = inference.load_checkpoint(checkpoints[0]).cfg
         print(f"ensemble of {len(checkpoints)} checkpoint(s)" if len(checkpoints) > 1 else f"checkpoint {checkpoints[0]}")
     else:
@@ -64,16 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen = parse_folds(args.folds, cfg.data.num_folds) if args.folds else None
         folds = target.finished_folds(chosen)
         checkpoints = [str(c) for _, c, _ in folds]
+        _check_weights(args.weights, len(checkpoints))
         print(f"retrain {target.root}: folds {[k for k, _, _ in folds]} "
               f"(best {', '.join('-' if b is None else f'{b:.4f}' for _, _, b in folds)})")
         for note in target.notes:
             print(f"  {note}")
-    if args.set:
-        cfg = apply_overrides(cfg, parse_overrides(args.set))
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
     pp = cfg.models.postprocess
     print(f"post-processing: {'polygon' if pp.use_polygon else 'box'} mode, thresh {pp.thresh}, box_thresh "
           f"{pp.box_thresh}, unclip_ratio {pp.unclip_ratio}; TTA {args.tta}", flush=True)
-    out_json = args.json or str(Path(args.out).with_suffix(".json"))
     preds = inference.predict(checkpoints, args.images, out_csv=args.out, out_json=out_json, postprocess=pp,
                              weights=args.weights, tta_flip=args.tta == "flip", device=args.device,
                              overwrite=not args.no_overwrite)

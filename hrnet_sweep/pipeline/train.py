@@ -102,12 +102,16 @@ def _loader(ds, cfg: Config, *, shuffle: bool, batch_size: int):
 
     from ..dbnet.data import collate
 
-    workers = cfg.data.num_workers
+    d = cfg.data
+    workers = d.num_workers
     if workers > 0:
         _one_opencv_thread()
+    # Pinned batches let Lightning's copy to the GPU (non_blocking on CUDA) overlap compute;
+    # drop_last keeps every training batch one shape (compiled regions, CUDA graphs).
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
-        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, drop_last=shuffle and len(ds) > batch_size,
+        pin_memory=d.pin_memory and torch.cuda.is_available(), persistent_workers=d.persistent_workers and workers > 0,
+        prefetch_factor=d.prefetch_factor if workers > 0 else None, drop_last=shuffle and len(ds) > batch_size,
     )
 
 
@@ -209,6 +213,8 @@ def run(cfg: Config, *, extra_callbacks: Sequence = ()) -> TrainResult:
     """
     import torch
 
+    from ..dbnet.batch_size import resolve_batch_size
+
     run_name, run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     control = os.environ.get(CONTROL_DIR_ENV)
@@ -216,6 +222,7 @@ def run(cfg: Config, *, extra_callbacks: Sequence = ()) -> TrainResult:
     if control_dir:
         control_dir.mkdir(parents=True, exist_ok=True)
     cfg = _effective_precision(cfg)
+    cfg = resolve_batch_size(cfg)  # data.auto_batch_size: before the retry below can halve it
     result = TrainResult(state="failed", run_dir=str(run_dir))
     exit_code = 1
     try:
@@ -249,15 +256,16 @@ def run(cfg: Config, *, extra_callbacks: Sequence = ()) -> TrainResult:
 
 
 def _fit(cfg: Config, run_name: str, run_dir: Path, control_dir: Path | None, extra_callbacks: Sequence) -> TrainResult:
-    import torch
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
     from ..dbnet.lit import DBNetModule, NonFiniteLossError
     from ..dbnet.loss import build_loss
     from ..dbnet.model import build_model
+    from ..dbnet.speed import configure_backends, prepare_model
 
     import pytorch_lightning as pl
 
+    from ..progress import lightning_progress
     from .callbacks import RunControl, atomic_checkpoint_io
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -266,12 +274,12 @@ def _fit(cfg: Config, run_name: str, run_dir: Path, control_dir: Path | None, ex
     train_ds, val_ds = build_datasets(cfg, run_dir)
     log.info("run %s: %d training and %d validation images -> %s", run_name, len(train_ds), len(val_ds), run_dir)
 
+    backends = configure_backends(cfg)  # before the Trainer is built; the benchmark calls it too
     model = build_model(cfg)
     if cfg.ckpt_path:
         load_weights(model, cfg.ckpt_path)
-    if cfg.trainer.compile:
-        model = torch.compile(model)
-    module = DBNetModule(model, build_loss(cfg), cfg, channels_last=cfg.trainer.channels_last)
+    model = prepare_model(model, cfg, backends)  # regional compile, activation checkpointing
+    module = DBNetModule.from_config(model, build_loss(cfg), cfg)
 
     ckpt_cfg = cfg.callbacks.model_checkpoint
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch:02d}", monitor=METRIC, mode="max",
@@ -295,14 +303,16 @@ def _fit(cfg: Config, run_name: str, run_dir: Path, control_dir: Path | None, ex
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     t = cfg.trainer
+    show_bar, progress_callbacks = lightning_progress(t.progress_bar)  # plain lines where stdout is a log file
+    callbacks += progress_callbacks
     trainer = pl.Trainer(
         max_epochs=t.max_epochs, accelerator="gpu" if t.accelerator == "cuda" else t.accelerator, devices=t.devices,
         precision=t.precision if t.precision != "32" else "32-true", accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, check_val_every_n_epoch=t.check_val_every_n_epoch,
-        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
+        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, enable_progress_bar=show_bar,
         num_sanity_val_steps=0, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir),
-        plugins=[atomic_checkpoint_io()], benchmark=torch.cuda.is_available(), enable_model_summary=False,
+        plugins=[atomic_checkpoint_io()], benchmark=backends.cudnn_benchmark, enable_model_summary=False,
     )
     train_dl = _loader(train_ds, cfg, shuffle=True, batch_size=cfg.data.batch_size)
     val_dl = _loader(val_ds, cfg, shuffle=False, batch_size=cfg.data.batch_size)

@@ -1,16 +1,9 @@
-"""Post-processing search on cached probability maps: `tune_postprocess(maps, gts, grid)`.
+"""`hrnet_sweep tune-postprocess`: the post-processing search on a retrain's out-of-fold maps.
 
 The maps are computed once (the retrain's out-of-fold maps, `ensemble.cache_oof_maps`);
-no setting ever re-runs the network. The search is cheap where the algorithm allows:
-
-- `thresh` changes the binary map, `unclip_ratio` the polygons and `use_polygon` the
-  shape, so each (thresh, unclip_ratio, use_polygon) is one post-processing pass, run at
-  the smallest `box_thresh` of the grid;
-- `box_thresh` only drops candidates whose score (mean probability inside, independent
-  of the unclip) is below it, so every `box_thresh` is a filter on that pass's scores;
-- the macro H-Mean is a mean over images, so images are split across worker processes
-  and each worker scores its images under every setting;
-- a coarse grid first, then a finer one around the best coarse setting (`refine`).
+no setting ever re-runs the network. The search itself (`tune_postprocess`, `Grid`,
+`score_settings`) is `hrnet_sweep.dbnet.validation`'s, the one that also runs at every
+validation epoch; this module adds the CLI, the grid syntax and the recording.
 
 `hrnet_sweep tune-postprocess PRESET_OR_RETRAIN_DIR` caches the maps, searches, prints
 the table and writes the best values into the preset (`models.postprocess.*`) and the
@@ -20,17 +13,14 @@ k-fold summary.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import numpy as np
-
+from ..dbnet.validation import PARAMS, Grid, Setting, score_settings, tune_postprocess
 from ..errors import UserError
 from ..formats import atomic_write_json, read_json
 from .presets import write_postprocess
@@ -40,175 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Grid", "Setting", "apply_tuned_postprocess", "main", "parse_grid", "score_settings", "tune_postprocess"]
 
-PARAMS = ("thresh", "box_thresh", "unclip_ratio", "use_polygon")
 TUNE_FILE = "tune_postprocess.json"
-
-
-@dataclass(frozen=True)
-class Setting:
-    thresh: float
-    box_thresh: float
-    unclip_ratio: float
-    use_polygon: bool
-
-    def as_dict(self) -> dict:
-        return {"thresh": self.thresh, "box_thresh": self.box_thresh, "unclip_ratio": self.unclip_ratio,
-                "use_polygon": self.use_polygon}
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Values to search. `refine`: after the coarse grid, search half-steps around the best."""
-
-    thresh: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5)
-    box_thresh: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
-    unclip_ratio: tuple[float, ...] = (1.3, 1.5, 1.7, 2.0)
-    use_polygon: tuple[bool, ...] = (True, False)
-    refine: bool = True
-
-    def __post_init__(self) -> None:
-        for name in PARAMS:
-            values = getattr(self, name)
-            if not values:
-                raise UserError(f"grid {name}: no values")
-        for name in ("thresh", "box_thresh"):
-            bad = [v for v in getattr(self, name) if not 0 < v < 1]
-            if bad:
-                raise UserError(f"grid {name}={bad[0]}: allowed 0 < value < 1")
-        bad = [v for v in self.unclip_ratio if not v > 0]
-        if bad:
-            raise UserError(f"grid unclip_ratio={bad[0]}: allowed value > 0")
-
-    def settings(self) -> list[Setting]:
-        return [Setting(t, b, u, p) for p in self.use_polygon for t in self.thresh for u in self.unclip_ratio
-                for b in self.box_thresh]
-
-
-def _half_steps(values: Sequence[float], best: float, lo: float, hi: float) -> tuple[float, ...]:
-    """The best value and half a grid step either side, kept inside (lo, hi)."""
-    vals = sorted(set(values))
-    steps = [b - a for a, b in zip(vals, vals[1:])]
-    half = (min(steps) if steps else abs(best) * 0.1 or 0.05) / 2
-    out = {round(best, 4)}
-    for v in (best - half, best + half):
-        if lo < v < hi:
-            out.add(round(v, 4))
-    return tuple(sorted(out))
-
-
-def _refined(grid: Grid, best: Setting) -> Grid:
-    return Grid(thresh=_half_steps(grid.thresh, best.thresh, 0, 1),
-                box_thresh=_half_steps(grid.box_thresh, best.box_thresh, 0, 1),
-                unclip_ratio=_half_steps(grid.unclip_ratio, best.unclip_ratio, 0, math.inf),
-                use_polygon=(best.use_polygon,), refine=False)
-
-
-# ----------------------------------------------------------------------------- scoring
-
-
-def _as_prob(m: Any) -> np.ndarray:
-    """A cached map (uint8 0..255, float 0..1, or a PNG path) as float32 0..1."""
-    if isinstance(m, (str, os.PathLike)):
-        import cv2
-
-        path = m
-        m = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        if m is None:
-            raise UserError(f"{path}: cannot read the cached map")
-    m = np.asarray(m)
-    if m.dtype == np.uint8:
-        return m.astype(np.float32) / 255.0
-    return m.astype(np.float32, copy=False)
-
-
-def _score_chunk(items: list[tuple], settings: Sequence[Setting], fixed: Mapping[str, Any]) -> np.ndarray:
-    """Per setting: summed per-image (precision, recall, hmean) over `items`.
-
-    items: (map or path, image size (h, w) or None, GT polygons).
-    """
-    from ..metric import evaluate_image
-    from ..dbnet.postprocess import postprocess
-
-    passes: dict[tuple, list[Setting]] = {}
-    for s in settings:
-        passes.setdefault((s.thresh, s.unclip_ratio, s.use_polygon), []).append(s)
-    index = {s: i for i, s in enumerate(settings)}
-    sums = np.zeros((len(settings), 3), np.float64)
-    for source, image_size, gt in items:
-        prob = _as_prob(source)
-        size = tuple(image_size) if image_size is not None else prob.shape
-        for (thresh, unclip, poly), group in passes.items():
-            polys, scores = postprocess(prob, thresh=thresh, box_thresh=min(s.box_thresh for s in group),
-                                        unclip_ratio=unclip, use_polygon=poly, content_size=prob.shape,
-                                        image_size=size, **fixed)
-            scores = np.asarray(scores, np.float64)
-            for s in group:
-                kept = [p for p, sc in zip(polys, scores) if sc >= s.box_thresh]
-                r = evaluate_image(gt, kept)
-                sums[index[s]] += (r.precision, r.recall, r.hmean)
-    return sums
-
-
-def score_settings(items: Sequence[tuple], settings: Sequence[Setting], *, fixed: Mapping[str, Any] | None = None,
-                   workers: int = 1) -> list[dict]:
-    """Macro precision / recall / H-Mean of every setting over `items` (see `_score_chunk`)."""
-    fixed = dict(fixed or {})
-    items = list(items)
-    if not items:
-        raise UserError("no probability maps to tune on")
-    workers = max(1, min(int(workers), len(items)))
-    if workers == 1:
-        sums = _score_chunk(items, settings, fixed)
-    else:
-        chunks = [items[i::workers] for i in range(workers)]
-        with ProcessPoolExecutor(workers) as pool:
-            sums = sum(pool.map(_score_chunk, chunks, [settings] * workers, [fixed] * workers))
-    n = len(items)
-    return [{**s.as_dict(), "precision": float(p / n), "recall": float(r / n), "hmean": float(h / n)}
-            for s, (p, r, h) in zip(settings, sums)]
-
-
-def _rank(rows: list[dict]) -> list[dict]:
-    # ties: the setting closest to the DB paper's defaults wins, then polygons
-    return sorted(rows, key=lambda r: (-round(r["hmean"], 9), abs(r["thresh"] - 0.3) + abs(r["box_thresh"] - 0.6)
-                                       + abs(r["unclip_ratio"] - 1.5), not r["use_polygon"]))
-
-
-def tune_postprocess(maps: Mapping[str, Any], gts: Mapping[str, Sequence[np.ndarray]], grid: Grid | None = None, *,
-                     image_sizes: Mapping[str, tuple[int, int]] | None = None,
-                     fixed: Mapping[str, Any] | None = None, workers: int = 1) -> tuple[dict, list[dict]]:
-    """Search post-processing settings on cached probability maps.
-
-    Args:
-        maps: image name -> probability map (float 0..1 or uint8 0..255, any size: it is
-            taken to cover the whole image) or the path of a cached PNG.
-        gts: image name -> ground-truth polygons in original image pixels.
-        grid: the values to search (default `Grid()`).
-        image_sizes: image name -> (h, w) of the original image, when a map is smaller.
-        fixed: other `postprocess` arguments (`max_candidates`, `min_size`).
-        workers: processes scoring images in parallel.
-
-    Returns:
-        The best setting (with its precision, recall, hmean) and the table of every
-        setting tried, best first. Ranked by macro H-Mean (per image, as the competition).
-    """
-    grid = grid or Grid()
-    missing = sorted(set(gts) - set(maps))
-    if missing:
-        raise UserError(f"{len(missing)} ground-truth images have no cached map, e.g. {missing[:3]}")
-    items = [(maps[n], (image_sizes or {}).get(n), list(gts[n])) for n in sorted(gts)]
-    rows = score_settings(items, grid.settings(), fixed=fixed, workers=workers)
-    for r in rows:
-        r["stage"] = "coarse"
-    if grid.refine:
-        best = Setting(**{k: _rank(rows)[0][k] for k in PARAMS})
-        fine = [s for s in _refined(grid, best).settings()
-                if not any(Setting(**{k: r[k] for k in PARAMS}) == s for r in rows)]
-        if fine:
-            extra = score_settings(items, fine, fixed=fixed, workers=workers)
-            rows += [{**r, "stage": "refine"} for r in extra]
-    table = _rank(rows)
-    return dict(table[0]), table
 
 
 # ----------------------------------------------------------------------------- recording the result

@@ -11,8 +11,9 @@ import math
 import re
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from ..config import LEAF_KEYS, check_key, load_config
+from ..config import LEAF_KEYS, NUMBER_KEYS, check_key, checked_number, load_config
 from ..errors import ConfigError
+from ..numeric import number_problem, number_text, with_dot
 from .spec import ParamSpec, SweepSpec
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ DISTRIBUTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "q_beta": ((), {"a": 1.0, "b": 1.0, "q": 1.0}),
 }
 _POSITIVE_MIN = ("log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values")
+_EXPONENTS = ("log_uniform", "q_log_uniform", "inv_log_uniform")
+_MAX_EXPONENT = 700.0  # exp(709.8) is the largest finite float
 _LIST_POSITION = re.compile(r"(^|\.)\d+(\.|$)|\[\d+\]")
 
 
@@ -49,11 +52,20 @@ _LIST_POSITION = re.compile(r"(^|\.)\d+(\.|$)|\[\d+\]")
 
 
 def is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    """A finite int or float, not a bool (`numeric.number_problem`)."""
+    return number_problem(x) is None
 
 
 def is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    return number_problem(x, int) is None
+
+
+def yaml11_hint(value: Any) -> str:
+    """For text YAML 1.1 did not read as a number (`1e-05`): why, and how to write it."""
+    if not isinstance(value, str) or number_text(value) is None:
+        return ""
+    return (f" (YAML 1.1, which PyYAML and W&B read, takes {value.strip()} without a dot as text: "
+            f"write {with_dot(value)})")
 
 
 def parse_parameters(params: Any, err: _Errors) -> dict[str, ParamSpec]:
@@ -116,13 +128,7 @@ def _param(name: str, body: Mapping[str, Any], path: tuple, err: _Errors) -> Par
         err.add(path, f"'{name}': distribution {dist} needs {', '.join(missing)}")
         return None
     vals = {**optional, **{k: v for k, v in body.items() if k != "distribution"}}
-    n_before = len(err.items)
-    for k in ("min", "max", "q", "mu", "sigma", "a", "b"):
-        if k in vals and not is_number(vals[k]):
-            hint = (" (PyYAML reads 1e-5 as text: write 1.0e-5 or !!float 1e-5)"
-                    if isinstance(vals[k], str) and _looks_numeric(vals[k]) else "")
-            err.add(path + (k,), f"'{name}': {k} must be a number, got {vals[k]!r}{hint}")
-    if len(err.items) > n_before:
+    if not _numbers_of_distribution(name, dist, vals, path, err):
         return None
     if dist == "int_uniform" and not (is_int(vals["min"]) and is_int(vals["max"])):
         err.add(path, f"'{name}': int_uniform needs integer min and max, got {vals['min']!r}, {vals['max']!r}")
@@ -153,20 +159,53 @@ def _param(name: str, body: Mapping[str, Any], path: tuple, err: _Errors) -> Par
             if not math.isclose(sum(probs), 1.0, rel_tol=0, abs_tol=1e-6):
                 err.add(path + ("probabilities",), f"'{name}': probabilities sum to {sum(probs)}, not 1")
                 return None
+        if not _numbers_ok(name, values, path + ("values",), err):
+            return None
         return ParamSpec(name, "values", values=tuple(values), distribution=dist,
                          probabilities=tuple(probs) if probs is not None else None)
     if dist == "constant":
+        if not _numbers_ok(name, [vals["value"]], path + ("value",), err):
+            return None
         return ParamSpec(name, "value", value=vals["value"], distribution=dist)
     return ParamSpec(name, "distribution", distribution=dist, min=vals.get("min"), max=vals.get("max"),
                      q=vals.get("q"), mu=vals.get("mu"), sigma=vals.get("sigma"), a=vals.get("a"), b=vals.get("b"))
 
 
-def _looks_numeric(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
+def _numbers_of_distribution(name: str, dist: str, vals: Mapping[str, Any], path: tuple, err: _Errors) -> bool:
+    """min, max, q, mu, sigma, a, b are finite numbers, and exp() of log-space ones is too."""
+    n_before = len(err.items)
+    for k in ("min", "max", "q", "mu", "sigma", "a", "b"):
+        problem = number_problem(vals[k]) if k in vals else None
+        if problem is not None:
+            err.add(path + (k,), f"'{name}': {k} must be a finite number: {problem}{yaml11_hint(vals[k])}")
+    if len(err.items) > n_before:
         return False
+    if dist in _EXPONENTS and max(abs(vals["min"]), abs(vals["max"])) > _MAX_EXPONENT:
+        err.add(path, f"'{name}': {dist} takes min and max as natural-log exponents; exp of {vals['min']!r} .. "
+                f"{vals['max']!r} overflows (did you mean {dist}_values, which takes the values themselves?)")
+        return False
+    if dist in ("log_normal", "q_log_normal") and abs(vals["mu"]) > _MAX_EXPONENT:
+        err.add(path + ("mu",), f"'{name}': {dist} takes mu as a natural-log exponent; exp({vals['mu']!r}) overflows")
+        return False
+    return True
+
+
+def _numbers_ok(name: str, values: list, path: tuple, err: _Errors) -> bool:
+    """Each value of a number key is a finite number of its type, and not text: the value
+    reaches the sampler (and W&B) as written, so `1e-05` would be a string there."""
+    if name not in NUMBER_KEYS:
+        return True
+    for i, v in enumerate(values):
+        where = f"'{name}': {path[-1]}[{i}]" if path[-1] == "values" else f"'{name}': value"
+        if isinstance(v, str) and number_text(v) is not None and not NUMBER_KEYS[name][1]:
+            err.add(path, f"{where} {v!r} is text, not a number{yaml11_hint(v)}")
+            return False
+        try:
+            checked_number(name, v)
+        except ConfigError as e:
+            err.add(path, f"{where} is refused: {e}")
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------- values against the config

@@ -32,16 +32,20 @@ from typing import Any, Callable, Mapping, Sequence
 from ..children import child_env, kill_group, start
 from ..constants import CONTROL_DIR_ENV
 from ..errors import UserError
+from ..numeric import flag
 from ..runfolder import HistoryTail, best_in_history, finite, metric_values, read_status, request_stop
 from ..wandb_auth import is_sweep_path
 from .command import expand_command, uses_args_json_file, write_args_json_file, write_param_file
 from .engine import DEFAULT_SWEEPS_ROOT, LocalSweep, RunOutcome, Suggestion, checkpoint_files, delete_files
 from .hyperband import RunRecord, hyperband_stop
 
-__all__ = ["AgentResult", "classify_exit", "launch_run", "run_agent", "main"]
+__all__ = ["EXIT_GAVE_UP", "EXIT_RUNS_FAILED", "AgentResult", "classify_exit", "launch_run", "run_agent", "main"]
 
 EXIT_GAVE_UP = 3
 """Agent exit code when its first runs all failed: restarting it will not help."""
+EXIT_RUNS_FAILED = 4
+"""Agent exit code when it ended normally (sweep done, count reached) but every run it
+started failed or crashed: not a success, and not a reason to restart it."""
 MAX_INITIAL_FAILURES = 5  # as wandb agent
 KILL_DELAY_S = 30.0  # SIGTERM -> SIGKILL, as wandb agent (WANDB_AGENT_KILL_DELAY)
 HYPERBAND_EVERY_S = 5.0
@@ -216,6 +220,9 @@ class _Agent:
             self.result.exit_code = 128 + self.signal
         states = [o.state for o in self.result.outcomes.values()]
         summary = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states)) or "no runs"
+        if self.result.exit_code == 0 and states and succeeded == 0:
+            self.result.exit_code = EXIT_RUNS_FAILED
+            summary += f"; none finished (exit {EXIT_RUNS_FAILED}), see the logs in {sw.root / 'runs'}"
         self.log(f"agent {self.name} done ({self.result.ended}); {len(states)} run(s): {summary}")
         return self.result
 
@@ -337,11 +344,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Run one agent: a local sweep (folder or id under --sweeps-root) on the embedded engine, "
         "or ENTITY/PROJECT/SWEEP_ID on W&B (runs `wandb agent`)."))
     ap.add_argument("sweep", help="sweep folder, local sweep id, or entity/project/sweep_id")
-    ap.add_argument("--count", type=int, help="runs this agent starts at most")
+    ap.add_argument("--count", type=flag(int, ge=1), help="runs this agent starts at most")
     ap.add_argument("--sweeps-root", default=str(DEFAULT_SWEEPS_ROOT), help="where local sweep ids are looked up")
     ap.add_argument("--keep-stopped-checkpoints", action="store_true",
                     help="keep checkpoints of runs stopped early by Hyperband (dropped by default)")
-    ap.add_argument("--poll", type=float, default=1.0, help="seconds between checks of a running run")
+    ap.add_argument("--poll", type=flag(float, gt=0), default=1.0, help="seconds between checks of a running run")
     args = ap.parse_args(list(argv or []))
     if is_sweep_path(args.sweep):
         cmd = ["wandb", "agent"] + (["--count", str(args.count)] if args.count else []) + [args.sweep]

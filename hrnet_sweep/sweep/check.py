@@ -13,6 +13,7 @@ do not survive `wandb agent`'s `str()` formatting.
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import re
 import sys
@@ -23,17 +24,20 @@ from typing import Any, Literal, Sequence
 from ..config import Config, load_config, parse_value
 from ..constants import METRIC, VAL_PRECISION, VAL_RECALL
 from ..errors import ConfigError
+from ..numeric import flag
 from ._validate import validate_sweep
 from .command import ARG_MACROS, format_value
 from .hyperband import explain_bands
 from .spec import STRICT_DEFAULT, SweepSpec, read_sweep_doc
 
-__all__ = ["Finding", "check_sweep", "explain_main", "main"]
+__all__ = ["Finding", "check_sweep", "explain_main", "load_checked", "main"]
 
 LOGGED_METRICS = (METRIC, VAL_PRECISION, VAL_RECALL)
 """What training logs, once per validation epoch (DESIGN.md section 6)."""
 _BARE_PYTHON = re.compile(r"^(.*/)?python(\d+(\.\d+)?)?(\.exe)?$")
 _TRAIN_ARG_FORMS = ("args", "args_no_hyphens")  # what `python -m hrnet_sweep.train` parses
+_TRAINER_MODULES = ("hrnet_sweep.train", "hrnet_sweep.pipeline.train")
+_TRAINER_SCRIPTS = ("hrnet_sweep/train.py", "hrnet_sweep/pipeline/train.py")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Finding:
     level: Literal["error", "warning"]
     key: str
     message: str
+    check_only: bool = False  # an error `check` reports but `sweep` and the engine still run (`load_checked`)
 
 
 def check_sweep(path: str | Path) -> list[Finding]:
@@ -58,6 +63,20 @@ def check_sweep(path: str | Path) -> list[Finding]:
         findings += _lint_round_trip(spec)
         findings += _lint_against_presets(spec)
     return findings
+
+
+def load_checked(path: str | Path) -> SweepSpec:
+    """`load_sweep`, refusing every error `check` reports as well (a metric training never
+    logs, the wrong goal, a value `wandb agent`'s str() turns into another), so `sweep` and
+    the engine refuse what `check` refuses. The one exception is a `null` value: the run
+    gets the text 'None', a valid value, only not the one written (`check` says so)."""
+    from .spec import load_sweep
+
+    errors = [f for f in check_sweep(path) if f.level == "error" and not f.check_only]
+    if errors:
+        lines = [f.message if f.message.startswith(str(path)) else f"{path}: {f.key}: {f.message}" for f in errors]
+        raise ConfigError(f"{path}: invalid sweep file (details: hrnet_sweep check {path}):\n  " + "\n  ".join(lines))
+    return load_sweep(path)
 
 
 # ----------------------------------------------------------------------------- lints on the document
@@ -100,12 +119,35 @@ def _lint_command(doc: dict) -> list[Finding]:
     if not arg_forms:
         out.append(Finding("warning", "command", "command passes no parameters (${args_no_hyphens}, ${args}, "
                            "...): every run would train the preset unchanged"))
-    runs_train = "hrnet_sweep.train" in items or ("train" in items and any(i.endswith("hrnet_sweep") for i in items))
+    runs_train, other = _runs_trainer(items, doc.get("program"))
+    if not runs_train:
+        close = difflib.get_close_matches(other or "", _TRAINER_MODULES + _TRAINER_SCRIPTS, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        what = f"runs {other!r}, not the trainer" if other else "does not run the trainer"
+        out.append(Finding("warning", "command", f"command {what}{hint}: a run is "
+                           "`${interpreter} -m hrnet_sweep.train ${args_no_hyphens}`, else it logs no "
+                           f"{METRIC} and the sweep has nothing to rank"))
     if runs_train and arg_forms - set(_TRAIN_ARG_FORMS):
         odd = ", ".join("${" + m + "}" for m in sorted(arg_forms - set(_TRAIN_ARG_FORMS)))
         out.append(Finding("warning", "command", f"hrnet_sweep.train reads key=value overrides; {odd} is not "
                            "in that form: use ${args_no_hyphens}"))
     return out
+
+
+def _runs_trainer(items: list[str], program: Any) -> tuple[bool, str | None]:
+    """Whether a command runs `hrnet_sweep.train` (as a module, a script, or the
+    `hrnet_sweep train` command); if not, the module or script it runs instead."""
+    items = [str(program) if i == "${program}" and program else i for i in items]
+    for i, item in enumerate(items):
+        nxt = items[i + 1] if i + 1 < len(items) else ""
+        if item == "-m":
+            return nxt in _TRAINER_MODULES or (nxt == "hrnet_sweep" and items[i + 2:i + 3] == ["train"]), nxt
+        if item.replace("\\", "/").endswith(_TRAINER_SCRIPTS):
+            return True, None
+        if Path(item).name == "hrnet_sweep" and nxt == "train":
+            return True, None
+    scripts = [i for i in items if i.endswith(".py") or "/" in i and not i.startswith("${")]
+    return False, next((i for i in scripts if not _BARE_PYTHON.match(i) and i != "/usr/bin/env"), None)
 
 
 def _lint_early_terminate(doc: dict) -> list[Finding]:
@@ -148,9 +190,16 @@ def _lint_round_trip(spec: SweepSpec) -> list[Finding]:
         for v in p.candidates():
             text = format_value(v)
             back = parse_value(text)
-            if not _same(back, v):
+            if _same(back, v):
+                continue
+            if isinstance(v, str) and not isinstance(back, str):
+                out.append(Finding("error", name, f"value {v!r} is text, but the run gets {name}={text} and "
+                                   f"training reads it as the number {back!r}; a text value must not look like a "
+                                   "number"))
+            else:
                 out.append(Finding("error", name, f"value {v!r} is passed as {name}={text} and training reads "
-                                   f"{back!r}; use a value that survives str() (e.g. no null, no quoted numbers)"))
+                                   f"{back!r}; use a value that survives str() (e.g. no null, no quoted numbers)",
+                                   check_only=v is None))
     return out
 
 
@@ -307,11 +356,9 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="hrnet_sweep explain", description="show when Hyperband judges runs")
     ap.add_argument("sweep", help="sweep YAML file")
-    ap.add_argument("--runs", type=int, default=None,
+    ap.add_argument("--runs", type=flag(int, ge=1), default=None,
                     help="runs reaching the first band (default: the sweep's run_cap, else 27)")
     args = ap.parse_args(argv)
-    if args.runs is not None and args.runs < 1:
-        raise ConfigError(f"--runs must be >= 1, got {args.runs}")
     spec = load_sweep(args.sweep)
     args.runs = args.runs or spec.run_cap or 27
     hb = spec.early_terminate

@@ -47,6 +47,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
 from ..formats import atomic_write_json, atomic_write_text, read_json
+from ..numeric import number_problem
 from ._liveness import agent_identity, boot_id, pid_alive
 from ..runfolder import best_in_history, read_status
 from ._records import RunInfo, RunOutcome, Suggestion, checkpoint_files, delete_files
@@ -74,6 +75,7 @@ DEFAULT_SWEEPS_ROOT = Path("outputs") / "sweeps"
 STALE_AFTER_S = 300.0
 """A running run whose agent is on another host counts as crashed when its heartbeat
 file is older than this (same host: checked exactly, by pid, start time and boot id)."""
+JOURNAL_FILE = "optuna.journal"
 GRID_CRASH_RETRIES = 1
 """A grid point whose run crashed (machine stop, OOM kill) is run again this many times."""
 
@@ -101,12 +103,26 @@ def resolve_sweep_dir(ref: str | os.PathLike, sweeps_root: str | os.PathLike = D
                     f"list them with: ls {sweeps_root}")
 
 
+def _read_meta(root: Path) -> dict:
+    """`sweep.json`, checked: a JSON object with a string `sweep_id` and a whole `run_cap`."""
+    path = root / "sweep.json"
+    meta = read_json(path)  # missing, not UTF-8, not JSON: a DataError naming the file
+    if not isinstance(meta, dict):
+        raise UserError(f"sweep folder {root}: {path.name} must be a JSON object, found {type(meta).__name__}")
+    sweep_id, cap = meta.get("sweep_id"), meta.get("run_cap")
+    if not isinstance(sweep_id, str) or not sweep_id:
+        raise UserError(f"sweep folder {root}: {path.name} has no sweep_id string (got {sweep_id!r})")
+    if cap is not None and (number_problem(cap, int) is not None or cap < 1):
+        raise UserError(f"sweep folder {root}: {path.name} run_cap={cap!r} must be an integer >= 1 or null")
+    return meta
+
+
 class LocalSweep:
     """A sweep on the embedded engine. Safe to open from several processes at once."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
-        self.meta = read_json(self.root / "sweep.json")
+        self.meta = _read_meta(self.root)
         self.sweep_id: str = self.meta["sweep_id"]
         # The copy was validated against the config when the sweep was created; skip the
         # (slow: imports timm) value check on every open.
@@ -117,11 +133,27 @@ class LocalSweep:
         self.spec: SweepSpec = spec
         self.run_cap: int | None = self.meta.get("run_cap")
         self.space = build_search_space(spec)
+        self._open_study()
+
+    def _open_study(self) -> None:
+        """The Optuna study in `optuna.journal`; a missing or damaged journal is a UserError
+        naming the folder (never an empty journal created in its place)."""
+        journal = self.root / JOURNAL_FILE
+        if not journal.is_file():
+            raise UserError(f"sweep folder {self.root}: {JOURNAL_FILE} is missing (or not a file); it holds every "
+                            "run of the sweep and cannot be rebuilt: restore it from a backup, or start a new sweep")
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        self.storage = JournalStorage(JournalFileBackend(str(self.root / "optuna.journal")))
-        self.study = optuna.load_study(study_name=self.sweep_id, storage=self.storage,
-                                       sampler=make_sampler(spec, self.space, sweep_id=self.sweep_id,
-                                                            run_cap=self.run_cap))
+        sampler = make_sampler(self.spec, self.space, sweep_id=self.sweep_id, run_cap=self.run_cap)
+        try:
+            self.storage = JournalStorage(JournalFileBackend(str(journal)))  # replays the whole journal
+            names = {s.study_name for s in self.storage.get_all_studies()}
+        except Exception as err:  # a damaged line makes Optuna's replay raise anything (KeyError, TypeError, ...)
+            raise UserError(f"sweep folder {self.root}: {JOURNAL_FILE} is damaged and cannot be replayed "
+                            f"({type(err).__name__}: {err})") from None
+        if self.sweep_id not in names:
+            raise UserError(f"sweep folder {self.root}: {JOURNAL_FILE} holds no study {self.sweep_id!r} (the id in "
+                            "sweep.json); the journal is empty, damaged, or belongs to another sweep")
+        self.study = optuna.load_study(study_name=self.sweep_id, storage=self.storage, sampler=sampler)
         self.study_id = self.storage.get_study_id_from_name(self.sweep_id)
 
     # -- creation
@@ -130,9 +162,9 @@ class LocalSweep:
     def create(cls, spec_path: str | os.PathLike, *, sweeps_root: str | os.PathLike = DEFAULT_SWEEPS_ROOT,
                sweep_dir: str | os.PathLike | None = None, run_cap: int | None = None) -> "LocalSweep":
         """Validate a sweep YAML and create its folder and study; return the opened sweep."""
-        from .spec import load_sweep
+        from .check import load_checked
 
-        spec = load_sweep(spec_path)
+        spec = load_checked(spec_path)
         space = build_search_space(spec)  # rejects what the engine cannot run, before any file
         if run_cap is not None and run_cap < 1:
             raise UserError(f"run cap {run_cap} must be >= 1")
@@ -151,14 +183,14 @@ class LocalSweep:
         cap = run_cap if run_cap is not None else spec.run_cap
         sampler = make_sampler(spec, space, sweep_id=sweep_id, run_cap=cap)
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        storage = JournalStorage(JournalFileBackend(str(root / "optuna.journal")))
+        storage = JournalStorage(JournalFileBackend(str(root / JOURNAL_FILE)))
         direction = "maximize" if spec.metric_goal == "maximize" else "minimize"
         optuna.create_study(study_name=sweep_id, storage=storage, direction=direction, sampler=sampler)
         atomic_write_json(root / "sweep.json", {
             "sweep_id": sweep_id, "name": spec.name, "source": str(Path(spec_path).resolve()),
             "created_at": time.time(), "method": spec.method, "metric": spec.metric_name,
             "goal": spec.metric_goal, "run_cap": cap, "sampler": type(sampler).__name__,
-            "optuna": optuna.__version__, "study": sweep_id, "journal": "optuna.journal",
+            "optuna": optuna.__version__, "study": sweep_id, "journal": JOURNAL_FILE,
         }, indent=2)
         return cls(root)
 

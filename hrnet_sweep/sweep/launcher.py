@@ -27,8 +27,9 @@ from typing import Callable, Literal, Sequence
 
 from ..children import child_env, kill_group, start
 from ..errors import UserError
+from ..numeric import flag
 from ..wandb_auth import credentials, is_sweep_path
-from .agent import EXIT_GAVE_UP
+from .agent import EXIT_GAVE_UP, EXIT_RUNS_FAILED
 
 __all__ = ["AgentSlot", "LaunchResult", "agent_command", "detect_gpus", "parse_gpus", "run_agents"]
 
@@ -42,7 +43,7 @@ def parse_gpus(text: str) -> list[str]:
         return []
     gpus = [g.strip() for g in text.split(",") if g.strip()]
     for g in gpus:
-        if not (g.isdigit() or g.startswith(("GPU-", "MIG-"))):
+        if not ((g.isascii() and g.isdigit()) or g.startswith(("GPU-", "MIG-"))):
             raise UserError(f"--gpus {text!r}: {g!r} is not a GPU index or UUID (e.g. --gpus 0,1)")
     if len(set(gpus)) != len(gpus):
         raise UserError(f"--gpus {text!r} names a GPU twice; use --per-gpu N for several agents per GPU")
@@ -104,7 +105,8 @@ class LaunchResult:
     def exit_code(self) -> int:
         if self.interrupted is not None:
             return 128 + self.interrupted
-        return 0 if all(s.exit_codes and s.exit_codes[-1] == 0 for s in self.slots) else 1
+        # an agent whose own runs all failed is judged with the whole sweep (`_on_engine`)
+        return 0 if all(s.exit_codes and s.exit_codes[-1] in (0, EXIT_RUNS_FAILED) for s in self.slots) else 1
 
 
 class _Supervisor:
@@ -149,6 +151,9 @@ class _Supervisor:
             slot.done = True
         elif rc == EXIT_GAVE_UP:
             self.log(f"{slot.label} gave up (its runs keep failing); see {slot.log_path}")
+            slot.done = True
+        elif rc == EXIT_RUNS_FAILED:
+            self.log(f"{slot.label} finished, but every run it started failed or crashed; see {slot.log_path}")
             slot.done = True
         elif slot.restarts >= self.max_restarts:
             self.log(f"{slot.label} exited with code {rc}; restart limit {self.max_restarts} reached, see "
@@ -279,26 +284,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--project", help="W&B project (default: the YAML's, else hrnet-sweep)")
     ap.add_argument("--entity", help="W&B entity (default: the YAML's, else your default entity)")
     ap.add_argument("--gpus", help="GPU indices, e.g. 0,1 (default: nvidia-smi; 'cpu' for CPU agents)")
-    ap.add_argument("--per-gpu", type=int, default=1, help="agents per GPU (default 1)")
-    ap.add_argument("--agents", type=int, help="total agents, round-robin over the GPUs")
-    ap.add_argument("--count", type=int, help="runs per agent")
-    ap.add_argument("--run-cap", type=int, help="total runs of the sweep (overrides the YAML's run_cap)")
+    ap.add_argument("--per-gpu", type=flag(int, ge=1), default=1, help="agents per GPU (default 1)")
+    ap.add_argument("--agents", type=flag(int, ge=1), help="total agents, round-robin over the GPUs")
+    ap.add_argument("--count", type=flag(int, ge=1), help="runs per agent")
+    ap.add_argument("--run-cap", type=flag(int, ge=1), help="total runs of the sweep (overrides the YAML's run_cap)")
     ap.add_argument("--sweep-dir", help="folder of a new local sweep (default <sweeps-root>/<sweep id>)")
     ap.add_argument("--sweeps-root", default=str(DEFAULT_SWEEPS_ROOT), help="where local sweeps live")
     ap.add_argument("--resume", metavar="SWEEP", help="run agents for an existing sweep: a local sweep id or "
                     "folder (runs left running by dead agents are marked crashed), or entity/project/id")
-    ap.add_argument("--stagger", type=float, default=10.0, help="seconds between agent starts (default 10)")
-    ap.add_argument("--max-restarts", type=int, default=3, help="restarts of a crashed agent (default 3)")
+    ap.add_argument("--stagger", type=flag(float, ge=0), default=10.0, help="seconds between agent starts (default 10)")
+    ap.add_argument("--max-restarts", type=flag(int, ge=0), default=3, help="restarts of a crashed agent (default 3)")
     ap.add_argument("--keep-stopped-checkpoints", action="store_true",
                     help="keep checkpoints of runs stopped by Hyperband (local engine; dropped by default)")
     ap.add_argument("--create-only", action="store_true", help="create the sweep, print its id, start no agent")
     args = ap.parse_args(list(argv or []))
     if not args.resume and not args.yaml:
         raise UserError("give a sweep YAML (e.g. sweeps/hrnet_w44_1280.yaml) or --resume SWEEP")
-    if args.count is not None and args.count < 1:
-        raise UserError(f"--count {args.count} must be >= 1")
-    if args.run_cap is not None and args.run_cap < 1:
-        raise UserError(f"--run-cap {args.run_cap} must be >= 1")
     gpus = parse_gpus(args.gpus) if args.gpus is not None else None
     launch = dict(gpus=gpus, per_gpu=args.per_gpu, agents=args.agents, stagger_s=args.stagger,
                   max_restarts=args.max_restarts, count=args.count)
@@ -312,9 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _on_wandb(args, wandb_ref: str | None, creds: str | None, launch: dict) -> int:
     """Create the sweep on W&B (unless resuming one) and run `wandb agent`s for it."""
     if wandb_ref is None:
-        from .spec import load_sweep
+        from .check import load_checked
 
-        spec = load_sweep(args.yaml)
+        spec = load_checked(args.yaml)
         config = dict(spec.raw)
         if args.run_cap is not None:
             config["run_cap"] = args.run_cap
@@ -372,5 +373,19 @@ def _on_engine(args, launch: dict) -> int:
         extra = ["--keep-stopped-checkpoints"] if args.keep_stopped_checkpoints else []
         result_code = run_agents(str(sweep.root), mode="local", log_dir=sweep.root / "agents", agent_args=extra,
                                  **launch).exit_code
-    render_status(LocalSweep(sweep.root))
-    return result_code
+    sweep = LocalSweep(sweep.root)
+    render_status(sweep)
+    return max(result_code, _all_runs_failed(sweep))
+
+
+def _all_runs_failed(sweep) -> int:
+    """1 (and say so) when the sweep has runs and none of them finished or was stopped early."""
+    runs = sweep.runs()
+    states = [r.state for r in runs]
+    if not runs or any(s in ("finished", "stopped", "running") for s in states):
+        return 0
+    counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
+    print(f"every run of sweep {sweep.sweep_id} failed or crashed ({counts}): nothing to rank; the last lines of "
+          f"each run's log are in {sweep.root / 'agents'}, the whole logs in {sweep.root / 'runs'}/*/output.log",
+          flush=True)
+    return 1

@@ -8,6 +8,7 @@ import json
 import time
 from typing import Sequence
 
+from ..numeric import flag
 from ..ranking import RunRecord, order_runs
 from ..ranking import rank_runs as _rank
 from .engine import DEFAULT_SWEEPS_ROOT, LocalSweep, RunInfo, delete_files
@@ -140,14 +141,10 @@ def main_clean(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hrnet_sweep clean", description="Delete the checkpoints of runs outside "
                                  "the top N by best metric (never the best run's); report the bytes freed.")
     ap.add_argument("sweep", help="sweep folder or local sweep id")
-    ap.add_argument("--keep-top", type=int, required=True, metavar="N", help="runs whose checkpoints stay")
+    ap.add_argument("--keep-top", type=flag(int, ge=0), required=True, metavar="N", help="runs whose checkpoints stay")
     ap.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     ap.add_argument("--sweeps-root", default=str(DEFAULT_SWEEPS_ROOT))
     args = ap.parse_args(list(argv or []))
-    from ..errors import UserError
-
-    if args.keep_top < 0:
-        raise UserError(f"--keep-top {args.keep_top} must be >= 0")
     sweep = _open(args.sweep, args.sweeps_root)
     runs = sweep.runs()
     keep, drop = plan_clean(runs, args.keep_top, sweep.spec.metric_goal)

@@ -14,6 +14,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..formats import atomic_path, atomic_write_json
+from ..numeric import number_text
+from ..progress import track
 from .fonts import fonts_for
 from .photo import SynthImage, render_image
 
@@ -103,15 +105,13 @@ def generate(
     photographed receipts. Every file is written atomically; `synth_info.json` records
     the parameters and the fonts found, which are part of what a seed means.
     """
-    from tqdm import tqdm
-
     _check_args(num_images, seed, width, height, text_scale)
     ranges = _split_ranges(num_images, splits)
     fonts, allow_korean = fonts_for(korean, font_dirs)
     out_dir = Path(out_dir)
     docs: dict[str, dict] = {name: {"images": {}} for name in ranges}
     split_of = {i: name for name, span in ranges.items() for i in span}
-    for i in tqdm(range(num_images), desc="synth", unit="img", disable=not progress):
+    for i in track(range(num_images), desc="synth", unit="img", enabled=progress):
         item = render_image(np.random.default_rng((seed, i)), width, height, fonts, allow_korean, text_scale)
         ok, buf = cv2.imencode(".jpg", item.image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, item.jpeg_quality])
         if not ok:  # pragma: no cover
@@ -134,7 +134,7 @@ def generate(
 
 
 def _parse_size(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    m = re.fullmatch(r"\s*([0-9]+)\s*[xX]\s*([0-9]+)\s*", text)  # ASCII digits only (\d takes any script)
     if not m:
         raise UserError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 480x640")
     return int(m.group(1)), int(m.group(2))
@@ -144,7 +144,7 @@ def _parse_splits(text: str) -> dict[str, int]:
     out = {}
     for part in filter(None, text.split(",")):
         name, _, n = part.partition("=")
-        if not n.strip().isdigit():
+        if not isinstance(number_text(n), int):
             raise UserError(f"--splits {text!r}: expected NAME=COUNT,..., e.g. train=70,val=15,test=15")
         out[name.strip()] = int(n)
     return out

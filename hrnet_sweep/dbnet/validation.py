@@ -1,0 +1,414 @@
+"""Post-processing search on probability maps: at every validation epoch (`ValidationSearch`,
+in worker processes beside training) and on a retrain's out-of-fold maps
+(`tune_postprocess`, what `hrnet_sweep tune-postprocess` runs). One implementation for both.
+
+Why at validation: a run's H-Mean at the preset's fixed thresholds measures how well its
+maps happen to suit those thresholds as much as how good they are, so sweeps, early
+stopping and checkpoint selection compared runs and epochs unfairly (issue 14). With
+`models.postprocess.tune_on_val` (default) `val/hmean` is the H-Mean at the best setting
+of that epoch's maps; the fixed setting's value is `val/hmean_fixed`, and the chosen
+setting `val/pp_*`. The fixed setting is always among those scored, so
+`val/hmean >= val/hmean_fixed`.
+
+The search is cheap where the algorithm allows (`dbnet.postprocess` stages):
+
+- contours once per `thresh`, candidate scores once per (thresh, mode), the unclip once
+  per (thresh, mode, unclip_ratio); `box_thresh` only drops candidates whose score (mean
+  probability inside, independent of the unclip) is below it, so it is a filter on the
+  scores, and settings that keep the same candidates are scored once;
+- the macro H-Mean is a mean over images, so images are split across worker processes
+  (at validation: one task per batch, sent while the next batches run through the
+  network) and each worker sums every setting's per-image precision, recall, H-Mean;
+- a coarse grid first, then half steps around the best coarse setting (`refine`).
+
+Maps are read in original-image pixels whatever their size (`min_size` included, see
+`dbnet.postprocess`): the validation maps are the letterboxed network maps' content as
+uint8, with the image size; the out-of-fold maps are PNGs of at most 1024 px a side.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import time
+import weakref
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..config import PostprocessConfig
+from ..errors import UserError
+from .postprocess import find_contours, map_frame, score_candidates, to_image, unclip_candidates
+
+__all__ = ["CHECKPOINT_KEY", "PARAMS", "VAL_GRID", "Grid", "SearchResult", "Setting", "ValidationSearch", "detections",
+           "draw_detections", "image_scores", "rank", "refine_settings", "score_settings", "tune_postprocess"]
+
+log = logging.getLogger(__name__)
+
+PARAMS = ("thresh", "box_thresh", "unclip_ratio", "use_polygon")
+CHECKPOINT_KEY = "tuned_postprocess"
+"""Checkpoint entry with the setting chosen at that epoch's validation (and its H-Mean):
+`dbnet.inference.load_checkpoint` applies it to the checkpoint's config."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    thresh: float
+    box_thresh: float
+    unclip_ratio: float
+    use_polygon: bool
+
+    @classmethod
+    def of(cls, values: Any) -> "Setting":
+        """The setting of a `PostprocessConfig` or of a result row (a mapping)."""
+        get = values.get if isinstance(values, Mapping) else lambda k: getattr(values, k)
+        return cls(*(get(k) for k in PARAMS))
+
+    def as_dict(self) -> dict:
+        return {"thresh": self.thresh, "box_thresh": self.box_thresh, "unclip_ratio": self.unclip_ratio,
+                "use_polygon": self.use_polygon}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Values to search. `refine`: after the coarse grid, search half-steps around the best."""
+
+    thresh: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5)
+    box_thresh: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+    unclip_ratio: tuple[float, ...] = (1.3, 1.5, 1.7, 2.0)
+    use_polygon: tuple[bool, ...] = (True, False)
+    refine: bool = True
+
+    def __post_init__(self) -> None:
+        for name in PARAMS:
+            if not getattr(self, name):
+                raise UserError(f"grid {name}: no values")
+        for name in ("thresh", "box_thresh"):
+            bad = [v for v in getattr(self, name) if not 0 < v < 1]
+            if bad:
+                raise UserError(f"grid {name}={bad[0]}: allowed 0 < value < 1")
+        bad = [v for v in self.unclip_ratio if not v > 0]
+        if bad:
+            raise UserError(f"grid unclip_ratio={bad[0]}: allowed value > 0")
+
+    def settings(self) -> list[Setting]:
+        return [Setting(t, b, u, p) for p in self.use_polygon for t in self.thresh for u in self.unclip_ratio
+                for b in self.box_thresh]
+
+
+VAL_GRID = Grid(thresh=(0.2, 0.3, 0.4, 0.5), box_thresh=(0.3, 0.5, 0.7), unclip_ratio=(1.5, 2.0))
+"""The validation search: 48 coarse settings (4 contour passes per image), then about 25
+around the best. Small enough to run beside a CPU training epoch (benchmarks/bench_validation.py)."""
+
+
+def _half_steps(values: Sequence[float], best: float, lo: float, hi: float) -> tuple[float, ...]:
+    """The best value and half a grid step either side, kept inside (lo, hi)."""
+    vals = sorted(set(values))
+    steps = [b - a for a, b in zip(vals, vals[1:])]
+    half = (min(steps) if steps else abs(best) * 0.1 or 0.05) / 2
+    out = {round(best, 4)}
+    for v in (best - half, best + half):
+        if lo < v < hi:
+            out.add(round(v, 4))
+    return tuple(sorted(out))
+
+
+def refine_settings(grid: Grid, rows: Sequence[Mapping[str, Any]]) -> list[Setting]:
+    """Half steps around the best of `rows` (in its mode), less the settings already scored."""
+    if not grid.refine or not rows:
+        return []
+    best = Setting.of(rank(rows)[0])
+    fine = Grid(thresh=_half_steps(grid.thresh, best.thresh, 0, 1),
+                box_thresh=_half_steps(grid.box_thresh, best.box_thresh, 0, 1),
+                unclip_ratio=_half_steps(grid.unclip_ratio, best.unclip_ratio, 0, math.inf),
+                use_polygon=(best.use_polygon,), refine=False)
+    seen = {Setting.of(r) for r in rows}
+    return [s for s in fine.settings() if s not in seen]
+
+
+def rank(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Best first by macro H-Mean; ties: the setting closest to the DB paper's defaults,
+    then polygons."""
+    return sorted((dict(r) for r in rows), key=lambda r: (
+        -round(r["hmean"], 9), abs(r["thresh"] - 0.3) + abs(r["box_thresh"] - 0.6) + abs(r["unclip_ratio"] - 1.5),
+        not r["use_polygon"]))
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _load_map(m: Any) -> np.ndarray:
+    """A map as given (uint8 0..255 or float 0..1), or read from a PNG path."""
+    if isinstance(m, (str, os.PathLike)):
+        import cv2
+
+        path = m
+        m = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if m is None:
+            raise UserError(f"{path}: cannot read the cached map")
+    return np.asarray(m)
+
+
+def detections(source: Any, image_size: tuple[int, int] | None, settings: Sequence[Setting],
+               fixed: Mapping[str, Any]) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """(index of the setting, its polygons in original pixels) for every setting: what
+    `dbnet.postprocess.detect` gives with it, the stages shared (see the module doc).
+
+    `source` covers the whole image (no padding); `image_size` is the image's (h, w)
+    when the map is smaller; `fixed`: `max_candidates`, `min_size` (config defaults)."""
+    frame = map_frame(_load_map(source), None, image_size)
+    before, after = frame.min_sides(fixed.get("min_size", PostprocessConfig().min_size))
+    max_candidates = fixed.get("max_candidates", PostprocessConfig().max_candidates)
+    plan: dict[float, dict[bool, dict[float, list[tuple[int, float]]]]] = {}
+    for i, s in enumerate(settings):
+        plan.setdefault(s.thresh, {}).setdefault(s.use_polygon, {}).setdefault(s.unclip_ratio, []).append(
+            (i, s.box_thresh))
+    for thresh, modes in plan.items():
+        contours = find_contours(frame.pred, thresh, max_candidates)
+        for use_polygon, unclips in modes.items():
+            lowest = min(b for group in unclips.values() for _, b in group)
+            cands = [c for c in score_candidates(frame.pred, contours, use_polygon=use_polygon, min_side=before)
+                     if c[1] >= lowest]
+            for unclip, group in unclips.items():
+                found = unclip_candidates(cands, unclip_ratio=unclip, min_side=after, use_polygon=use_polygon)
+                polys, scores = to_image(found, frame, use_polygon=use_polygon)
+                for i, b in group:
+                    yield i, [p for p, sc in zip(polys, scores) if sc >= b]
+
+
+def image_scores(source: Any, image_size: tuple[int, int] | None, gt: Sequence[np.ndarray],
+                 settings: Sequence[Setting], fixed: Mapping[str, Any]) -> np.ndarray:
+    """(len(settings), 3) precision, recall, H-Mean of one image under each setting (see
+    `detections`); settings that keep the same polygons are scored once."""
+    from ..metric import evaluate_image
+
+    out = np.zeros((len(settings), 3), np.float64)
+    seen: dict[tuple, tuple] = {}  # a higher box_thresh of one pass keeps a subset: its count names it
+    for i, kept in detections(source, image_size, settings, fixed):
+        s = settings[i]
+        key = (s.thresh, s.use_polygon, s.unclip_ratio, len(kept))
+        if key not in seen:
+            r = evaluate_image(gt, kept)
+            seen[key] = (r.precision, r.recall, r.hmean)
+        out[i] = seen[key]
+    return out
+
+
+def score_chunk(items: Sequence[tuple], settings: Sequence[Setting], fixed: Mapping[str, Any]) -> np.ndarray:
+    """Per setting: summed per-image (precision, recall, hmean) over `items`, each
+    (map or PNG path, image size (h, w) or None, GT polygons)."""
+    sums = np.zeros((len(settings), 3), np.float64)
+    for source, image_size, gt in items:
+        sums += image_scores(source, image_size, gt, settings, fixed)
+    return sums
+
+
+def _timed_chunk(items: Sequence[tuple], settings: Sequence[Setting], fixed: Mapping[str, Any]) -> tuple:
+    t = time.process_time()
+    return score_chunk(items, settings, fixed), time.process_time() - t
+
+
+def _rows(settings: Sequence[Setting], sums: np.ndarray, n: int, stage: str | None = None) -> list[dict]:
+    extra = {"stage": stage} if stage else {}
+    return [{**s.as_dict(), "precision": float(p / n), "recall": float(r / n), "hmean": float(h / n), **extra}
+            for s, (p, r, h) in zip(settings, sums)]
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # spawn: a fork of a process with torch / OpenCV thread pools can hang in the child
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
+
+
+def _one_thread() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def score_settings(items: Sequence[tuple], settings: Sequence[Setting], *, fixed: Mapping[str, Any] | None = None,
+                   workers: int = 1, pool: ProcessPoolExecutor | None = None) -> list[dict]:
+    """Macro precision / recall / H-Mean of every setting over `items` (see `score_chunk`)."""
+    fixed = dict(fixed or {})
+    items = list(items)
+    if not items:
+        raise UserError("no probability maps to tune on")
+    workers = max(1, min(int(workers), len(items)))
+    if workers == 1 and pool is None:
+        sums = score_chunk(items, settings, fixed)
+    else:
+        chunks = [items[i::workers] for i in range(workers)]
+        with (_pool(workers) if pool is None else _NoClose(pool)) as ex:
+            sums = sum(ex.map(score_chunk, chunks, [settings] * workers, [fixed] * workers))
+    return _rows(settings, sums, len(items))
+
+
+class _NoClose:
+    def __init__(self, pool):
+        self.pool = pool
+
+    def __enter__(self):
+        return self.pool
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def tune_postprocess(maps: Mapping[str, Any], gts: Mapping[str, Sequence[np.ndarray]], grid: Grid | None = None, *,
+                     image_sizes: Mapping[str, tuple[int, int]] | None = None,
+                     fixed: Mapping[str, Any] | None = None, workers: int = 1) -> tuple[dict, list[dict]]:
+    """Search post-processing settings on cached probability maps.
+
+    Args:
+        maps: image name -> probability map (float 0..1 or uint8 0..255, any size: it is
+            taken to cover the whole image) or the path of a cached PNG.
+        gts: image name -> ground-truth polygons in original image pixels.
+        grid: the values to search (default `Grid()`).
+        image_sizes: image name -> (h, w) of the original image, when a map is smaller.
+        fixed: other post-processing settings (`max_candidates`, `min_size`).
+        workers: processes scoring images in parallel.
+
+    Returns:
+        The best setting (with its precision, recall, hmean) and the table of every
+        setting tried, best first. Ranked by macro H-Mean (per image, as the competition).
+    """
+    grid = grid or Grid()
+    missing = sorted(set(gts) - set(maps))
+    if missing:
+        raise UserError(f"{len(missing)} ground-truth images have no cached map, e.g. {missing[:3]}")
+    items = [(maps[n], (image_sizes or {}).get(n), list(gts[n])) for n in sorted(gts)]
+    rows = [{**r, "stage": "coarse"} for r in score_settings(items, grid.settings(), fixed=fixed, workers=workers)]
+    fine = refine_settings(grid, rows)
+    if fine:
+        rows += [{**r, "stage": "refine"} for r in score_settings(items, fine, fixed=fixed, workers=workers)]
+    table = rank(rows)
+    return dict(table[0]), table
+
+
+# ----------------------------------------------------------------------------- at validation
+
+
+@dataclass
+class SearchResult:
+    """One validation epoch's search: the best setting and the fixed (preset's) one, each
+    a row of `PARAMS` with its macro precision, recall and hmean; the table, best first."""
+
+    best: dict
+    fixed: dict
+    table: list[dict]
+
+    def postprocess(self, pp: PostprocessConfig) -> PostprocessConfig:
+        """`pp` with the best setting."""
+        return pp.model_copy(update=Setting.of(self.best).as_dict())
+
+
+class ValidationSearch:
+    """The search over one validation epoch's maps at a time.
+
+    `add` hands a batch's images (uint8 map of the content, image size, GT) to the worker
+    processes at once; `finish` sums their coarse grid, scores the refined settings over
+    all images and returns a `SearchResult`. `workers=0` scores in this process. The fixed
+    setting of `pp` is added to the coarse grid. A worker that dies is replaced by scoring
+    in this process, with a warning.
+    """
+
+    def __init__(self, pp: PostprocessConfig, *, workers: int = 1, grid: Grid = VAL_GRID):
+        self.fixed_setting = Setting.of(pp)
+        self.fixed = {"max_candidates": pp.max_candidates, "min_size": pp.min_size}
+        self.grid = grid
+        coarse = grid.settings()
+        self.coarse = coarse + ([self.fixed_setting] if self.fixed_setting not in coarse else [])
+        self.workers = int(workers)
+        self._pool: ProcessPoolExecutor | None = None
+        self._parts: list[tuple[list, Any]] = []
+        self.stats: dict[str, float] = {}
+
+    def start(self) -> None:
+        """Start the workers now (they import their modules while training runs)."""
+        if self.workers > 0 and self._pool is None:
+            self._pool = _pool(self.workers)
+            # shut down with this object, also when training ends by an exception (no teardown)
+            weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
+            for _ in range(self.workers):
+                self._pool.submit(_one_thread)
+
+    def begin_epoch(self) -> None:
+        self._parts = []
+        self.stats = {"search_cpu_s": 0.0, "search_wait_s": 0.0}
+
+    def add(self, items: Sequence[tuple]) -> None:
+        items = list(items)
+        if not items:
+            return
+        self.start()
+        if self._pool is not None:
+            self._parts.append((items, self._pool.submit(_timed_chunk, items, self.coarse, self.fixed)))
+        else:
+            self._parts.append((items, _timed_chunk(items, self.coarse, self.fixed)))
+
+    def finish(self) -> SearchResult:
+        """The epoch's result; `stats` then holds the search's CPU seconds (all processes)
+        and the seconds `finish` waited for it."""
+        start = time.perf_counter()
+        items = [it for chunk, _ in self._parts for it in chunk]
+        if not items:
+            raise ValueError("no validation maps were added this epoch")
+        sums = sum(self._collect(chunk, part, self.coarse) for chunk, part in self._parts)
+        self._parts = []
+        rows = _rows(self.coarse, sums, len(items), "coarse")
+        fine = refine_settings(self.grid, rows)
+        if fine:
+            n = max(1, min(self.workers, len(items)))
+            chunks = [items[i::n] for i in range(n)]
+            parts = [(c, self._pool.submit(_timed_chunk, c, fine, self.fixed) if self._pool else None) for c in chunks]
+            sums = sum(self._collect(c, part, fine) for c, part in parts)
+            rows += _rows(fine, sums, len(items), "refine")
+        table = rank(rows)
+        fixed = next(r for r in table if Setting.of(r) == self.fixed_setting)
+        self.stats["search_wait_s"] = time.perf_counter() - start
+        return SearchResult(table[0], fixed, table)
+
+    def _collect(self, items: list, part: Any, settings: Sequence[Setting]) -> np.ndarray:
+        if isinstance(part, Future):
+            try:
+                part = part.result()
+            except Exception as err:  # a worker killed or out of memory: go on without workers
+                log.warning("post-processing search worker failed (%s: %s); searching in the training process",
+                            type(err).__name__, err)
+                self.close()
+                self.workers = 0
+                part = None
+        if part is None:
+            part = _timed_chunk(items, settings, self.fixed)
+        sums, cpu_s = part
+        self.stats["search_cpu_s"] += cpu_s
+        return sums
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def __getstate__(self) -> dict:  # a process pool does not pickle
+        return {**self.__dict__, "_pool": None, "_parts": []}
+
+
+def draw_detections(image: np.ndarray, gt: Sequence[np.ndarray], pred: Sequence[np.ndarray], *,
+                    max_side: int = 512) -> np.ndarray:
+    """`image` (RGB uint8) shrunk to at most `max_side` pixels, ground truth in green and
+    detections in red over it; polygons in the image's pixels."""
+    import cv2
+
+    h, w = image.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    if s < 1:
+        image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    out = np.ascontiguousarray(image, dtype=np.uint8).copy()
+    for polys, color in ((gt, (0, 200, 0)), (pred, (255, 0, 0))):
+        pts = [np.round(np.asarray(p, np.float64) * s).astype(np.int32) for p in polys if len(p) >= 2]
+        if pts:
+            cv2.polylines(out, pts, True, color, 1, cv2.LINE_8)
+    return out
