@@ -365,8 +365,10 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
 def preset_path(name: str) -> Path:
     """A preset name (shipped) or a path to a YAML file."""
     p = Path(name).expanduser()
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        return p
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        from .formats import check_readable_file
+
+        return check_readable_file(p, "preset")  # a folder or a FIFO is refused, not waited for
     shipped = PRESET_DIR / f"{name}.yaml"
     if shipped.is_file():
         return shipped
@@ -378,8 +380,10 @@ def list_presets() -> list[str]:
 
 
 def _load_yaml(path: Path) -> dict:
+    from .formats import read_text
+
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.safe_load(read_text(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML for safe_load: {err}") from None
     if doc is None:

@@ -118,11 +118,11 @@ def _image_sizes(images: Path, names: Sequence[str]) -> dict[str, tuple[int, int
     sizes = {}
     for name in names:
         try:
-            with Image.open(images / name) as im:
+            with Image.open(check_readable_file(images / name, "image")) as im:
                 w, h = im.size
                 orientation = im.getexif().get(0x0112, 1)
                 sizes[name] = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-        except OSError:
+        except (OSError, DataError):  # not an image (or a FIFO): its size stays unknown
             continue
     return sizes
 

@@ -181,7 +181,7 @@ DAMAGE = {
     "sweep.json a list": _damage_sweep_json("[1, 2]", "must be a JSON object"),
     "sweep.json without sweep_id": _damage_sweep_json("{}", "no sweep_id"),
     "sweep.json run_cap nan": _damage_sweep_json('{"sweep_id": "sw", "run_cap": NaN}', "run_cap=nan"),
-    "sweep.yaml missing": lambda root: ((root / "sweep.yaml").unlink(), "cannot read sweep file")[1],
+    "sweep.yaml missing": lambda root: ((root / "sweep.yaml").unlink(), "sweep file not found")[1],
 }
 
 
@@ -309,3 +309,26 @@ def test_training_progress_in_a_log_file_is_the_sparse_callback():
     assert "\r" not in log.getvalue() and len(lines) <= 24
     assert any(ln.startswith("epoch 3 validation: ") and "val/hmean 0.8125" in ln for ln in lines)
     assert lines[-1].startswith("epoch 3: ") and "train/loss 1.5" in lines[-1]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("argv", [
+    lambda p: ["check", str(p)],
+    lambda p: ["train", f"preset={p}", "--dry-run"],
+])
+def test_a_sweep_or_preset_file_that_is_a_fifo_is_refused_not_waited_for(argv, tmp_path, capsys):
+    import os
+    import threading
+
+    fifo = tmp_path / "x.yaml"
+    os.mkfifo(fifo)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("rc", cli.main(argv(fifo))), daemon=True)
+    t.start()
+    t.join(20)
+    if t.is_alive():  # release the reader so the suite goes on, then fail
+        with open(fifo, "w"):
+            pass
+        pytest.fail("the reader blocked on a FIFO")
+    out = capsys.readouterr()
+    assert result["rc"] == 2 and "named pipe" in out.out + out.err

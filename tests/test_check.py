@@ -10,7 +10,7 @@ import yaml
 from hrnet_sweep import cli
 from hrnet_sweep.constants import METRIC
 from hrnet_sweep.sweep.check import check_sweep, explain_main, main
-from hrnet_sweep.sweep.spec import load_sweep
+from hrnet_sweep.sweep.sweepfile import load_sweep
 
 from _util import sweep_doc
 

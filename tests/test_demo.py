@@ -16,7 +16,7 @@ from hrnet_sweep.errors import UserError
 
 @pytest.mark.unit
 def test_demo_sweep_keeps_the_search_space_and_adds_the_budget(tmp_path):
-    from hrnet_sweep.sweep.spec import load_sweep
+    from hrnet_sweep.sweep.sweepfile import load_sweep
 
     path = demo._sweep_yaml(demo.DEFAULT, tmp_path / "s.yaml")
     spec = load_sweep(path)

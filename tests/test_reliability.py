@@ -534,7 +534,7 @@ def test_sweep_file_with_yaml_tag_or_missing(tmp_path, capsys):
     assert cli(["check", str(tagged), str(tmp_path / "missing.yaml")]) == 2
     out = capsys.readouterr().out
     assert "tagged.yaml:2: not valid YAML for yaml.safe_load" in out and "python/object/apply" in out
-    assert "missing.yaml: cannot read sweep file" in out
+    assert "missing.yaml: sweep file not found" in out
     assert not marker.exists()
     assert cli(["agent", str(tmp_path / "no-such-sweep")]) == 2
     _one_line_error(capsys.readouterr().err, "agent")

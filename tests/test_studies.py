@@ -22,7 +22,7 @@ from hrnet_sweep.dbnet.lit import DBNetModule
 from hrnet_sweep.sweep.check import check_sweep
 from hrnet_sweep.sweep.command import expand_command
 from hrnet_sweep.sweep.engine import LocalSweep, RunOutcome, build_search_space
-from hrnet_sweep.sweep.spec import load_sweep
+from hrnet_sweep.sweep.sweepfile import load_sweep
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,8 @@ import yaml
 
 from hrnet_sweep.errors import ConfigError
 from hrnet_sweep.sweep.command import command_args, expand_command, format_value, read_param_file, write_param_file
-from hrnet_sweep.sweep.spec import HyperbandSpec, ParamSpec, load_sweep, parse_sweep
+from hrnet_sweep.sweep.spec import HyperbandSpec, ParamSpec
+from hrnet_sweep.sweep.sweepfile import load_sweep, parse_sweep
 
 from _util import TRAIN_CMD, sweep_doc
 

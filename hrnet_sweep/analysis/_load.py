@@ -12,7 +12,7 @@ import numpy as np
 
 from ..constants import MAX_DETECTIONS
 from ..errors import DataError
-from ..formats import load_annotations, read_json, read_submission
+from ..formats import check_readable_file, load_annotations, read_json, read_submission
 
 
 @dataclass
@@ -29,7 +29,7 @@ def _load_predictions(path: str | Path) -> _Loaded:
     """JSON (the annotation schema) or submission CSV, by extension.
 
     Words the loader skips are counted as `unreadable`, so the report can say how many
-    the file really had: for JSON under 3 points, NaN or zero area (`load_annotations`),
+    the file really had: for JSON under 3 points or NaN (`load_annotations`),
     for CSV NaN or infinite coordinates (the scorer skips them too).
     """
     path = Path(path)
@@ -69,12 +69,12 @@ def _image_size(path: Path) -> tuple[int, int] | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(check_readable_file(path, "image")) as im:
             w, h = im.size
             if im.getexif().get(_EXIF_ORIENTATION) in _EXIF_SWAPS_SIDES:
                 w, h = h, w
             return int(w), int(h)
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError, DataError):  # DataError: a folder or a FIFO, never opened
         return None
 
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import DataError
+from ..formats import check_readable_file
 from ._load import _scored
 from ._model import _Model
 
@@ -26,9 +28,9 @@ def _read_gray(images_dir, name: str) -> np.ndarray | None:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(Path(images_dir) / name) as im:
+        with Image.open(check_readable_file(Path(images_dir) / name, "image")) as im:
             return np.asarray((ImageOps.exif_transpose(im) or im).convert("L"))
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError, DataError):  # DataError: a folder or a FIFO, never opened
         return None
 
 

@@ -96,8 +96,9 @@ def _search(cfg, limit: int, headroom: float, device: torch.device) -> int:
     from .lit import build_optimizer
     from .loss import build_loss
     from .model import build_model
-    from .speed import apply_activation_checkpointing
+    from .speed import apply_activation_checkpointing, configure_backends
 
+    configure_backends(cfg)  # cuDNN autotuning picks the algorithms (and workspaces) training will use
     t = cfg.trainer
     model = build_model(apply_overrides(cfg, {"models.pretrained": False})).to(device)
     if t.channels_last:

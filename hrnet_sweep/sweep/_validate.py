@@ -3,7 +3,7 @@
 `validate_sweep` checks every key the way wandb/sweeps `config/schema.json` does (top
 level, metric, Hyperband, command macros), hands `parameters:` to `_params`, and
 collects every problem as a `(key, "file:line: message")` finding instead of stopping
-at the first. `spec.parse_sweep` raises on any finding; `check` reports them.
+at the first. `sweepfile.parse_sweep` raises on any finding; `check` reports them.
 """
 
 from __future__ import annotations

@@ -23,12 +23,13 @@ from typing import Any, Literal, Sequence
 
 from ..config import Config, load_config, parse_value
 from ..constants import METRIC, VAL_PRECISION, VAL_RECALL
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from ..numeric import flag
 from ._validate import validate_sweep
 from .command import ARG_MACROS, format_value
 from .hyperband import explain_bands
-from .spec import STRICT_DEFAULT, SweepSpec, read_sweep_doc
+from .spec import STRICT_DEFAULT, SweepSpec
+from .sweepfile import read_sweep_doc
 
 __all__ = ["Finding", "check_sweep", "explain_main", "load_checked", "main"]
 
@@ -52,7 +53,7 @@ def check_sweep(path: str | Path) -> list[Finding]:
     """All findings for one sweep file, errors first within each stage."""
     try:
         doc, lines = read_sweep_doc(path)
-    except ConfigError as err:
+    except UserError as err:  # ConfigError (YAML) or DataError (missing, a folder, a FIFO, not UTF-8)
         return [Finding("error", "", str(err))]
     spec, errors = validate_sweep(doc, str(path), lines=lines)
     findings = [Finding("error", key, msg) for key, msg in errors]
@@ -70,7 +71,7 @@ def load_checked(path: str | Path) -> SweepSpec:
     logs, the wrong goal, a value `wandb agent`'s str() turns into another), so `sweep` and
     the engine refuse what `check` refuses. The one exception is a `null` value: the run
     gets the text 'None', a valid value, only not the one written (`check` says so)."""
-    from .spec import load_sweep
+    from .sweepfile import load_sweep
 
     errors = [f for f in check_sweep(path) if f.level == "error" and not f.check_only]
     if errors:
@@ -352,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def explain_main(argv: Sequence[str] | None = None) -> int:
     """`hrnet_sweep explain SWEEP.yaml [--runs N]`: the Hyperband schedule in epochs."""
-    from .spec import load_sweep
+    from .sweepfile import load_sweep
 
     ap = argparse.ArgumentParser(prog="hrnet_sweep explain", description="show when Hyperband judges runs")
     ap.add_argument("sweep", help="sweep YAML file")

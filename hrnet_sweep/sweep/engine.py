@@ -53,7 +53,8 @@ from ..runfolder import best_in_history, read_status
 from ._records import RunInfo, RunOutcome, Suggestion, checkpoint_files, delete_files
 from ._space import SearchSpace, build_search_space, make_sampler
 from ._validate import validate_sweep
-from .spec import SweepSpec, read_sweep_doc
+from .spec import SweepSpec
+from .sweepfile import read_sweep_doc
 
 __all__ = [
     "DEFAULT_SWEEPS_ROOT",

@@ -1,10 +1,9 @@
-"""W&B sweep files: the typed `SweepSpec` and loading a sweep YAML into one.
+"""W&B sweep files as types: `SweepSpec`, its parameters (`ParamSpec`) and Hyperband
+settings (`HyperbandSpec`).
 
 A sweep file here is an ordinary W&B sweep YAML (the same file goes to `wandb sweep` and
-to the embedded engine). `load_sweep` reads it (reporting YAML errors and duplicate keys
-with their line) and validates it (`_validate`: every key against W&B's sweep schema,
-wandb/sweeps `config/schema.json`, every parameter against `hrnet_sweep.config`). What
-`wandb agent` does with a run's parameters lives in `command`.
+to the embedded engine). `sweepfile.load_sweep` reads one into these types; what `wandb
+agent` does with a run's parameters lives in `command`.
 """
 
 from __future__ import annotations
@@ -25,9 +24,6 @@ __all__ = [
     "HyperbandSpec",
     "ParamSpec",
     "SweepSpec",
-    "load_sweep",
-    "parse_sweep",
-    "read_sweep_doc",
 ]
 
 STRICT_DEFAULT = True
@@ -186,67 +182,3 @@ class SweepSpec:
 
     def searched(self) -> dict[str, ParamSpec]:
         return {k: p for k, p in self.parameters.items() if p.kind != "value"}
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def load_sweep(path: str | os.PathLike) -> SweepSpec:
-    """Read and validate a sweep YAML; raise `ConfigError` listing every problem."""
-    doc, lines = _read(path)
-    return parse_sweep(doc, str(path), _lines=lines)
-
-
-def parse_sweep(doc: Mapping[str, Any], source: str, *, _lines: Mapping[tuple, int] | None = None) -> SweepSpec:
-    """Validate an already loaded sweep document (`source` names it in messages)."""
-    from ._validate import validate_sweep  # not at the top: `_validate` imports the types above
-
-    spec, errors = validate_sweep(doc, source, lines=_lines)
-    if errors:
-        raise ConfigError(f"{source}: invalid sweep file:\n  " + "\n  ".join(m for _, m in errors))
-    assert spec is not None
-    return spec
-
-
-def read_sweep_doc(path: str | os.PathLike) -> tuple[dict, dict[tuple, int]]:
-    """The YAML document and a map from key path (tuple) to its 1-based line."""
-    return _read(path)
-
-
-def _read(path: str | os.PathLike) -> tuple[dict, dict[tuple, int]]:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{p}: cannot read sweep file: {err.strerror or err}") from None
-    try:
-        doc = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{where}: not valid YAML for yaml.safe_load: {problem}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{p}: a sweep file must be a mapping of W&B sweep keys, found {type(doc).__name__}")
-    lines: dict[tuple, int] = {}
-    dup = _key_lines(node, (), lines)
-    if dup:
-        key, line = dup
-        raise ConfigError(f"{p}:{line}: duplicate key '{key}' (YAML would silently keep only the last one)")
-    return doc, lines
-
-
-def _key_lines(node: Any, prefix: tuple, out: dict[tuple, int]) -> tuple[str, int] | None:
-    """Fill key path -> line; return the first duplicate key (name, line), if any."""
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            if isinstance(k, yaml.ScalarNode):
-                key = prefix + (k.value,)
-                if key in out:
-                    return k.value, k.start_mark.line + 1
-                out[key] = k.start_mark.line + 1
-                dup = _key_lines(v, key, out)
-                if dup:
-                    return dup
-    return None
