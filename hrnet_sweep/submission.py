@@ -28,6 +28,7 @@ from pathlib import Path
 from .constants import MAX_DETECTIONS
 from .errors import DataError
 from .formats import CSV_HEADER, check_readable_file, csv_field_limit
+from .numeric import flag
 
 __all__ = ["Issue", "Report", "main", "validate_submission"]
 
@@ -238,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "polygons by '|'). Exit 0 when valid (warnings allowed), 2 when not."))
     ap.add_argument("csv", help="submission CSV")
     ap.add_argument("--images", help="test image folder: every image exactly once, no other rows")
-    ap.add_argument("--max-messages", type=int, default=20, help="messages shown per kind (default 20)")
+    ap.add_argument("--max-messages", type=flag(int, ge=1), default=20, help="messages shown per kind (default 20)")
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     report = validate_submission(args.csv, images=args.images)
     _print(report, args.max_messages)

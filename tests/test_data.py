@@ -19,7 +19,6 @@ from hrnet_sweep.dbnet.data import (
     IMAGENET_STD,
     MAP_KEYS,
     DetectionDataset,
-    ImageFolderDataset,
     _fit_polygons,
     build_transforms,
     collate,
@@ -320,23 +319,6 @@ def test_workers_draw_different_augmentations(folder):
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, collate_fn=collate)
     images = [b["image"][0] for b in loader]
     assert not torch.equal(images[0], images[1])  # worker 0 and worker 1
-
-
-def test_image_folder_dataset(tmp_path):
-    for name in ("b.png", "a.JPG", "c.jpeg"):
-        _save(tmp_path / name, np.full((40, 20, 3), 128, np.uint8))
-    (tmp_path / "notes.txt").write_text("x")
-    ds = ImageFolderDataset(tmp_path, build_transforms(None, 64, 64, train=False))
-    assert ds.names == ["a.JPG", "b.png", "c.jpeg"]
-    s = ds[0]
-    assert s["image"].shape == (64, 64, 3) and s["image_size"] == (40, 20) and s["content_size"] == (64, 32)
-    assert "prob_map" not in s
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no .jpg"):
-        ImageFolderDataset(tmp_path / "empty", build_transforms(None, 64, 64, train=False))
-    (tmp_path / "d.jpg").write_bytes(b"")
-    with pytest.raises(DataError, match="d.jpg"):
-        ImageFolderDataset(tmp_path, build_transforms(None, 64, 64, train=False))
 
 
 @pytest.mark.skipif(not (SROIE / "train.json").is_file(), reason=f"sroie-mini not found at {SROIE}")

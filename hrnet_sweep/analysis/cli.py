@@ -12,6 +12,7 @@ from ._load import _safe
 from ._model import _ERRORS, _FLAGS
 from .comparison import CompareReport, compare
 from .report import AnalysisReport, analyze
+from ..numeric import flag
 
 
 def _print_analysis(report: AnalysisReport) -> None:
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "overlays of the worst images for a prediction JSON or a submission CSV.")
     p.add_argument("pred", metavar="PRED", help="prediction JSON or submission CSV")
     _common_args(p, "<PRED without extension>_analysis, next to PRED")
-    p.add_argument("--worst", type=int, default=8, metavar="N", help="overlays of the N worst images (default 8)")
+    p.add_argument("--worst", type=flag(int, ge=0), default=8, metavar="N", help="overlays of the N worst images (default 8)")
     args = p.parse_args(argv)
     pred = Path(args.pred)
     out = Path(args.out) if args.out else pred.with_name(f"{pred.stem}_analysis")
@@ -102,7 +103,7 @@ def main_compare(argv: Sequence[str] | None = None) -> int:
     p.add_argument("preds", nargs="+", metavar="PRED", help="prediction JSONs or submission CSVs (two or more)")
     _common_args(p, "compare_<A>_vs_<B>, next to the first PRED")
     p.add_argument("--names", metavar="A,B,...", help="model names, comma-separated (default: the file names)")
-    p.add_argument("--top", type=int, default=8, metavar="N", help="overlays of the N most disagreeing images")
+    p.add_argument("--top", type=flag(int, ge=0), default=8, metavar="N", help="overlays of the N most disagreeing images")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     if len(args.preds) < 2:

@@ -6,7 +6,7 @@
   travel through albumentations as keypoints, so they stay aligned with the pixels.
 - `DetectionDataset`: a training/validation sample with the four target maps, computed
   here in the data workers (`targets.make_targets`), and the meta post-processing and
-  the metric need. `ImageFolderDataset`: the same input for prediction, no targets.
+  the metric need. (Prediction reads images one at a time: `inference.probability_maps`.)
 - `collate`: tensors stacked, meta kept as lists. Batches stay compact (uint8 image and
   masks) until `to_network_input` normalises them on the training device.
 
@@ -48,7 +48,6 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MAP_KEYS",
     "DetectionDataset",
-    "ImageFolderDataset",
     "Pipeline",
     "build_transforms",
     "collate",
@@ -387,39 +386,6 @@ class DetectionDataset(torch.utils.data.Dataset):
             polygons=original,
         )
         return sample
-
-
-class ImageFolderDataset(torch.utils.data.Dataset):
-    """Prediction inputs: every .jpg/.jpeg/.png of a folder (sorted), eval letterbox only."""
-
-    def __init__(self, image_dir: str | os.PathLike, transforms: Pipeline, *, names: Sequence[str] | None = None):
-        self.image_dir = Path(image_dir)
-        if not self.image_dir.is_dir():
-            raise DataError(f"{self.image_dir}: not a folder")
-        if names is None:
-            names = sorted(p.name for p in self.image_dir.iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not names:
-            raise DataError(f"{self.image_dir}: no {'/'.join(IMAGE_EXTENSIONS)} images")
-        self.names = list(names)
-        self.transforms = transforms
-        _check_files(self.image_dir, self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        name = self.names[index]
-        image = read_image(self.image_dir / name)  # DataError names the file
-        h0, w0 = image.shape[:2]
-        inp, _ = self.transforms(image, [])
-        return {
-            "image": torch.from_numpy(inp),
-            "name": name,
-            "image_size": (h0, w0),
-            "content_size": letterbox_size(h0, w0, self.transforms.height, self.transforms.width)[1],
-            "polygons": [],
-        }
 
 
 def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

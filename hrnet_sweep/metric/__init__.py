@@ -71,6 +71,7 @@ from ._image import _evaluate_image, evaluate_image
 from ._polygons import _CONVENTIONS, Convention, _Options
 from ._pseudo_chars import pseudo_char_counts
 from ._results import _COUNT_KEYS, EvalResult, ImageResult, _scores
+from ..numeric import flag
 
 __all__ = ["EvalResult", "ImageResult", "evaluate", "evaluate_image", "pseudo_char_counts", "main"]
 
@@ -144,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gt", required=True, help="ground-truth annotation JSON")
     parser.add_argument("--pred", required=True, help="prediction JSON or submission CSV")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
-    parser.add_argument("--cap", type=int, default=100,
+    parser.add_argument("--cap", type=flag(int, ge=1), default=100,
                         help="pseudo character cap (default 100; the cleval package uses 10)")
     parser.add_argument("--convention", choices=_CONVENTIONS, default="competition",
                         help="'competition' (default) or the 'cleval' package's quadrilateral rules")

@@ -31,6 +31,7 @@ from ..children import child_env
 from ..constants import DATA_ROOT_ENV, METRIC
 from ..ranking import order_runs
 from ..errors import UserError
+from ..numeric import flag
 
 __all__ = ["Budget", "DEFAULT", "FAST", "main", "run_demo"]
 
@@ -363,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default="outputs/demo", help="demo folder (default outputs/demo; replaced if it "
                     "holds an earlier demo)")
     ap.add_argument("--fast", action="store_true", help="a few-minute smoke run (tiny sizes; low H-Mean)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=flag(int), default=0)
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     run_demo(args.out, budget=FAST if args.fast else DEFAULT, seed=args.seed)
     return 0

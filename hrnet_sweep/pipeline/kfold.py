@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..children import child_env, kill_group, start
 from ..constants import METRIC
 from ..errors import ConfigError, UserError
-from ..numeric import number_text
+from ..numeric import flag, number_text
 from ..runfolder import MANIFEST_FILE, HistoryTail, clear_status, finite, read_status
 from .presets import preset_ref
 from .retrain import (
@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--folds", default=None, help="folds to train, e.g. 0-4 or 0,2 (default: all)")
     ap.add_argument("--gpus", help="GPU ids, e.g. 0,1 (default: all visible; 'cpu' = CPU)")
     ap.add_argument("--out", help="retrain folder (default <output_dir>/<preset name>-kfold)")
-    ap.add_argument("--cpu-jobs", type=int, default=1, help="without GPUs: folds trained at once (default 1)")
+    ap.add_argument("--cpu-jobs", type=flag(int, ge=1), default=1, help="without GPUs: folds trained at once (default 1)")
     args = ap.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     doc = run_kfold(args.preset, args.folds, gpus=parse_gpus(args.gpus) if args.gpus is not None else None,
                     out=args.out, extra=args.overrides, cpu_jobs=args.cpu_jobs)
