@@ -35,7 +35,7 @@ from .formats import atomic_write_json, atomic_write_text
 
 __all__ = ["METRICS_FILE", "MANIFEST_FILE", "STATUS_FILE", "STOP_FILE", "HistoryTail", "append_history",
            "best_in_history", "best_row", "clear_status", "finite", "history_is_cut", "metric_values", "read_history",
-           "read_status", "read_stop", "request_stop", "rewrite_history", "stop_requested", "write_status"]
+           "read_status", "request_stop", "rewrite_history", "stop_requested", "write_status"]
 
 METRICS_FILE = "metrics.jsonl"
 STATUS_FILE = "status.json"
@@ -187,12 +187,3 @@ def request_stop(folder: str | os.PathLike, why: Mapping[str, Any]) -> None:
 
 def stop_requested(folder: str | os.PathLike | None) -> bool:
     return folder is not None and (Path(folder) / STOP_FILE).exists()
-
-
-def read_stop(folder: str | os.PathLike) -> dict | None:
-    """The reason recorded in a STOP file, or None."""
-    try:
-        doc = json.loads((Path(folder) / STOP_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
