@@ -4,16 +4,15 @@ benchmarks/bench_postprocess.py."""
 
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 import pytest
 from shapely.geometry import Polygon
 
+from _util import load_benchmark
 from hrnet_sweep.config import PostprocessConfig
 from hrnet_sweep.dbnet.postprocess import detect, postprocess, resize_prob_to_image
 from hrnet_sweep.dbnet.targets import make_targets
-from _util import load_benchmark
 
 pytestmark = pytest.mark.unit
 

@@ -9,9 +9,9 @@ import pyclipper
 import pytest
 import yaml
 
+from hrnet_sweep.dbnet.postprocess import postprocess
 from hrnet_sweep.errors import UserError
 from hrnet_sweep.metric import evaluate
-from hrnet_sweep.dbnet.postprocess import postprocess
 from hrnet_sweep.pipeline.tune import Grid, Setting, parse_grid, score_settings, tune_postprocess
 
 pytestmark = pytest.mark.unit
@@ -92,6 +92,32 @@ def test_box_thresh_filter_equals_running_each_setting():
         assert row["hmean"] == pytest.approx(direct.hmean, abs=1e-12), s
 
 
+def test_tuning_and_prediction_give_the_same_polygons():
+    # the search's stages shared across settings, and `predict`'s one pass per map, are
+    # one post-processing: the same polygons for every setting, on a full-size float map
+    # and on a shrunk uint8 one (as cached out-of-fold maps and validation maps are)
+    from hrnet_sweep.config import PostprocessConfig
+    from hrnet_sweep.dbnet.inference import postprocess_map
+    from hrnet_sweep.dbnet.postprocess import detect
+    from hrnet_sweep.dbnet.validation import detections
+    from hrnet_sweep.pipeline.ensemble import to_uint8
+
+    prob, _ = constructed_map(2)
+    settings = Grid(thresh=(0.3, 0.5), box_thresh=(0.4, 0.55, 0.7), unclip_ratio=(1.5, 2.0),
+                    use_polygon=(True, False)).settings()
+    base = PostprocessConfig(min_size=6, max_candidates=100)
+    fixed = {"min_size": base.min_size, "max_candidates": base.max_candidates}
+    small = to_uint8(prob, 200)
+    tuned = dict(detections(prob, None, settings, fixed))
+    tuned_small = dict(detections(small, prob.shape, settings, fixed))
+    for i, s in enumerate(settings):
+        pp = base.model_copy(update=s.as_dict())
+        predicted, _ = postprocess_map(prob, pp)
+        assert len(predicted) > 0 and [p.tolist() for p in tuned[i]] == [p.tolist() for p in predicted], s
+        predicted_small, _ = detect(small, pp, image_size=prob.shape)
+        assert [p.tolist() for p in tuned_small[i]] == [p.tolist() for p in predicted_small], s
+
+
 def test_parallel_workers_equal_serial():
     items = [(constructed_map(i)[0], None, constructed_map(i)[1]) for i in range(3)]
     settings = GRID.settings()[:6]
@@ -125,8 +151,7 @@ def test_missing_maps_and_bad_grid_are_errors():
 
 def test_tuned_values_written_into_the_preset_keep_the_provenance(tmp_path):
     from hrnet_sweep.config import load_config
-    from hrnet_sweep.pipeline.presets import write_postprocess
-    from hrnet_sweep.pipeline.presets import read_provenance
+    from hrnet_sweep.pipeline.presets import read_provenance, write_postprocess
 
     preset = tmp_path / "p.yaml"
     preset.write_text("# provenance (hrnet_sweep best):\n#   sweep: a/b/c\n#   best: 0.5\n"

@@ -13,16 +13,21 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_tune import constructed_map
 
 from hrnet_sweep.config import PostprocessConfig, load_config
 from hrnet_sweep.constants import METRIC, VAL_PRECISION, VAL_RECALL
 from hrnet_sweep.dbnet.lit import VAL_HMEAN_FIXED, VAL_PP_KEYS
 from hrnet_sweep.dbnet.postprocess import detect
 from hrnet_sweep.dbnet.validation import (
-    CHECKPOINT_KEY, PARAMS, Grid, Setting, ValidationSearch, draw_detections,
+    CHECKPOINT_KEY,
+    PARAMS,
+    Grid,
+    Setting,
+    ValidationSearch,
+    draw_detections,
 )
 from hrnet_sweep.metric import evaluate
-from test_tune import constructed_map
 
 PP = PostprocessConfig(thresh=0.3, box_thresh=0.4, unclip_ratio=1.5, use_polygon=True, min_size=3)
 SMALL = Grid(thresh=(0.3, 0.5), box_thresh=(0.5, 0.7), unclip_ratio=(1.5, 2.0), use_polygon=(True, False))
@@ -220,8 +225,8 @@ def test_tuned_validation_rows_checkpoint_and_images(synth_data, tmp_path, monke
 
 @pytest.mark.integration
 def test_fixed_validation_logs_the_fixed_postprocessing(synth_data, tmp_path, lively):
-    from hrnet_sweep.dbnet.inference import load_checkpoint
     from hrnet_sweep.dbnet.data import to_network_input
+    from hrnet_sweep.dbnet.inference import load_checkpoint
     from hrnet_sweep.pipeline.train import build_datasets, run
 
     cfg = load_config([*TINY, f"data.root={synth_data}", f"output_dir={tmp_path}", "run_name=fixed",

@@ -113,7 +113,7 @@ class DBNetModule(pl.LightningModule):
             self.model = self.model.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_config(cls, model: torch.nn.Module, loss: torch.nn.Module, cfg, **overrides) -> "DBNetModule":
+    def from_config(cls, model: torch.nn.Module, loss: torch.nn.Module, cfg, **overrides) -> DBNetModule:
         """The module for a resolved `Config`: its sub-configs and numbers, and the config
         itself for the checkpoint; `overrides` replace any of the keyword arguments."""
         kwargs = dict(optimizer=cfg.models.optimizer, scheduler=cfg.models.scheduler,
@@ -276,7 +276,7 @@ class DBNetModule(pl.LightningModule):
         if ref:
             wd = wd * math.sqrt(self.batch_size / ref)
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        for p in self.model.parameters():
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on norms and biases
         optimizer = build_optimizer(

@@ -63,7 +63,7 @@ class Setting:
     use_polygon: bool
 
     @classmethod
-    def of(cls, values: Any) -> "Setting":
+    def of(cls, values: Any) -> Setting:
         """The setting of a `PostprocessConfig` or of a result row (a mapping)."""
         get = values.get if isinstance(values, Mapping) else lambda k: getattr(values, k)
         return cls(*(get(k) for k in PARAMS))
