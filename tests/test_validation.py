@@ -195,7 +195,7 @@ def test_tuned_validation_rows_checkpoint_and_images(synth_data, tmp_path, monke
     monkeypatch.setattr(ValidationSearch, "add", lambda self, items: (seen[-1].extend(items), add(self, items))[1])
     cfg = load_config([*TINY, f"data.root={synth_data}", f"output_dir={tmp_path}", "run_name=tuned",
                        "trainer.max_epochs=2", "wandb=true", "logging.tensorboard=true", "logging.val_images=2",
-                       "models.postprocess.tune_workers=1", "models.postprocess.max_candidates=100", *lively])
+                       "models.postprocess.tune_workers=1", *lively])
     res = run(cfg)
     assert res.state == "finished", res.reason
     run_dir = tmp_path / "tuned"

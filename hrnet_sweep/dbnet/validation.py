@@ -101,8 +101,8 @@ class Grid:
 
 
 VAL_GRID = Grid(thresh=(0.2, 0.3, 0.4, 0.5), box_thresh=(0.3, 0.5, 0.7), unclip_ratio=(1.5, 2.0))
-"""The validation search: 48 coarse settings (4 contour passes per image), then about 25
-around the best. Small enough to run beside a CPU training epoch (benchmarks/bench_validation.py)."""
+"""At validation: 48 coarse settings (4 contour passes per image), then about 25 around the
+best; small enough to run beside a CPU training epoch (benchmarks/bench_validation.py)."""
 
 
 def _half_steps(values: Sequence[float], best: float, lo: float, hi: float) -> tuple[float, ...]:
@@ -230,31 +230,20 @@ def _one_thread() -> None:
 
 
 def score_settings(items: Sequence[tuple], settings: Sequence[Setting], *, fixed: Mapping[str, Any] | None = None,
-                   workers: int = 1, pool: ProcessPoolExecutor | None = None) -> list[dict]:
+                   workers: int = 1) -> list[dict]:
     """Macro precision / recall / H-Mean of every setting over `items` (see `score_chunk`)."""
     fixed = dict(fixed or {})
     items = list(items)
     if not items:
         raise UserError("no probability maps to tune on")
     workers = max(1, min(int(workers), len(items)))
-    if workers == 1 and pool is None:
+    if workers == 1:
         sums = score_chunk(items, settings, fixed)
     else:
         chunks = [items[i::workers] for i in range(workers)]
-        with (_pool(workers) if pool is None else _NoClose(pool)) as ex:
-            sums = sum(ex.map(score_chunk, chunks, [settings] * workers, [fixed] * workers))
+        with _pool(workers) as pool:
+            sums = sum(pool.map(score_chunk, chunks, [settings] * workers, [fixed] * workers))
     return _rows(settings, sums, len(items))
-
-
-class _NoClose:
-    def __init__(self, pool):
-        self.pool = pool
-
-    def __enter__(self):
-        return self.pool
-
-    def __exit__(self, *exc) -> None:
-        pass
 
 
 def tune_postprocess(maps: Mapping[str, Any], gts: Mapping[str, Sequence[np.ndarray]], grid: Grid | None = None, *,
@@ -311,8 +300,8 @@ class ValidationSearch:
     `add` hands a batch's images (uint8 map of the content, image size, GT) to the worker
     processes at once; `finish` sums their coarse grid, scores the refined settings over
     all images and returns a `SearchResult`. `workers=0` scores in this process. The fixed
-    setting of `pp` is added to the coarse grid. A worker that dies is replaced by scoring
-    in this process, with a warning.
+    setting of `pp` is added to the coarse grid, and chosen when no setting beats it. A
+    worker that dies is replaced by scoring in this process, with a warning.
     """
 
     def __init__(self, pp: PostprocessConfig, *, workers: int = 1, grid: Grid = VAL_GRID):
@@ -368,8 +357,9 @@ class ValidationSearch:
             rows += _rows(fine, sums, len(items), "refine")
         table = rank(rows)
         fixed = next(r for r in table if Setting.of(r) == self.fixed_setting)
+        best = fixed if round(fixed["hmean"], 9) >= round(table[0]["hmean"], 9) else table[0]  # ties: keep the preset's
         self.stats["search_wait_s"] = time.perf_counter() - start
-        return SearchResult(table[0], fixed, table)
+        return SearchResult(best, fixed, table)
 
     def _collect(self, items: list, part: Any, settings: Sequence[Setting]) -> np.ndarray:
         if isinstance(part, Future):
