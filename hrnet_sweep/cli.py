@@ -52,15 +52,10 @@ def _usage() -> str:
 
 
 def run_command(name: str, argv: Sequence[str]) -> int:
-    """Run one command. Its number flags (`type=int` / `type=float`, whoever wrote them)
-    take only finite plain decimals: `numeric.strict_flags`."""
-    from .numeric import strict_flags
-
     target, _ = COMMANDS[name]
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    with strict_flags():
-        return int(func(list(argv)) or 0)
+    return int(func(list(argv)) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

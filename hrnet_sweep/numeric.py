@@ -11,13 +11,12 @@ to Python. None of those is a number here: a number is a plain ASCII decimal
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import re
 from numbers import Integral, Real
 from typing import Any, Callable, Iterator, Literal
 
-__all__ = ["flag", "number_problem", "number_rule", "number_text", "strict_flags", "with_dot"]
+__all__ = ["flag", "number_problem", "number_rule", "number_text", "with_dot"]
 
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -106,27 +105,3 @@ def flag(kind: type = float, *, ge: float | None = None, gt: float | None = None
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
     return parse
-
-
-@contextlib.contextmanager
-def strict_flags() -> Iterator[None]:
-    """While active, every argparse parser built reads `type=int` / `type=float` flags
-    through `flag`, so commands whose modules still write the builtins refuse 'nan',
-    'inf', '1_000' too (`cli.run_command` wraps every command in it).
-
-    argparse looks a flag's `type` up in the parser's type registry first
-    (`ArgumentParser.register("type", ...)`); registering the builtins there changes
-    nothing else.
-    """
-    original = argparse.ArgumentParser.__init__
-
-    def init(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        self.register("type", int, flag(int))
-        self.register("type", float, flag(float))
-
-    argparse.ArgumentParser.__init__ = init  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        argparse.ArgumentParser.__init__ = original  # type: ignore[method-assign]

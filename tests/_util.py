@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 from hrnet_sweep.constants import METRIC
@@ -12,16 +10,6 @@ from hrnet_sweep.constants import METRIC
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CMD = ["${env}", "${interpreter}", "-m", "hrnet_sweep.train", "${args_no_hyphens}"]
 """The sweep `command` of the shipped sweeps: `python -m hrnet_sweep.train key=value ...`."""
-
-
-def load_benchmark(name: str):
-    """Import a benchmark module (its reference implementation is the oracle in tests)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def pid_alive(pid: int) -> bool:

@@ -26,3 +26,14 @@ def synth_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     generate(out, num_images=16, seed=3, progress=False)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Each test starts from the same environment: an in-process W&B run sets
+    `WANDB_SERVICE` (and commands set `HRNET_SWEEP_DATA`), and a later test's child
+    process would inherit them (a `best` subprocess then waited on the dead service)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

@@ -332,3 +332,14 @@ def test_a_sweep_or_preset_file_that_is_a_fifo_is_refused_not_waited_for(argv, t
         pytest.fail("the reader blocked on a FIFO")
     out = capsys.readouterr()
     assert result["rc"] == 2 and "named pipe" in out.out + out.err
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.3", "1_0", "١", "true"])
+def test_tune_grid_values_are_finite_positive_numbers(value):
+    from hrnet_sweep.errors import UserError
+    from hrnet_sweep.pipeline.tune import parse_grid
+
+    with pytest.raises(UserError, match=f"thresh=0.2,{value}"):
+        parse_grid([f"thresh=0.2,{value}"])
+    assert parse_grid(["thresh=0.2,.3"]).thresh == (0.2, 0.3)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from _util import load_benchmark
+import reference_metric as bench
 from hrnet_sweep import metric
 from hrnet_sweep.errors import DataError
 from hrnet_sweep.metric import evaluate, evaluate_image, pseudo_char_counts
@@ -20,7 +20,6 @@ pytestmark = pytest.mark.unit
 EPS32 = float(np.finfo(np.float32).eps)
 
 # word boxes, detection noise and the package oracle are shared with the benchmark
-bench = load_benchmark("bench_metric")
 rect, split, merge, noisy = bench.rect, bench.split, bench.merge, bench.noisy
 
 

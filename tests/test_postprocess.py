@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon
 
-from _util import load_benchmark
+import reference_postprocess as bench
 from hrnet_sweep.config import PostprocessConfig
 from hrnet_sweep.dbnet.postprocess import detect, postprocess, resize_prob_to_image
 from hrnet_sweep.dbnet.targets import make_targets
@@ -129,7 +129,6 @@ def test_defaults_are_the_config_defaults():
     config = PostprocessConfig()
     keys = ("thresh", "box_thresh", "unclip_ratio", "use_polygon", "max_candidates", "min_size")
     assert {k: defaults[k] for k in keys} == {k: getattr(config, k) for k in keys}
-    bench = load_benchmark("bench_postprocess")
     prob, _ = bench.receipt_prob_map(20, size=320, seed=2)
     ours, scores = postprocess(prob, image_size=(500, 400))
     via_config, config_scores = detect(prob, PostprocessConfig(), image_size=(500, 400))
@@ -239,7 +238,6 @@ def test_pinned_polygon():
 
 @pytest.mark.parametrize("use_polygon", [False, True], ids=["box", "polygon"])
 def test_equals_reference_on_a_receipt_map(use_polygon):
-    bench = load_benchmark("bench_postprocess")
     prob, _ = bench.receipt_prob_map(40, size=640, seed=4)
     options = {"thresh": 0.3, "box_thresh": 0.5, "unclip_ratio": 1.5, "use_polygon": use_polygon}
     ours, ours_scores = postprocess(prob, image_size=(900, 700), **options)

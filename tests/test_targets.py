@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hrnet_sweep.dbnet.targets import make_targets
-from _util import load_benchmark
+from reference_targets import receipt_words, reference_targets
 
 pytestmark = pytest.mark.unit
 
@@ -18,7 +18,7 @@ KEYS = ("prob_map", "prob_mask", "thresh_map", "thresh_mask")
 
 
 def _reference(*args, **kwargs):
-    return load_benchmark("bench_targets").reference_targets(*args, **kwargs)
+    return reference_targets(*args, **kwargs)
 
 
 def _assert_close(ours: dict, ref: dict, tol: float = 1e-3) -> None:
@@ -185,7 +185,7 @@ def test_equals_reference_on_random_polygons(seed):
 
 
 def test_equals_reference_on_receipt_words():
-    words = load_benchmark("bench_targets").receipt_words(40, size=384, seed=5)
+    words = receipt_words(40, size=384, seed=5)
     _assert_close(make_targets(words, 384, 384), _reference(words, 384, 384))
 
 

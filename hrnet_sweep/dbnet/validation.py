@@ -220,13 +220,24 @@ def _rows(settings: Sequence[Setting], sums: np.ndarray, n: int, stage: str | No
 
 def _pool(workers: int) -> ProcessPoolExecutor:
     # spawn: a fork of a process with torch / OpenCV thread pools can hang in the child
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
+                               initargs=(os.getpid(),))
 
 
-def _one_thread() -> None:
+def _worker_start(parent: int) -> None:
+    """One OpenCV thread per worker; the worker dies with the training process (a killed
+    run leaves no search workers behind)."""
     import cv2
 
+    from ..children import die_with_parent
+
+    die_with_parent(parent)
     cv2.setNumThreads(1)
+
+
+def _ready() -> bool:
+    """A first task per worker, so each starts (and imports) while training runs."""
+    return True
 
 
 def score_settings(items: Sequence[tuple], settings: Sequence[Setting], *, fixed: Mapping[str, Any] | None = None,
@@ -322,7 +333,7 @@ class ValidationSearch:
             # shut down with this object, also when training ends by an exception (no teardown)
             weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
             for _ in range(self.workers):
-                self._pool.submit(_one_thread)
+                self._pool.submit(_ready)
 
     def begin_epoch(self) -> None:
         self._parts = []

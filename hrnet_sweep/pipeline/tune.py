@@ -24,6 +24,7 @@ from ..dbnet.validation import PARAMS, Grid, Setting, score_settings, tune_postp
 from ..errors import UserError
 from ..formats import atomic_write_json, read_json
 from .presets import write_postprocess
+from ..numeric import flag, number_text
 
 if TYPE_CHECKING:
     from .ensemble import Retrain
@@ -79,10 +80,11 @@ def parse_grid(args: Sequence[str], base: Grid | None = None) -> Grid:
                 raise UserError(f"--grid {arg!r}: {bad[0]!r} is not polygon/box (or true/false)")
             changes["use_polygon"] = tuple(dict.fromkeys(table[v.lower()] for v in values))
         elif key in PARAMS:
-            try:
-                changes[key] = tuple(float(v) for v in values)
-            except ValueError:
-                raise UserError(f"--grid {arg!r}: values must be numbers") from None
+            numbers = [number_text(v) for v in values]
+            bad = [v for v, n in zip(values, numbers) if n is None or n <= 0]
+            if bad:
+                raise UserError(f"--grid {arg!r}: {bad[0]!r} is not a finite positive number")
+            changes[key] = tuple(float(n) for n in numbers)
         else:
             raise UserError(f"--grid {arg!r}: unknown key {key!r}; allowed {', '.join(PARAMS)}, mode")
     return replace(grid, **changes)
@@ -113,11 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
                     help="values to search, e.g. thresh=0.2,0.3 box_thresh=0.5,0.6 unclip_ratio=1.5,2 mode=polygon,box")
     ap.add_argument("--no-refine", action="store_true", help="coarse grid only")
-    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="scoring processes")
-    ap.add_argument("--max-side", type=int, default=1024, help="cached maps are at most this many pixels on a side")
+    ap.add_argument("--workers", type=flag(int, ge=1), default=min(8, os.cpu_count() or 1), help="scoring processes")
+    ap.add_argument("--max-side", type=flag(int, ge=16), default=1024, help="cached maps are at most this many pixels on a side")
     ap.add_argument("--device", help="device for computing missing maps (default: cuda if available)")
     ap.add_argument("--no-write", action="store_true", help="only report; do not change the preset")
-    ap.add_argument("--top", type=int, default=10, help="rows of the table")
+    ap.add_argument("--top", type=flag(int, ge=1), default=10, help="rows of the table")
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     grid = parse_grid(args.grid, Grid(refine=not args.no_refine))
     target = resolve_retrain(args.target)
