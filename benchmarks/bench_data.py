@@ -40,7 +40,9 @@ from hrnet_sweep.dbnet import targets as targets_mod  # noqa: E402
 from hrnet_sweep.formats import load_annotations  # noqa: E402
 
 TARGET_PER_CORE = 15.0
-SROIE = Path(os.environ.get("HRNET_SWEEP_SROIE", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sroie-mini"))
+SROIE = Path(
+    os.environ.get("HRNET_SWEEP_SROIE", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sroie-mini")
+)
 
 
 def synthetic(folder: Path, count: int, seed: int = 0) -> Path:
@@ -149,8 +151,16 @@ def main() -> int:
     print(f"throughput: {rate:.1f} images/s per core of CPU time (target >= {TARGET_PER_CORE:.0f}): {verdict}")
     print(f"wall clock: {args.images / wall:.1f} images/s (load average {load:.1f} on {os.cpu_count()} CPUs)")
     if args.json:
-        print(json.dumps({"images_per_s_per_core": rate, "wall_images_per_s": args.images / wall, "target": TARGET_PER_CORE,
-                          "ms_per_image": {k: 1000 * v / args.images for k, v in stages.items()}}))
+        print(
+            json.dumps(
+                {
+                    "images_per_s_per_core": rate,
+                    "wall_images_per_s": args.images / wall,
+                    "target": TARGET_PER_CORE,
+                    "ms_per_image": {k: 1000 * v / args.images for k, v in stages.items()},
+                }
+            )
+        )
     return 0
 
 

@@ -72,10 +72,16 @@ def bench_suggest(root: Path, n: int) -> None:
 
 
 def bench_launch(root: Path, n: int) -> None:
-    doc = {"method": "random", "metric": {"name": "val/hmean", "goal": "maximize"}, "run_cap": n,
-           "parameters": {"models.optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-2},
-                          "trainer.max_epochs": {"value": 1}},
-           "command": ["${env}", "${interpreter}", str(REPO / "tests" / "fake_train.py"), "${args_no_hyphens}"]}
+    doc = {
+        "method": "random",
+        "metric": {"name": "val/hmean", "goal": "maximize"},
+        "run_cap": n,
+        "parameters": {
+            "models.optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-2},
+            "trainer.max_epochs": {"value": 1},
+        },
+        "command": ["${env}", "${interpreter}", str(REPO / "tests" / "fake_train.py"), "${args_no_hyphens}"],
+    }
     path = root / "launch.yaml"
     path.write_text(yaml.safe_dump(doc))
     os.environ["FAKE_TRAIN_EPOCH_S"] = "0"
@@ -89,8 +95,10 @@ def bench_launch(root: Path, n: int) -> None:
     for _ in range(n):
         subprocess.run([sys.executable, str(REPO / "tests" / "fake_train.py"), "trainer.max_epochs=1"], check=True)
     direct_s = time.perf_counter() - t0
-    print(f"run launch: agent {agent_s / n * 1e3:.0f} ms per run vs the command alone {direct_s / n * 1e3:.0f} ms "
-          f"-> engine + agent overhead {(agent_s - direct_s) / n * 1e3:.0f} ms per run ({n} runs)")
+    print(
+        f"run launch: agent {agent_s / n * 1e3:.0f} ms per run vs the command alone {direct_s / n * 1e3:.0f} ms "
+        f"-> engine + agent overhead {(agent_s - direct_s) / n * 1e3:.0f} ms per run ({n} runs)"
+    )
 
 
 def main() -> None:

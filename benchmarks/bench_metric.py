@@ -58,13 +58,14 @@ def main(argv=None) -> int:
 
             have_pkg = True
         except ImportError:
-            print("cleval package not installed: timing hrnet_sweep.metric only "
-                  "(pip install cleval to compare)\n")
+            print("cleval package not installed: timing hrnet_sweep.metric only (pip install cleval to compare)\n")
 
     images = make_images(args.images, args.boxes, args.seed)
     n_det = np.mean([len(d) for _, d in images])
-    print(f"{args.images} images, {args.boxes} GT boxes and {n_det:.1f} detections per image, "
-          f"best of {args.repeats} passes")
+    print(
+        f"{args.images} images, {args.boxes} GT boxes and {n_det:.1f} detections per image, "
+        f"best of {args.repeats} passes"
+    )
     ours_cleval(*images[0]), ours_competition(*images[0])  # warm-up (imports)
     if have_pkg:
         package_image(*images[0])  # warm-up: the package compiles numba functions

@@ -43,6 +43,7 @@ from reference_targets import IMAGE_SIZE, WORDS  # noqa: E402
 
 from hrnet_sweep.dbnet.postprocess import postprocess  # noqa: E402
 
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats, short scaling curve")
@@ -75,8 +76,10 @@ def main(argv=None) -> int:
         mode = "polygon" if use_polygon else "box"
         speed_up = ms["ref"] / ms["ours"]
         print(f"{mode:>8} {len(ours[0]):6d} {ms['ours']:9.2f} {ms['ref']:9.2f} {speed_up:8.1f}x {diff:12.2f}")
-    print(f"polygons within 1 px of the reference: {'ok' if worst <= 1 else 'FAIL'} ({clamped} coordinates at "
-          "W - 1 / H - 1 where the paper clamps to W / H)")
+    print(
+        f"polygons within 1 px of the reference: {'ok' if worst <= 1 else 'FAIL'} ({clamped} coordinates at "
+        "W - 1 / H - 1 where the paper clamps to W / H)"
+    )
     print()
     print(f"{'words':>6} {'found':>6} {'box ms':>8} {'poly ms':>8} {'us/word':>8} {'ref box':>8} {'ref poly':>9}")
     for n in counts:

@@ -65,19 +65,31 @@ class ValidationTimer(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         now = time.perf_counter()
         row = self._t.get("row", {})
-        rec = {"epoch": trainer.current_epoch, "tuned": self._t.get("tuned"), "epoch_s": now - self._t["epoch"],
-               "val_s": self._t.get("val_s"), "hmean": row.get(METRIC), "hmean_fixed": row.get(VAL_HMEAN_FIXED),
-               **self._t.get("stats", {})}
+        rec = {
+            "epoch": trainer.current_epoch,
+            "tuned": self._t.get("tuned"),
+            "epoch_s": now - self._t["epoch"],
+            "val_s": self._t.get("val_s"),
+            "hmean": row.get(METRIC),
+            "hmean_fixed": row.get(VAL_HMEAN_FIXED),
+            **self._t.get("stats", {}),
+        }
         self.rows.append(rec)
         elapsed = now - self.start
         if self.echo:
-            print(f"  epoch {rec['epoch']:2d} {'tuned' if rec['tuned'] else 'fixed'}  val H-Mean {_f(rec['hmean'])}"
-                  f"  fixed-setting H-Mean {_f(rec['hmean_fixed'] if rec['tuned'] else rec['hmean'])}"
-                  f"  epoch {rec['epoch_s']:5.1f} s  validation {_f(rec['val_s'], 5, 1)} s"
-                  f" (post-processing {_f(rec.get('postprocess_s'), 4, 1)} s CPU here"
-                  + (f", search {rec['search_cpu_s']:.1f} s CPU, waited {rec['search_wait_s']:.1f} s"
-                     if rec.get("search_cpu_s") is not None else "")
-                  + f")  ({elapsed / 60:5.1f} min)", flush=True)
+            print(
+                f"  epoch {rec['epoch']:2d} {'tuned' if rec['tuned'] else 'fixed'}  val H-Mean {_f(rec['hmean'])}"
+                f"  fixed-setting H-Mean {_f(rec['hmean_fixed'] if rec['tuned'] else rec['hmean'])}"
+                f"  epoch {rec['epoch_s']:5.1f} s  validation {_f(rec['val_s'], 5, 1)} s"
+                f" (post-processing {_f(rec.get('postprocess_s'), 4, 1)} s CPU here"
+                + (
+                    f", search {rec['search_cpu_s']:.1f} s CPU, waited {rec['search_wait_s']:.1f} s"
+                    if rec.get("search_cpu_s") is not None
+                    else ""
+                )
+                + f")  ({elapsed / 60:5.1f} min)",
+                flush=True,
+            )
         if self.budget_s is not None and elapsed + rec["epoch_s"] > self.budget_s:
             print(f"  time budget of {self.budget_s / 60:.0f} min reached: stopping", flush=True)
             trainer.should_stop = True
@@ -91,9 +103,13 @@ class ValidationTimer(pl.Callback):
             if len(rows) > 1 and rows[0]["epoch"] == 0:
                 rows = rows[1:]
             if rows:
-                out[kind] = {"epochs": [r["epoch"] for r in rows],
-                             **{k: statistics.mean(r.get(k) or 0.0 for r in rows)
-                                for k in ("val_s", "epoch_s", "postprocess_s", "search_cpu_s", "search_wait_s")}}
+                out[kind] = {
+                    "epochs": [r["epoch"] for r in rows],
+                    **{
+                        k: statistics.mean(r.get(k) or 0.0 for r in rows)
+                        for k in ("val_s", "epoch_s", "postprocess_s", "search_cpu_s", "search_wait_s")
+                    },
+                }
         if len(out) == 2:
             out["epoch_ratio"] = out["tuned"]["epoch_s"] / out["fixed"]["epoch_s"]
         return out
@@ -123,17 +139,34 @@ def main(argv=None) -> int:
 
     root, data = _data(args.data, Path(args.out))
     limit = int(args.limit_train) if args.limit_train > 1 else args.limit_train
-    cfg = load_config([
-        "preset=hrnet_w18_small_cpu", f"data.root={root}", *data, f"data.image_height={args.size}",
-        f"data.image_width={args.size}", f"data.batch_size={args.batch}", f"data.num_workers={args.workers}",
-        f"models.optimizer.lr={args.lr}", f"trainer.max_epochs={args.epochs}", f"models.scheduler.T_max={args.epochs}",
-        f"trainer.limit_train_batches={limit}", f"models.postprocess.tune_workers={args.tune_workers}",
-        "callbacks.early_stopping.enabled=false", "trainer.progress_bar=false", "logging.tensorboard=false",
-        f"output_dir={args.out}", f"run_name={args.data}-{args.size}px-{time.strftime('%Y%m%d-%H%M%S')}",
-        *([f"ckpt_path={args.init}"] if args.init else []), *args.set,
-    ])
-    print(f"{cfg.models.name} at {args.size}px on {args.data}, {os.cpu_count()} cores, {args.tune_workers} search "
-          f"process(es); epochs alternate tuned / fixed validation", flush=True)
+    cfg = load_config(
+        [
+            "preset=hrnet_w18_small_cpu",
+            f"data.root={root}",
+            *data,
+            f"data.image_height={args.size}",
+            f"data.image_width={args.size}",
+            f"data.batch_size={args.batch}",
+            f"data.num_workers={args.workers}",
+            f"models.optimizer.lr={args.lr}",
+            f"trainer.max_epochs={args.epochs}",
+            f"models.scheduler.T_max={args.epochs}",
+            f"trainer.limit_train_batches={limit}",
+            f"models.postprocess.tune_workers={args.tune_workers}",
+            "callbacks.early_stopping.enabled=false",
+            "trainer.progress_bar=false",
+            "logging.tensorboard=false",
+            f"output_dir={args.out}",
+            f"run_name={args.data}-{args.size}px-{time.strftime('%Y%m%d-%H%M%S')}",
+            *([f"ckpt_path={args.init}"] if args.init else []),
+            *args.set,
+        ]
+    )
+    print(
+        f"{cfg.models.name} at {args.size}px on {args.data}, {os.cpu_count()} cores, {args.tune_workers} search "
+        f"process(es); epochs alternate tuned / fixed validation",
+        flush=True,
+    )
     timer = ValidationTimer(alternate=True)
     result = run(cfg, extra_callbacks=[timer])
     if result.state not in ("finished", "stopped"):
@@ -143,9 +176,11 @@ def main(argv=None) -> int:
     for kind in ("tuned", "fixed"):
         if kind in s:
             k = s[kind]
-            print(f"{kind} validation: {k['val_s']:.1f} s per validation, {k['epoch_s']:.1f} s per epoch "
-                  f"(epochs {k['epochs']}); CPU s per validation: post-processing here {k['postprocess_s']:.1f}, "
-                  f"search workers {k['search_cpu_s']:.1f}; waited for the search {k['search_wait_s']:.1f} s")
+            print(
+                f"{kind} validation: {k['val_s']:.1f} s per validation, {k['epoch_s']:.1f} s per epoch "
+                f"(epochs {k['epochs']}); CPU s per validation: post-processing here {k['postprocess_s']:.1f}, "
+                f"search workers {k['search_cpu_s']:.1f}; waited for the search {k['search_wait_s']:.1f} s"
+            )
     if "epoch_ratio" in s:
         print(f"tuned / fixed epoch time: {s['epoch_ratio']:.3f} (budget 1.25)")
     return 0

@@ -54,8 +54,14 @@ from hrnet_sweep.dbnet.loss import build_loss  # noqa: E402
 from hrnet_sweep.dbnet.model import build_model  # noqa: E402
 from hrnet_sweep.dbnet.speed import compile_cache_dir, configure_backends, prepare_model  # noqa: E402
 
-SEED_SETUP = {"data.batch_size": 2, "trainer.precision": "32", "trainer.channels_last": False, "trainer.compile": False,
-              "trainer.activation_checkpointing": False, "trainer.matmul_precision": "highest"}
+SEED_SETUP = {
+    "data.batch_size": 2,
+    "trainer.precision": "32",
+    "trainer.channels_last": False,
+    "trainer.compile": False,
+    "trainer.activation_checkpointing": False,
+    "trainer.matmul_precision": "highest",
+}
 """The seed's training setup: the reference row of every table."""
 
 PEAK_TFLOPS = {
@@ -116,8 +122,9 @@ def measure(cfg, device: torch.device, warmup: int, steps: int, backend: str) ->
         model = model.to(memory_format=torch.channels_last)
     prepare_model(model, cfg, backends, backend=backend)
     opt = build_optimizer(model.parameters(), cfg.models.optimizer, cfg.models.optimizer.weight_decay)
-    step = train_step(model, build_loss(cfg), opt, precision=t.precision, device_type=device.type,
-                      channels_last=t.channels_last)
+    step = train_step(
+        model, build_loss(cfg), opt, precision=t.precision, device_type=device.type, channels_last=t.channels_last
+    )
     n = cfg.data.batch_size
     batch = synthetic_batch(n, cfg.data.image_height, cfg.data.image_width, device)
     if device.type == "cuda":
@@ -149,8 +156,13 @@ def _row_overrides(args, device: torch.device) -> list[dict]:
     ckpts = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
     rows = []
     for bs, prec, cl, comp, ckpt in itertools.product(batches, precisions, layouts, compiles, ckpts):
-        row = {"data.batch_size": bs, "trainer.precision": prec, "trainer.channels_last": cl,
-               "trainer.compile": comp != "off", "trainer.activation_checkpointing": ckpt}
+        row = {
+            "data.batch_size": bs,
+            "trainer.precision": prec,
+            "trainer.channels_last": cl,
+            "trainer.compile": comp != "off",
+            "trainer.activation_checkpointing": ckpt,
+        }
         if comp != "off":
             row["trainer.compile_scope"] = comp
         rows.append(row)
@@ -161,12 +173,16 @@ def synthetic_table(cfg, args, device: torch.device) -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     rows = [SEED_SETUP, *_row_overrides(args, device)]
     cache = compile_cache_dir(cfg) if any(r["trainer.compile"] for r in rows) else "-"
-    print(f"{cfg.models.name} at {cfg.data.image_height}px on {where}; {args.warmup} warm-up + {args.steps} timed "
-          f"steps; matmul precision {cfg.trainer.matmul_precision} on CUDA (seed setup: highest); "
-          f"cudnn.benchmark {device.type == 'cuda' and not cfg.trainer.deterministic}; compile cache {cache}")
+    print(
+        f"{cfg.models.name} at {cfg.data.image_height}px on {where}; {args.warmup} warm-up + {args.steps} timed "
+        f"steps; matmul precision {cfg.trainer.matmul_precision} on CUDA (seed setup: highest); "
+        f"cudnn.benchmark {device.type == 'cuda' and not cfg.trainer.deterministic}; compile cache {cache}"
+    )
     mem_col = "peak GPU MiB" if device.type == "cuda" else "peak RSS +MiB"
-    print(f"| setting | batch | precision | channels_last | compile | checkpointing | images/s | vs seed setup "
-          f"| TFLOP/s | MFU | {mem_col} | first step s |")
+    print(
+        f"| setting | batch | precision | channels_last | compile | checkpointing | images/s | vs seed setup "
+        f"| TFLOP/s | MFU | {mem_col} | first step s |"
+    )
     print("|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|")
     flops: dict[int, float] = {}
     base = None
@@ -174,8 +190,10 @@ def synthetic_table(cfg, args, device: torch.device) -> None:
         row_cfg = apply_overrides(cfg, over)
         bs, t = row_cfg.data.batch_size, row_cfg.trainer
         comp = t.compile_scope if t.compile else "off"
-        head = (f"| {'seed setup' if i == 0 else 'grid'} | {bs} | {t.precision} | {t.channels_last} | {comp} | "
-                f"{'on' if t.activation_checkpointing else 'off'} |")
+        head = (
+            f"| {'seed setup' if i == 0 else 'grid'} | {bs} | {t.precision} | {t.channels_last} | {comp} | "
+            f"{'on' if t.activation_checkpointing else 'off'} |"
+        )
         try:
             r = measure(row_cfg, device, args.warmup, args.steps, args.backend)
         except torch.cuda.OutOfMemoryError:
@@ -191,8 +209,11 @@ def synthetic_table(cfg, args, device: torch.device) -> None:
         tflops = r["images_per_s"] * flops[bs] / 1e12
         peak = args.peak_tflops or (peak_tflops(where, t.precision) if device.type == "cuda" else None)
         mfu = f"{100 * tflops / peak:.1f}%" if peak else "-"
-        print(f"{head} {r['images_per_s']:.2f} | {r['images_per_s'] / base:.2f}x | {tflops:.3g} | {mfu} | "
-              f"{r['peak_mb']:.0f} | {r['first_s']:.1f} |", flush=True)
+        print(
+            f"{head} {r['images_per_s']:.2f} | {r['images_per_s'] / base:.2f}x | {tflops:.3g} | {mfu} | "
+            f"{r['peak_mb']:.0f} | {r['first_s']:.1f} |",
+            flush=True,
+        )
     print(f"training FLOPs per image: {', '.join(f'{v / 1e12:.3g} TFLOP (batch {b})' for b, v in flops.items())}")
 
 
@@ -243,10 +264,24 @@ def _synthetic_data(folder: Path, size: int, images: int) -> dict:
     from hrnet_sweep.synth import generate
 
     n_val = max(2, images // 4)
-    generate(folder, num_images=images + n_val, seed=0, width=max(3 * size // 4, 480), height=max(size, 640),
-             splits={"train": images, "val": n_val}, korean=False, progress=False)
-    return {"data.root": str(folder), "data.train_json": "train.json", "data.val_json": "val.json",
-            "data.train_images": "images", "data.val_images": "images", "data.fold": None}
+    generate(
+        folder,
+        num_images=images + n_val,
+        seed=0,
+        width=max(3 * size // 4, 480),
+        height=max(size, 640),
+        splits={"train": images, "val": n_val},
+        korean=False,
+        progress=False,
+    )
+    return {
+        "data.root": str(folder),
+        "data.train_json": "train.json",
+        "data.val_json": "val.json",
+        "data.train_images": "images",
+        "data.val_images": "images",
+        "data.fold": None,
+    }
 
 
 def end_to_end(cfg, args, device: torch.device) -> None:
@@ -254,14 +289,25 @@ def end_to_end(cfg, args, device: torch.device) -> None:
 
     with tempfile.TemporaryDirectory(prefix="gpu_train_e2e_") as tmp:
         tmp = Path(tmp)
-        data = {"data.root": args.data} if args.data else _synthetic_data(tmp / "data", cfg.data.image_height,
-                                                                          args.images)
-        run_cfg = apply_overrides(cfg, {
-            **data, "output_dir": str(tmp / "runs"), "run_name": "e2e", "trainer.max_epochs": args.epochs,
-            "wandb": False, "logging.tensorboard": False, "trainer.progress_bar": False,
-            "callbacks.early_stopping.enabled": False, "callbacks.model_checkpoint.save_top_k": 0,
-            "callbacks.model_checkpoint.save_last": False, "resume_from_checkpoint": None,
-        })
+        data = (
+            {"data.root": args.data} if args.data else _synthetic_data(tmp / "data", cfg.data.image_height, args.images)
+        )
+        run_cfg = apply_overrides(
+            cfg,
+            {
+                **data,
+                "output_dir": str(tmp / "runs"),
+                "run_name": "e2e",
+                "trainer.max_epochs": args.epochs,
+                "wandb": False,
+                "logging.tensorboard": False,
+                "trainer.progress_bar": False,
+                "callbacks.early_stopping.enabled": False,
+                "callbacks.model_checkpoint.save_top_k": 0,
+                "callbacks.model_checkpoint.save_last": False,
+                "resume_from_checkpoint": None,
+            },
+        )
         timer = _timer_callback(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -275,14 +321,20 @@ def end_to_end(cfg, args, device: torch.device) -> None:
     val_s, val_n = timer.validations[-1] if timer.validations else (0.0, 0)
     mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mb()
     d, t = run_cfg.data, run_cfg.trainer
-    print(f"\nend to end ({'data ' + args.data if args.data else f'{args.images} synthetic receipts'}; "
-          f"epoch {len(timer.epochs)} of {args.epochs}; {d.num_workers} workers, prefetch {d.prefetch_factor}, "
-          f"pin_memory {d.pin_memory and device.type == 'cuda'}, persistent {d.persistent_workers})")
-    print(f"| batch | precision | channels_last | compile | training images/s | validation images/s | data wait "
-          f"| {'peak GPU MiB' if device.type == 'cuda' else 'peak RSS MiB'} |")
+    print(
+        f"\nend to end ({'data ' + args.data if args.data else f'{args.images} synthetic receipts'}; "
+        f"epoch {len(timer.epochs)} of {args.epochs}; {d.num_workers} workers, prefetch {d.prefetch_factor}, "
+        f"pin_memory {d.pin_memory and device.type == 'cuda'}, persistent {d.persistent_workers})"
+    )
+    print(
+        f"| batch | precision | channels_last | compile | training images/s | validation images/s | data wait "
+        f"| {'peak GPU MiB' if device.type == 'cuda' else 'peak RSS MiB'} |"
+    )
     print("|---:|---|---|---|---:|---:|---:|---:|")
-    print(f"| {d.batch_size} | {t.precision} | {t.channels_last} | {t.compile_scope if t.compile else 'off'} | "
-          f"{train_ips:.2f} | {val_n / val_s if val_s else float('nan'):.2f} | {100 * wait:.1f}% | {mem:.0f} |")
+    print(
+        f"| {d.batch_size} | {t.precision} | {t.channels_last} | {t.compile_scope if t.compile else 'off'} | "
+        f"{train_ips:.2f} | {val_n / val_s if val_s else float('nan'):.2f} | {100 * wait:.1f}% | {mem:.0f} |"
+    )
 
 
 # ----------------------------------------------------------------------------- main
@@ -296,8 +348,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", type=int, nargs="+", help="default: 8 16 on GPU, 2 on CPU")
     ap.add_argument("--precisions", nargs="+", choices=["32", "16-mixed", "bf16-mixed"], help="default: 32 bf16-mixed")
     ap.add_argument("--channels-last", choices=["off", "on", "both"], help="default: on (GPU), both (CPU)")
-    ap.add_argument("--compile", nargs="+", choices=["off", "regional", "full"],
-                    help="default: off regional on GPU, off on CPU")
+    ap.add_argument(
+        "--compile", nargs="+", choices=["off", "regional", "full"], help="default: off regional on GPU, off on CPU"
+    )
     ap.add_argument("--checkpointing", choices=["off", "on", "both"], default="off", help="activation checkpointing")
     ap.add_argument("--backend", default="inductor", help="torch.compile backend (aot_eager: no code generation)")
     ap.add_argument("--warmup", type=int, default=3)
@@ -318,8 +371,10 @@ def main(argv=None) -> int:
     synthetic_table(cfg, args, device)
     if args.find_batch:
         if device.type == "cuda":
-            print(f"\nlargest batch that fits ({cfg.trainer.precision}, channels_last {cfg.trainer.channels_last}, "
-                  f"checkpointing {cfg.trainer.activation_checkpointing}): {find_largest_batch(cfg, limit=256)}")
+            print(
+                f"\nlargest batch that fits ({cfg.trainer.precision}, channels_last {cfg.trainer.channels_last}, "
+                f"checkpointing {cfg.trainer.activation_checkpointing}): {find_largest_batch(cfg, limit=256)}"
+            )
         else:
             print(f"\n--find-batch: no CUDA GPU; training uses the preset's data.batch_size={cfg.data.batch_size}")
     if args.e2e:

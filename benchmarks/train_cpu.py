@@ -43,15 +43,21 @@ def prepare(kind: str, out: Path) -> tuple[Path, list[str], Path | None]:
     if kind == "sroie":
         if not (SROIE / "train.json").is_file():
             sys.exit(f"sroie-mini not found at {SROIE}; set HRNET_SWEEP_SROIE")
-        return SROIE, ["data.fold=null", "data.train_json=train.json", "data.val_json=val.json",
-                       "data.train_images=images"], None
+        return (
+            SROIE,
+            ["data.fold=null", "data.train_json=train.json", "data.val_json=val.json", "data.train_images=images"],
+            None,
+        )
     from hrnet_sweep.synth import generate
 
     root = out / "synth"
     if not (root / "test.json").is_file():
         generate(root, num_images=200, seed=11, progress=True, splits={"train": 140, "val": 30, "test": 30})
-    return root, ["data.fold=null", "data.train_json=train.json", "data.val_json=val.json",
-                  "data.train_images=images"], root / "test.json"
+    return (
+        root,
+        ["data.fold=null", "data.train_json=train.json", "data.val_json=val.json", "data.train_images=images"],
+        root / "test.json",
+    )
 
 
 def main() -> int:
@@ -65,22 +71,40 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_train_cpu"))
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value overrides")
-    ap.add_argument("--compare-tuning", action="store_true",
-                    help="alternate tuned and fixed validation epochs and compare their times")
+    ap.add_argument(
+        "--compare-tuning",
+        action="store_true",
+        help="alternate tuned and fixed validation epochs and compare their times",
+    )
     args = ap.parse_args()
 
     out = Path(args.out)
     root, data_overrides, held_out = prepare(args.data, out)
     run_name = f"{args.data}-{args.size}px-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = load_config([
-        "preset=hrnet_w18_small_cpu", f"data.root={root}", *data_overrides,
-        f"data.image_height={args.size}", f"data.image_width={args.size}", f"data.batch_size={args.batch}",
-        f"data.num_workers={args.workers}", f"models.optimizer.lr={args.lr}", f"trainer.max_epochs={args.epochs}",
-        f"models.scheduler.T_max={args.epochs}", "callbacks.early_stopping.enabled=false",
-        "trainer.progress_bar=false", f"output_dir={out}", f"run_name={run_name}", *args.set,
-    ])
-    print(f"training {cfg.models.name} from scratch at {args.size}px on {args.data} "
-          f"(budget {args.minutes:.0f} min, {os.cpu_count()} cores)", flush=True)
+    cfg = load_config(
+        [
+            "preset=hrnet_w18_small_cpu",
+            f"data.root={root}",
+            *data_overrides,
+            f"data.image_height={args.size}",
+            f"data.image_width={args.size}",
+            f"data.batch_size={args.batch}",
+            f"data.num_workers={args.workers}",
+            f"models.optimizer.lr={args.lr}",
+            f"trainer.max_epochs={args.epochs}",
+            f"models.scheduler.T_max={args.epochs}",
+            "callbacks.early_stopping.enabled=false",
+            "trainer.progress_bar=false",
+            f"output_dir={out}",
+            f"run_name={run_name}",
+            *args.set,
+        ]
+    )
+    print(
+        f"training {cfg.models.name} from scratch at {args.size}px on {args.data} "
+        f"(budget {args.minutes:.0f} min, {os.cpu_count()} cores)",
+        flush=True,
+    )
     t0 = time.time()
     timer = ValidationTimer(alternate=args.compare_tuning, budget_s=args.minutes * 60)
     result = run(cfg, extra_callbacks=[timer])
@@ -105,21 +129,36 @@ def main() -> int:
         maps = dict(probability_maps([model], root / cfg.data.train_images, list(val_ann), progress=False))
         b, table = tune_postprocess(maps, gts, Grid(), workers=2)
         tuned[label] = (b, len(table), ckpt, model)
-        print(f"  {label} checkpoint ({Path(ckpt).name}), tuned post-processing: val H-Mean {b['hmean']:.4f}",
-              flush=True)
+        print(
+            f"  {label} checkpoint ({Path(ckpt).name}), tuned post-processing: val H-Mean {b['hmean']:.4f}", flush=True
+        )
     chosen = max(tuned, key=lambda k: tuned[k][0]["hmean"])
     best, n_settings, chosen_ckpt, model = tuned[chosen]
     tune_s = time.time() - t1
     summary = {
-        "data": args.data, "size": args.size, "epochs_run": result.epochs, "train_minutes": round(train_s / 60, 2),
-        "best_epoch": result.best_epoch, "val_hmean_best": result.best,
-        "val_hmean_tuned": best["hmean"], "tuned_postprocess": {k: best[k] for k in ("thresh", "box_thresh",
-                                                                                    "unclip_ratio", "use_polygon")},
-        "tuned_checkpoint": chosen_ckpt, "val_hmean_tuned_per_checkpoint": {k: v[0]["hmean"] for k, v in tuned.items()},
-        "tune_seconds": round(tune_s, 1), "curve": [
-            {"epoch": r["epoch"], "tuned": r["tuned"], "hmean": r["hmean"], "hmean_fixed": r["hmean_fixed"],
-             "epoch_s": round(r["epoch_s"], 1), "val_s": round(r["val_s"] or 0.0, 1),
-             "search_cpu_s": round(r.get("search_cpu_s") or 0.0, 1)} for r in timer.rows],
+        "data": args.data,
+        "size": args.size,
+        "epochs_run": result.epochs,
+        "train_minutes": round(train_s / 60, 2),
+        "best_epoch": result.best_epoch,
+        "val_hmean_best": result.best,
+        "val_hmean_tuned": best["hmean"],
+        "tuned_postprocess": {k: best[k] for k in ("thresh", "box_thresh", "unclip_ratio", "use_polygon")},
+        "tuned_checkpoint": chosen_ckpt,
+        "val_hmean_tuned_per_checkpoint": {k: v[0]["hmean"] for k, v in tuned.items()},
+        "tune_seconds": round(tune_s, 1),
+        "curve": [
+            {
+                "epoch": r["epoch"],
+                "tuned": r["tuned"],
+                "hmean": r["hmean"],
+                "hmean_fixed": r["hmean_fixed"],
+                "epoch_s": round(r["epoch_s"], 1),
+                "val_s": round(r["val_s"] or 0.0, 1),
+                "search_cpu_s": round(r.get("search_cpu_s") or 0.0, 1),
+            }
+            for r in timer.rows
+        ],
         "timing": timer.summary(),
     }
     if held_out is not None:
@@ -134,20 +173,26 @@ def main() -> int:
     print("\nvalidation H-Mean per epoch, tuned and at the preset's post-processing; epoch and validation s:")
     for r in summary["curve"]:
         tuned, fixed = (r["hmean"], r["hmean_fixed"]) if r["tuned"] else (None, r["hmean"])
-        print(f"  {r['epoch']:3d}  {'-' if tuned is None else f'{tuned:.4f}':>6}  "
-              f"{'-' if fixed is None else f'{fixed:.4f}':>6}  {r['epoch_s']:6.1f}  {r['val_s']:5.1f}")
+        print(
+            f"  {r['epoch']:3d}  {'-' if tuned is None else f'{tuned:.4f}':>6}  "
+            f"{'-' if fixed is None else f'{fixed:.4f}':>6}  {r['epoch_s']:6.1f}  {r['val_s']:5.1f}"
+        )
     timing = summary["timing"]
     for kind in ("tuned", "fixed"):
         if kind in timing:
-            print(f"{kind} validation epochs: {timing[kind]['epoch_s']:.1f} s per epoch, "
-                  f"{timing[kind]['val_s']:.1f} s per validation")
+            print(
+                f"{kind} validation epochs: {timing[kind]['epoch_s']:.1f} s per epoch, "
+                f"{timing[kind]['val_s']:.1f} s per validation"
+            )
     if "epoch_ratio" in timing:
         print(f"tuned / fixed epoch time: {timing['epoch_ratio']:.3f} (budget 1.25)")
     print(f"\ntrained {result.epochs} epochs in {summary['train_minutes']:.1f} min; best epoch {result.best_epoch}")
     how = "tuned at validation" if cfg.models.postprocess.tune_on_val else "preset post-processing"
     print(f"best val H-Mean ({how}): {result.best:.4f}")
-    print(f"val H-Mean, tuned post-processing:  {best['hmean']:.4f}  with {summary['tuned_postprocess']}, "
-          f"{chosen} checkpoint {Path(chosen_ckpt).name} (search {tune_s:.0f} s over {n_settings} settings each)")
+    print(
+        f"val H-Mean, tuned post-processing:  {best['hmean']:.4f}  with {summary['tuned_postprocess']}, "
+        f"{chosen} checkpoint {Path(chosen_ckpt).name} (search {tune_s:.0f} s over {n_settings} settings each)"
+    )
     if "held_out_hmean" in summary:
         print(f"held-out synthetic test H-Mean (tuned): {summary['held_out_hmean']:.4f}")
     (out / f"{run_name}.json").write_text(json.dumps(summary, indent=2))

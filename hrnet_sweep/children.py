@@ -21,8 +21,9 @@ import functools
 import os
 import signal
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO
 
 __all__ = ["child_env", "die_with_parent", "kill_group", "start"]
 
@@ -30,8 +31,9 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
 """The folder that holds `hrnet_sweep/`: a child's PYTHONPATH starts with it."""
 
 
-def child_env(base: Mapping[str, str] | None = None, *, gpu: str | None = None,
-              threads: int | None = None) -> dict[str, str]:
+def child_env(
+    base: Mapping[str, str] | None = None, *, gpu: str | None = None, threads: int | None = None
+) -> dict[str, str]:
     """The environment of a child: `base` (default this process's) plus the package path.
 
     Args:
@@ -61,7 +63,10 @@ def _prctl():
         return None
 
 
-def die_with_parent(parent: int, prctl=_prctl()) -> None:
+_PRCTL = _prctl()
+
+
+def die_with_parent(parent: int, prctl=_PRCTL) -> None:
     """Called in a child (a `preexec_fn`, a process pool's initializer): the child gets
     SIGTERM when its parent dies (Linux), and exits now if `parent` is already gone.
     `prctl` is looked up once, in the parent: a child between fork and exec should not
@@ -73,13 +78,21 @@ def die_with_parent(parent: int, prctl=_prctl()) -> None:
         os._exit(1)
 
 
-def start(cmd: Sequence[str], *, env: Mapping[str, str], log: IO[bytes], cwd: str | os.PathLike | None = None
-          ) -> subprocess.Popen:
+def start(
+    cmd: Sequence[str], *, env: Mapping[str, str], log: IO[bytes], cwd: str | os.PathLike | None = None
+) -> subprocess.Popen:
     """Start `cmd` in a new process group that dies with this process; stdout and stderr
     go to `log`, stdin is closed. `env` is used as given (build it with `child_env`)."""
-    return subprocess.Popen(list(cmd), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=functools.partial(die_with_parent, os.getpid()))
+    return subprocess.Popen(
+        list(cmd),
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=functools.partial(die_with_parent, os.getpid()),
+    )
 
 
 def kill_group(pid: int, sig: int) -> None:

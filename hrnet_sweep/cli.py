@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import UserError
 
@@ -20,19 +20,43 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("hrnet_sweep.metric:main", "CLEval H-Mean of predictions against ground truth"),
     "predict": ("hrnet_sweep.pipeline.predict:main", "checkpoints or a preset -> prediction JSON + submission CSV"),
     "synth": ("hrnet_sweep.synth:main", "render deterministic synthetic receipts"),
-    "analyze": ("hrnet_sweep.analysis:main", "statistics, flags, per-image H-Mean and worst-image overlays of predictions"),
+    "analyze": (
+        "hrnet_sweep.analysis:main",
+        "statistics, flags, per-image H-Mean and worst-image overlays of predictions",
+    ),
     "compare": ("hrnet_sweep.analysis:main_compare", "compare two or more prediction files image by image"),
     "presets": ("hrnet_sweep.cli:_presets", "list the shipped presets"),
-    "sweep": ("hrnet_sweep.sweep.launcher:main", "create a sweep (W&B, or --local embedded engine) and run one agent per GPU"),
+    "sweep": (
+        "hrnet_sweep.sweep.launcher:main",
+        "create a sweep (W&B, or --local embedded engine) and run one agent per GPU",
+    ),
     "agent": ("hrnet_sweep.sweep.agent:main", "run one sweep agent: local sweep folder/id, or entity/project/id"),
-    "status": ("hrnet_sweep.sweep.status:main_status", "runs of a local sweep: state, params, best metric, stop reason"),
+    "status": (
+        "hrnet_sweep.sweep.status:main_status",
+        "runs of a local sweep: state, params, best metric, stop reason",
+    ),
     "clean": ("hrnet_sweep.sweep.status:main_clean", "delete checkpoints of runs outside the top N (never the best)"),
-    "check": ("hrnet_sweep.sweep.check:main", "validate and lint sweep YAML files: hrnet_sweep check SWEEP.yaml [--strict]"),
-    "explain": ("hrnet_sweep.sweep.check:explain_main", "show a sweep's Hyperband bands in epochs and runs kept per band"),
-    "best": ("hrnet_sweep.pipeline.best:main", "rank a sweep's finished runs by best val/hmean; --export the winner as a preset"),
+    "check": (
+        "hrnet_sweep.sweep.check:main",
+        "validate and lint sweep YAML files: hrnet_sweep check SWEEP.yaml [--strict]",
+    ),
+    "explain": (
+        "hrnet_sweep.sweep.check:explain_main",
+        "show a sweep's Hyperband bands in epochs and runs kept per band",
+    ),
+    "best": (
+        "hrnet_sweep.pipeline.best:main",
+        "rank a sweep's finished runs by best val/hmean; --export the winner as a preset",
+    ),
     "validate-submission": ("hrnet_sweep.submission:main", "check a submission CSV against the competition format"),
-    "kfold": ("hrnet_sweep.pipeline.kfold:main", "retrain every fold of a preset, one per GPU, resumable: kfold PRESET --folds 0-4"),
-    "tune-postprocess": ("hrnet_sweep.pipeline.tune:main", "tune post-processing on the retrain's cached out-of-fold maps"),
+    "kfold": (
+        "hrnet_sweep.pipeline.kfold:main",
+        "retrain every fold of a preset, one per GPU, resumable: kfold PRESET --folds 0-4",
+    ),
+    "tune-postprocess": (
+        "hrnet_sweep.pipeline.tune:main",
+        "tune post-processing on the retrain's cached out-of-fold maps",
+    ),
     "demo": ("hrnet_sweep.pipeline.demo:main", "the whole pipeline on synthetic receipts: CPU, offline, no account"),
 }
 

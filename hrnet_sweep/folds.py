@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .errors import ConfigError, DataError
 from .formats import atomic_write_json, load_annotations, read_json
@@ -49,7 +49,7 @@ def check_fold_args(num_folds: int, num_images: int, fold: int | None = None) ->
 
 def _tiebreak(seed: int, name: str) -> str:
     # sha256, not hash(): Python's str hash is salted per process.
-    return hashlib.sha256(f"{seed}\x00{name}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}\x00{name}".encode()).hexdigest()
 
 
 def assign_folds(names: Sequence[str], word_counts: Sequence[int], num_folds: int, seed: int) -> dict[str, int]:
@@ -175,7 +175,12 @@ def write_manifest(
     for k in range(num_folds):
         names = sorted(n for n, f in assignment.items() if f == k)
         folds.append(
-            {"fold": k, "num_images": len(names), "num_words": sum(word_counts_by_name[n] for n in names), "names": names}
+            {
+                "fold": k,
+                "num_images": len(names),
+                "num_words": sum(word_counts_by_name[n] for n in names),
+                "names": names,
+            }
         )
     doc = {
         "version": MANIFEST_VERSION,

@@ -112,8 +112,12 @@ def atomic_write_json(path: str | os.PathLike, obj, *, overwrite: bool = True, i
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False), overwrite=overwrite)
 
 
-_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def check_readable_file(path: str | os.PathLike, what: str = "file") -> Path:
@@ -263,8 +267,12 @@ def _parse_words(where: str, words_raw: dict, strict: bool) -> list[Word]:
             continue
         words.append(Word(str(key), points))
         if not words[-1].has_area:
-            log.warning("%s word %r: zero area; kept: the metric scores it as the competition does, "
-                        "training leaves it out of the targets", where, key)
+            log.warning(
+                "%s word %r: zero area; kept: the metric scores it as the competition does, "
+                "training leaves it out of the targets",
+                where,
+                key,
+            )
     return words
 
 
@@ -290,8 +298,11 @@ def _parse_image(path: Path, name: str, img, strict: bool) -> ImageAnnotation:
     if not isinstance(img, dict):
         raise DataError(f"{where} is {type(img).__name__}, expected an object")
     if _escapes(name):
-        _report(f"{where}: the name is an absolute path or leaves the images folder ('..'); "
-                f"the image is read from outside the images folder", strict)
+        _report(
+            f"{where}: the name is an absolute path or leaves the images folder ('..'); "
+            f"the image is read from outside the images folder",
+            strict,
+        )
     words_raw = img.get("words") or {}
     if not isinstance(words_raw, dict):
         raise DataError(f'{where}: "words" is {type(words_raw).__name__}, expected an object')
@@ -301,8 +312,9 @@ def _parse_image(path: Path, name: str, img, strict: bool) -> ImageAnnotation:
         if isinstance(size[key], str):
             _report(f"{where}: {key}={size[key]}; ignored (the image's own size is used)", strict)
             size[key] = None
-    return ImageAnnotation(name=name, words=_parse_words(where, words_raw, strict),
-                           width=size["img_w"], height=size["img_h"])
+    return ImageAnnotation(
+        name=name, words=_parse_words(where, words_raw, strict), width=size["img_w"], height=size["img_h"]
+    )
 
 
 def load_annotations(path: str | os.PathLike, *, strict: bool = False) -> dict[str, ImageAnnotation]:
@@ -327,8 +339,10 @@ def load_annotations(path: str | os.PathLike, *, strict: bool = False) -> dict[s
         raise DataError(f'{path}: expected an object with an "images" object at the top level')
     twice = getattr(doc["images"], "duplicates", ())
     if twice:
-        raise DataError(f"{path}: image {twice[0]!r} is listed more than once (JSON keeps only the last entry); "
-                        f"merge its words into one entry")
+        raise DataError(
+            f"{path}: image {twice[0]!r} is listed more than once (JSON keeps only the last entry); "
+            f"merge its words into one entry"
+        )
     return {name: _parse_image(path, name, img, strict) for name, img in doc["images"].items()}
 
 
@@ -386,8 +400,13 @@ def load_predictions(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
         preds = {name: img.polygons() for name, img in load_annotations(path).items()}
     for name, polys in preds.items():
         if len(polys) > MAX_DETECTIONS:
-            log.warning("%s: image %r has %d polygons; the scorer reads only the first %d",
-                        path, name, len(polys), MAX_DETECTIONS)
+            log.warning(
+                "%s: image %r has %d polygons; the scorer reads only the first %d",
+                path,
+                name,
+                len(polys),
+                MAX_DETECTIONS,
+            )
     return preds
 
 
@@ -414,8 +433,9 @@ def submission_csv_text(preds: Mapping[str, Sequence[np.ndarray]]) -> str:
     return buf.getvalue()
 
 
-def write_submission(path: str | os.PathLike, preds: Mapping[str, Sequence[np.ndarray]], *,
-                     overwrite: bool = True) -> Path:
+def write_submission(
+    path: str | os.PathLike, preds: Mapping[str, Sequence[np.ndarray]], *, overwrite: bool = True
+) -> Path:
     """Write the submission CSV atomically; one row per image, an empty field for none."""
     return atomic_write_text(path, submission_csv_text(preds), overwrite=overwrite)
 
@@ -498,8 +518,10 @@ def read_submission(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
                     raise DataError(f"{path}: row {row_no}: expected 2 fields, found {len(row)}")
                 name, field_text = row
                 if name in first_row:
-                    raise DataError(f"{path}: row {row_no}: image {name!r} is listed more than once "
-                                    f"(first at row {first_row[name]})")
+                    raise DataError(
+                        f"{path}: row {row_no}: image {name!r} is listed more than once "
+                        f"(first at row {first_row[name]})"
+                    )
                 first_row[name] = row_no
                 out[name] = _csv_polygons(f"{path}: row {row_no} image {name!r}", field_text)
         except csv.Error as err:

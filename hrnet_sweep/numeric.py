@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Callable
 from numbers import Integral, Real
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 __all__ = ["flag", "number_problem", "number_rule", "number_text", "with_dot"]
 
@@ -55,7 +56,6 @@ def number_problem(value: Any, kind: type = float) -> str | None:
     return f"{value!r} is not a number"
 
 
-
 def number_rule(annotation: Any) -> tuple[type, bool, bool] | None:
     """What a typed field holds, when it holds numbers: (int or float, also takes text,
     is a tuple). `float`, `Union[int, None]`, `tuple[float, float]`, `Union[int, str]`
@@ -65,7 +65,8 @@ def number_rule(annotation: Any) -> tuple[type, bool, bool] | None:
     if kind is None:
         return None
     is_tuple = getattr(annotation, "__origin__", None) is tuple or any(
-        getattr(a, "__origin__", None) is tuple for a in getattr(annotation, "__args__", None) or ())
+        getattr(a, "__origin__", None) is tuple for a in getattr(annotation, "__args__", None) or ()
+    )
     return kind, str in types, is_tuple
 
 
@@ -74,6 +75,7 @@ def _leaf_types(annotation: Any) -> set:
     if not args or getattr(annotation, "__origin__", None) is Literal:
         return {annotation}
     return set().union(*(_leaf_types(a) for a in args if a is not Ellipsis))
+
 
 def with_dot(text: str) -> str:
     """`1e-05` -> `1.0e-05`: how to write an exponent number so YAML 1.1 reads a float."""

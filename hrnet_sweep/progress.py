@@ -13,7 +13,8 @@ import functools
 import math
 import sys
 import time
-from typing import IO, Any, Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import IO, Any, TypeVar
 
 __all__ = ["SparseLines", "is_terminal", "lightning_progress", "sparse_progress", "track"]
 
@@ -36,8 +37,15 @@ class SparseLines:
     printed), no carriage return. Without a known total, a line every 100 steps.
     """
 
-    def __init__(self, total: int | float | None, *, desc: str = "", unit: str = "it", stream: IO | None = None,
-                 every: float = EVERY_PERCENT):
+    def __init__(
+        self,
+        total: int | float | None,
+        *,
+        desc: str = "",
+        unit: str = "it",
+        stream: IO | None = None,
+        every: float = EVERY_PERCENT,
+    ):
         self.total = total if total and math.isfinite(total) else None
         self.desc, self.unit, self.every = desc, unit, every
         self.stream = stream if stream is not None else sys.stderr
@@ -73,8 +81,16 @@ class SparseLines:
         self.printed = self.n
 
 
-def track(iterable: Iterable[T], *, desc: str = "", unit: str = "it", total: int | None = None,
-          stream: IO | None = None, every: float = EVERY_PERCENT, enabled: bool = True) -> Iterator[T]:
+def track(
+    iterable: Iterable[T],
+    *,
+    desc: str = "",
+    unit: str = "it",
+    total: int | None = None,
+    stream: IO | None = None,
+    every: float = EVERY_PERCENT,
+    enabled: bool = True,
+) -> Iterator[T]:
     """`iterable`, with tqdm's bar when `stream` (default stderr) is a terminal, else
     `SparseLines`; nothing at all unless `enabled`."""
     if not enabled:
@@ -140,8 +156,11 @@ def _sparse_progress_class() -> type:
         def _end(self, trainer: Any, stage: str, prefix: str) -> None:
             lines = self.lines.pop(stage, None)
             if lines is not None:
-                metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                           if k.startswith(prefix) and getattr(v, "numel", lambda: 1)() == 1}
+                metrics = {
+                    k: float(v)
+                    for k, v in trainer.callback_metrics.items()
+                    if k.startswith(prefix) and getattr(v, "numel", lambda: 1)() == 1
+                }
                 lines.close(" ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:

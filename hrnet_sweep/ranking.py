@@ -12,8 +12,9 @@ source lists the runs in.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from .constants import METRIC
 from .runfolder import best_in_history, finite

@@ -27,15 +27,33 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Real
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from .formats import atomic_write_json, atomic_write_text
 
-__all__ = ["METRICS_FILE", "MANIFEST_FILE", "STATUS_FILE", "STOP_FILE", "HistoryTail", "append_history",
-           "best_in_history", "best_row", "clear_status", "finite", "history_is_cut", "metric_values", "read_history",
-           "read_status", "request_stop", "rewrite_history", "stop_requested", "write_status"]
+__all__ = [
+    "METRICS_FILE",
+    "MANIFEST_FILE",
+    "STATUS_FILE",
+    "STOP_FILE",
+    "HistoryTail",
+    "append_history",
+    "best_in_history",
+    "best_row",
+    "clear_status",
+    "finite",
+    "history_is_cut",
+    "metric_values",
+    "read_history",
+    "read_status",
+    "request_stop",
+    "rewrite_history",
+    "stop_requested",
+    "write_status",
+]
 
 METRICS_FILE = "metrics.jsonl"
 STATUS_FILE = "status.json"

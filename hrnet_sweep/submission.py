@@ -46,8 +46,9 @@ class Issue:
     message: str
 
     def __str__(self) -> str:
-        where = f"line {self.line}" + (f" (row {self.row}" + (f", {self.filename}" if self.filename else "") + ")"
-                                       if self.row is not None else "")
+        where = f"line {self.line}" + (
+            f" (row {self.row}" + (f", {self.filename}" if self.filename else "") + ")" if self.row is not None else ""
+        )
         return f"{where}: {self.message}"
 
 
@@ -65,8 +66,7 @@ class Report:
         return not self.errors
 
 
-def _check_polygons(text: str, line: int, row: int, name: str, report: Report,
-                    size: tuple[int, int] | None) -> None:
+def _check_polygons(text: str, line: int, row: int, name: str, report: Report, size: tuple[int, int] | None) -> None:
     if text == "":
         report.empty_rows += 1
         return
@@ -74,6 +74,7 @@ def _check_polygons(text: str, line: int, row: int, name: str, report: Report,
     chunks = text.split("|")
     count = 0
     for j, chunk in enumerate(chunks, 1):
+
         def err(msg: str, j: int = j) -> None:
             report.errors.append(Issue(line, row, name, f"polygon {j}: {msg}"))
 
@@ -95,8 +96,14 @@ def _check_polygons(text: str, line: int, row: int, name: str, report: Report,
         values = tuple(int(t) for t in tokens)
         points = len(values) // 2
         if points < MIN_POINTS:
-            report.warnings.append(Issue(line, row, name, f"polygon {j}: {points} points; the scorer ignores "
-                                                          f"polygons with fewer than {MIN_POINTS}"))
+            report.warnings.append(
+                Issue(
+                    line,
+                    row,
+                    name,
+                    f"polygon {j}: {points} points; the scorer ignores polygons with fewer than {MIN_POINTS}",
+                )
+            )
         if values in seen:
             report.warnings.append(Issue(line, row, name, f"polygon {j} repeats polygon {seen[values]}"))
         else:
@@ -108,8 +115,9 @@ def _check_polygons(text: str, line: int, row: int, name: str, report: Report,
                 report.warnings.append(Issue(line, row, name, f"polygon {j} has points outside the {w}x{h} image"))
     report.polygons += count
     if len(chunks) > MAX_DETECTIONS:
-        report.warnings.append(Issue(line, row, name, f"{len(chunks)} polygons; the scorer only reads the first "
-                                                      f"{MAX_DETECTIONS}"))
+        report.warnings.append(
+            Issue(line, row, name, f"{len(chunks)} polygons; the scorer only reads the first {MAX_DETECTIONS}")
+        )
 
 
 def _image_sizes(images: Path, names: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -140,8 +148,9 @@ def _test_images(images: Path) -> tuple[set[str], dict[str, tuple[int, int]]]:
     return expected, _image_sizes(images, sorted(expected))
 
 
-def _check_rows(reader, report: Report, expected: set[str] | None, images: Path | None,
-                sizes: dict[str, tuple[int, int]]) -> dict[str, int]:
+def _check_rows(
+    reader, report: Report, expected: set[str] | None, images: Path | None, sizes: dict[str, tuple[int, int]]
+) -> dict[str, int]:
     """Check the data rows after the header; returns the first line of each file name."""
     first_line: dict[str, int] = {}
     row = 0
@@ -159,8 +168,9 @@ def _check_rows(reader, report: Report, expected: set[str] | None, images: Path 
             continue
         row += 1
         if len(fields) != 2:
-            report.errors.append(Issue(start, row, fields[0] or None,
-                                       f"expected 2 fields (filename,polygons), found {len(fields)}"))
+            report.errors.append(
+                Issue(start, row, fields[0] or None, f"expected 2 fields (filename,polygons), found {len(fields)}")
+            )
             continue
         name, polys = fields
         if not name.strip():
@@ -212,8 +222,9 @@ def validate_submission(path: str | Path, *, images: str | Path | None = None) -
             report.errors.append(Issue(1, None, None, "empty file: expected the header 'filename,polygons'"))
             return report
         if tuple(header) != CSV_HEADER:
-            report.errors.append(Issue(1, None, None, f"header must be exactly 'filename,polygons', found "
-                                                       f"{','.join(header)!r}"))
+            report.errors.append(
+                Issue(1, None, None, f"header must be exactly 'filename,polygons', found {','.join(header)!r}")
+            )
         first_line = _check_rows(reader, report, expected, images, sizes)
     if expected is not None:
         for name in sorted(expected - set(first_line)):
@@ -229,14 +240,21 @@ def _print(report: Report, limit: int, out=None) -> None:
         if len(issues) > limit:
             print(f"{report.path}: ... and {len(issues) - limit} more {kind}s", file=out)
     verdict = "VALID" if report.valid else "INVALID"
-    print(f"{report.path}: {verdict}: {report.rows} rows, {report.polygons} polygons, {report.empty_rows} rows "
-          f"without detections, {len(report.errors)} errors, {len(report.warnings)} warnings", file=out)
+    print(
+        f"{report.path}: {verdict}: {report.rows} rows, {report.polygons} polygons, {report.empty_rows} rows "
+        f"without detections, {len(report.errors)} errors, {len(report.warnings)} warnings",
+        file=out,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="hrnet_sweep validate-submission", description=(
-        "Check a submission CSV (header filename,polygons; integer coordinates joined by single spaces, "
-        "polygons by '|'). Exit 0 when valid (warnings allowed), 2 when not."))
+    ap = argparse.ArgumentParser(
+        prog="hrnet_sweep validate-submission",
+        description=(
+            "Check a submission CSV (header filename,polygons; integer coordinates joined by single spaces, "
+            "polygons by '|'). Exit 0 when valid (warnings allowed), 2 when not."
+        ),
+    )
     ap.add_argument("csv", help="submission CSV")
     ap.add_argument("--images", help="test image folder: every image exactly once, no other rows")
     ap.add_argument("--max-messages", type=flag(int, ge=1), default=20, help="messages shown per kind (default 20)")

@@ -18,8 +18,8 @@ import configparser
 import netrc
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlparse
 
 from .errors import ConfigError
@@ -81,8 +81,9 @@ def require_credentials(what: str, env: Mapping[str, str] | None = None, *, hint
     if found is not None:
         return found
     if offline(env):
-        raise ConfigError(f"{what} needs the W&B server, but WANDB_MODE={env.get('WANDB_MODE')} asks for none; "
-                          "unset WANDB_MODE")
+        raise ConfigError(
+            f"{what} needs the W&B server, but WANDB_MODE={env.get('WANDB_MODE')} asks for none; unset WANDB_MODE"
+        )
     raise ConfigError(
         f"{what} needs W&B credentials for {base_url(env)} and none were found: run `wandb login` (or `wandb "
         f"login --host URL` for a self-hosted server), or set WANDB_API_KEY{hint}"

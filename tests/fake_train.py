@@ -48,9 +48,17 @@ def main(argv: list[str]) -> int:
     record = os.environ.get("FAKE_TRAIN_RECORD")
     if record:
         Path(record).mkdir(parents=True, exist_ok=True)
-        _write_json(Path(record) / f"{run_id}.json", {"argv": sys.argv, "executable": sys.executable,
-                                                      "env": dict(os.environ), "cwd": os.getcwd(),
-                                                      "pid": os.getpid(), "pgid": os.getpgid(0)})
+        _write_json(
+            Path(record) / f"{run_id}.json",
+            {
+                "argv": sys.argv,
+                "executable": sys.executable,
+                "env": dict(os.environ),
+                "cwd": os.getcwd(),
+                "pid": os.getpid(),
+                "pgid": os.getpgid(0),
+            },
+        )
     if control:
         control.mkdir(parents=True, exist_ok=True)
         (control / "fake_train.pid").write_text(str(os.getpid()))
@@ -66,8 +74,15 @@ def main(argv: list[str]) -> int:
         lr = float(params.get("models.optimizer.lr", 3e-4))
         q = max(0.05, 0.9 - 0.3 * abs(math.log10(lr / 3e-4)))
 
-    status = {"state": "finished", "reason": None, "best": None, "best_epoch": None, "run_dir": str(run_dir),
-              "best_ckpt": None, "last_ckpt": None}
+    status = {
+        "state": "finished",
+        "reason": None,
+        "best": None,
+        "best_epoch": None,
+        "run_dir": str(run_dir),
+        "best_ckpt": None,
+        "last_ckpt": None,
+    }
 
     def finish(state: str, reason: str | None = None, code: int = 0) -> int:
         status.update(state=state, reason=reason)

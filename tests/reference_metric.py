@@ -1,6 +1,7 @@
 """The reference for `hrnet_sweep.metric`: the `cleval` package's detection-only CLEval
 (clovaai, installed as the test oracle), called as its own metric calls it, and the
-receipt-like cases both the tests and `benchmarks/bench_metric.py` score. The benchmarks import it too, so tests and benchmarks compare against the same reference.
+receipt-like cases both the tests and `benchmarks/bench_metric.py` score. The benchmarks
+import it too, so tests and benchmarks compare against the same reference.
 """
 
 from __future__ import annotations
@@ -134,5 +135,3 @@ def ours_cleval(gt, det):
 def ours_competition(gt, det):
     r = evaluate_image(gt, det)
     return r.precision, r.recall, r.hmean
-
-

@@ -140,5 +140,3 @@ def _clamp_like(ours: np.ndarray, ref: np.ndarray, size: tuple[int, int] | None)
         return ref
     far = np.array([size[1], size[0]], ref.dtype)
     return np.where((ref == far) & (ours == far - 1), far - 1, ref)
-
-

@@ -2,7 +2,8 @@
 over the whole bounding box in float64, the way its public code does it (MhLiao/DB:
 make_seg_detection_data.py, make_border_map.py), polygons clamped and those
 counter-clockwise on screen reversed first, as its `validate_polygons` does: the oracle
-for `hrnet_sweep.dbnet.targets.make_targets`. The benchmarks import it too, so tests and benchmarks compare against the same reference.
+for `hrnet_sweep.dbnet.targets.make_targets`. The benchmarks import it too, so tests
+and benchmarks compare against the same reference.
 
 `receipt_words` makes the receipt-like inputs both use.
 """
@@ -144,5 +145,3 @@ def receipt_words(count: int, size: int = IMAGE_SIZE, seed: int = 0) -> list[np.
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     centre = np.array([size / 2, size / 2])
     return [((q - centre) @ rot.T + centre).astype(np.float32) for q in words]
-
-

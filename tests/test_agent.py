@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_engine import REPO, make_sweep_yaml
 
+from _util import pid_alive
 from hrnet_sweep.sweep.agent import EXIT_GAVE_UP, classify_exit, run_agent
 from hrnet_sweep.sweep.command import expand_command, read_param_file
 from hrnet_sweep.sweep.engine import LocalSweep, RunOutcome
-
-from test_engine import REPO, make_sweep_yaml
-from _util import pid_alive
 
 HYPERBAND = {"type": "hyperband", "min_iter": 2, "eta": 3, "strict": True}
 
@@ -37,25 +36,36 @@ def _quiet(lines: list[str]):
     return lines.append
 
 
-
-
 # ----------------------------------------------------------------------------- pure
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("rc,status,history,kw,expect", [
-    (-9, None, [0.1], {}, ("crashed", None, "killed by SIGKILL")),
-    (0, None, [], {}, ("crashed", None, "exited with code 0 without writing status.json")),
-    (-15, None, [], {"interrupted": True}, ("crashed", None, "the agent was stopped")),
-    (0, {"state": "finished", "best": 0.7}, [0.5, 0.7, 0.6], {}, ("finished", 0.7, None)),
-    (0, {"state": "finished", "best": None}, [0.5, 0.6], {}, ("finished", 0.6, None)),
-    (0, {"state": "finished", "best": None}, [], {}, ("failed", None, "finished without a finite val/hmean")),
-    (0, {"state": "stopped", "reason": "x"}, [0.2, 0.3], {"stop_reason": "hyperband stop"},
-     ("stopped", 0.3, "hyperband stop")),
-    (1, {"state": "failed", "reason": "loss is NaN"}, [0.2], {}, ("failed", None, "loss is NaN")),
-    (130, {"state": "interrupted", "reason": "interrupted by a signal"}, [], {}, ("crashed", None,
-                                                                              "interrupted by a signal")),
-])
+@pytest.mark.parametrize(
+    "rc,status,history,kw,expect",
+    [
+        (-9, None, [0.1], {}, ("crashed", None, "killed by SIGKILL")),
+        (0, None, [], {}, ("crashed", None, "exited with code 0 without writing status.json")),
+        (-15, None, [], {"interrupted": True}, ("crashed", None, "the agent was stopped")),
+        (0, {"state": "finished", "best": 0.7}, [0.5, 0.7, 0.6], {}, ("finished", 0.7, None)),
+        (0, {"state": "finished", "best": None}, [0.5, 0.6], {}, ("finished", 0.6, None)),
+        (0, {"state": "finished", "best": None}, [], {}, ("failed", None, "finished without a finite val/hmean")),
+        (
+            0,
+            {"state": "stopped", "reason": "x"},
+            [0.2, 0.3],
+            {"stop_reason": "hyperband stop"},
+            ("stopped", 0.3, "hyperband stop"),
+        ),
+        (1, {"state": "failed", "reason": "loss is NaN"}, [0.2], {}, ("failed", None, "loss is NaN")),
+        (
+            130,
+            {"state": "interrupted", "reason": "interrupted by a signal"},
+            [],
+            {},
+            ("crashed", None, "interrupted by a signal"),
+        ),
+    ],
+)
 def test_classify_exit(rc, status, history, kw, expect):
     o = classify_exit(rc, status, history, **kw)
     assert (o.state, o.value, o.reason) == expect and o.exit_code == rc
@@ -73,26 +83,32 @@ def test_classify_exit_minimize_uses_the_lowest_value():
 def test_run_is_launched_as_wandb_agent_does(in_tmp, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_RECORD", str(in_tmp / "record"))
     monkeypatch.setenv("WANDB_MODE", "online")  # the engine always logs offline
-    path = make_sweep_yaml(in_tmp, {"seed": {"values": [3]}, "models.optimizer.lr": {"value": 3.0e-4},
-                                    "trainer.max_epochs": {"value": 2}}, method="grid")
+    path = make_sweep_yaml(
+        in_tmp,
+        {"seed": {"values": [3]}, "models.optimizer.lr": {"value": 3.0e-4}, "trainer.max_epochs": {"value": 2}},
+        method="grid",
+    )
     sweep = LocalSweep.create(path)
     result = run_agent(sweep, poll_s=0.05, out=_quiet([]))
-    (run_id, outcome), = result.outcomes.items()
+    ((run_id, outcome),) = result.outcomes.items()
     assert outcome.state == "finished" and result.exit_code == 0
     rec = json.loads((in_tmp / "record" / f"{run_id}.json").read_text())
     run = sweep.runs()[0]
-    expanded = expand_command(sweep.spec.command, run.params, interpreter=sys.executable, program=None,
-                              env=os.environ)
+    expanded = expand_command(sweep.spec.command, run.params, interpreter=sys.executable, program=None, env=os.environ)
     assert expanded[:2] == ["/usr/bin/env", sys.executable]
-    assert rec["argv"] == expanded[2:] == [str(REPO / "tests" / "fake_train.py"), "seed=3",
-                                           "models.optimizer.lr=0.0003", "trainer.max_epochs=2"]
+    assert (
+        rec["argv"]
+        == expanded[2:]
+        == [str(REPO / "tests" / "fake_train.py"), "seed=3", "models.optimizer.lr=0.0003", "trainer.max_epochs=2"]
+    )
     assert rec["executable"] == sys.executable
     env = rec["env"]
     param_path = sweep.root / "wandb" / f"sweep-{sweep.sweep_id}" / f"config-{run_id}.yaml"
     assert env["WANDB_SWEEP_ID"] == sweep.sweep_id and env["WANDB_RUN_ID"] == run_id
     assert env["WANDB_SWEEP_PARAM_PATH"] == str(param_path)
-    assert read_param_file(param_path) == run.params == {"seed": 3, "models.optimizer.lr": 3e-4,
-                                                         "trainer.max_epochs": 2}
+    assert (
+        read_param_file(param_path) == run.params == {"seed": 3, "models.optimizer.lr": 3e-4, "trainer.max_epochs": 2}
+    )
     assert env["WANDB_MODE"] == "offline" and env["WANDB_DIR"] == str(sweep.root)
     assert env["HRNET_SWEEP_CONTROL_DIR"] == str(sweep.root / "runs" / run_id)
     assert rec["pgid"] == rec["pid"], "the run must lead its own process group"
@@ -106,22 +122,28 @@ def test_run_is_launched_as_wandb_agent_does(in_tmp, monkeypatch):
 @pytest.mark.parametrize("keep", [False, True])
 def test_hyperband_stop_is_honoured(in_tmp, monkeypatch, keep):
     monkeypatch.setenv("FAKE_TRAIN_EPOCH_S", "0.4")
-    path = make_sweep_yaml(in_tmp, {"seed": {"value": 1}, "models.optimizer.lr": {
-        "distribution": "log_uniform_values", "min": 1e-4, "max": 1e-3}, "trainer.max_epochs": {"value": 6}},
-        early_terminate=HYPERBAND)
+    path = make_sweep_yaml(
+        in_tmp,
+        {
+            "seed": {"value": 1},
+            "models.optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-3},
+            "trainer.max_epochs": {"value": 6},
+        },
+        early_terminate=HYPERBAND,
+    )
     sweep = LocalSweep.create(path)
     strong = sweep.suggest(agent="earlier")  # a strong run that finished before
     sweep.report(strong.number, [0.5, 0.7, 0.8, 0.85, 0.9, 0.9], 0)
     sweep.finish(strong.number, RunOutcome("finished", value=0.9, exit_code=0))
     lines: list[str] = []
     result = run_agent(sweep, count=1, poll_s=0.05, keep_stopped_checkpoints=keep, out=lines.append)
-    (run_id, outcome), = result.outcomes.items()
+    ((run_id, outcome),) = result.outcomes.items()
     run = next(r for r in sweep.runs() if r.run_id == run_id)
     assert run.state == "stopped" and outcome.state == "stopped"
     assert run.stop["band"] == 2 and run.stop["value"] == pytest.approx(0.075)
     assert run.stop["threshold"] == pytest.approx(0.7)
     assert 2 <= run.epochs < 6, "training must stop at the epoch boundary after the band"
-    assert (run.control_dir and (Path(run.control_dir) / "STOP").is_file())
+    assert run.control_dir and (Path(run.control_dir) / "STOP").is_file()
     assert json.loads((Path(run.control_dir) / "status.json").read_text())["state"] == "stopped"
     assert sweep.study.trials[run.number].state.name == "PRUNED"
     ckpts = list((in_tmp / "outputs" / run_id / "checkpoints").glob("*.ckpt"))
@@ -138,8 +160,7 @@ def test_hyperband_stop_is_honoured(in_tmp, monkeypatch, keep):
 
 def test_failed_run_is_recorded_and_the_sweep_goes_on(in_tmp, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_FAIL_SEEDS", "2")
-    path = make_sweep_yaml(in_tmp, {"seed": {"values": [1, 2, 3]}, "trainer.max_epochs": {"value": 3}},
-                           method="grid")
+    path = make_sweep_yaml(in_tmp, {"seed": {"values": [1, 2, 3]}, "trainer.max_epochs": {"value": 3}}, method="grid")
     sweep = LocalSweep.create(path)
     lines: list[str] = []
     result = run_agent(sweep, poll_s=0.05, out=lines.append)
@@ -153,16 +174,26 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(in_tmp, monkeypatch):
 
 def test_agent_gives_up_when_its_first_runs_all_fail(in_tmp, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_FAIL_SEEDS", "2")
-    path = make_sweep_yaml(in_tmp, {"seed": {"value": 2}, "models.optimizer.lr": {
-        "distribution": "log_uniform_values", "min": 1e-4, "max": 1e-3}, "trainer.max_epochs": {"value": 3}},
-        run_cap=20)
+    path = make_sweep_yaml(
+        in_tmp,
+        {
+            "seed": {"value": 2},
+            "models.optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-3},
+            "trainer.max_epochs": {"value": 3},
+        },
+        run_cap=20,
+    )
     result = run_agent(LocalSweep.create(path), poll_s=0.05, out=_quiet([]))
     assert result.exit_code == EXIT_GAVE_UP and len(result.outcomes) == 5
 
 
 def _agent_subprocess(root: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hrnet_sweep", "agent", str(root), "--poll", "0.05", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hrnet_sweep", "agent", str(root), "--poll", "0.05", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for_pid_file(root: Path, timeout: float = 60) -> tuple[Path, int]:
@@ -178,8 +209,7 @@ def _wait_for_pid_file(root: Path, timeout: float = 60) -> tuple[Path, int]:
 
 def test_sigkill_of_a_training_gives_a_crashed_run_and_the_sweep_continues(in_tmp, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_EPOCH_S", "0.3")
-    path = make_sweep_yaml(in_tmp, {"seed": {"values": [1, 2, 3]}, "trainer.max_epochs": {"value": 3}},
-                           method="grid")
+    path = make_sweep_yaml(in_tmp, {"seed": {"values": [1, 2, 3]}, "trainer.max_epochs": {"value": 3}}, method="grid")
     sweep = LocalSweep.create(path)
     agent = _agent_subprocess(sweep.root)
     control, pid = _wait_for_pid_file(sweep.root)
@@ -198,8 +228,7 @@ def test_sigkill_of_a_training_gives_a_crashed_run_and_the_sweep_continues(in_tm
 
 def test_sigterm_to_the_agent_stops_its_run_and_leaves_no_process(in_tmp, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_EPOCH_S", "5")
-    path = make_sweep_yaml(in_tmp, {"seed": {"values": [1, 2]}, "trainer.max_epochs": {"value": 50}},
-                           method="grid")
+    path = make_sweep_yaml(in_tmp, {"seed": {"values": [1, 2]}, "trainer.max_epochs": {"value": 50}}, method="grid")
     sweep = LocalSweep.create(path)
     agent = _agent_subprocess(sweep.root)
     control, pid = _wait_for_pid_file(sweep.root)
@@ -218,8 +247,7 @@ def test_sigterm_to_the_agent_stops_its_run_and_leaves_no_process(in_tmp, monkey
 def test_status_and_clean_keep_the_best_runs_checkpoints(in_tmp, capsys):
     from hrnet_sweep.sweep.status import main_clean, main_status
 
-    path = make_sweep_yaml(in_tmp, {"seed": {"values": [3, 9, 5]}, "trainer.max_epochs": {"value": 2}},
-                           method="grid")
+    path = make_sweep_yaml(in_tmp, {"seed": {"values": [3, 9, 5]}, "trainer.max_epochs": {"value": 2}}, method="grid")
     sweep = LocalSweep.create(path)
     run_agent(sweep, poll_s=0.05, out=_quiet([]))
     runs = {r.params["seed"]: r for r in sweep.runs()}

@@ -63,8 +63,11 @@ def constructed_predictions() -> dict[str, list[np.ndarray]]:
 def write_gt(path: Path, polys=GT) -> Path:
     images = {}
     for name, words in polys.items():
-        images[name] = {"img_w": SIZE, "img_h": SIZE,
-                        "words": {f"{k:04d}": {"points": p.tolist()} for k, p in enumerate(words, 1)}}
+        images[name] = {
+            "img_w": SIZE,
+            "img_h": SIZE,
+            "words": {f"{k:04d}": {"points": p.tolist()} for k, p in enumerate(words, 1)},
+        }
     path.write_text(json.dumps({"images": images}))
     return path
 
@@ -97,9 +100,17 @@ def test_box_geometry_width_is_the_side_nearer_horizontal():
 @pytest.mark.unit
 def test_image_flags_counts():
     rules = Rules()
-    polys = [rect(0, 0, 100, 20), rect(0, 0, 10, 10), rect(0, 0, 11, 5), rect(0, 0, 700, 30), rect(0, 0, 30, 300),
-             rect(0, 0, 210, 10), rect(0, 0, 9, 100), np.array([[0, 0], [10, 0], [5, 9]], np.float32),
-             np.array([[0, 0], [10, 0]], np.float32)]
+    polys = [
+        rect(0, 0, 100, 20),
+        rect(0, 0, 10, 10),
+        rect(0, 0, 11, 5),
+        rect(0, 0, 700, 30),
+        rect(0, 0, 30, 300),
+        rect(0, 0, 210, 10),
+        rect(0, 0, 9, 100),
+        np.array([[0, 0], [10, 0], [5, 9]], np.float32),
+        np.array([[0, 0], [10, 0]], np.float32),
+    ]
     f = image_flags(polys, (1000, 1000), rules)
     assert f["tiny"] == [1]  # 11x5 is not tiny: one side > 10
     assert f["huge"] == [3]  # longer side 700 > 500; 30x300 is neither 5% of the area nor > 500 long
@@ -125,12 +136,20 @@ def test_count_outliers_ratio_to_median():
 
 @pytest.mark.unit
 def test_error_types_on_constructed_boxes():
-    gt = [rect(0, 0, 100, 20), rect(200, 0, 100, 20), rect(400, 0, 100, 20), rect(600, 0, 100, 12),
-          rect(0, 100, 100, 20)]
-    det = [rect(0, 0, 48, 20), rect(52, 0, 48, 20),  # gt 0 split in two
-           rect(195, -5, 310, 30),  # merges gt 1 and gt 2
-           rect(0, 300, 50, 20),  # false positive
-           rect(0, 100, 100, 20)]  # gt 4 found; gt 3 (small, 12 px) missed
+    gt = [
+        rect(0, 0, 100, 20),
+        rect(200, 0, 100, 20),
+        rect(400, 0, 100, 20),
+        rect(600, 0, 100, 12),
+        rect(0, 100, 100, 20),
+    ]
+    det = [
+        rect(0, 0, 48, 20),
+        rect(52, 0, 48, 20),  # gt 0 split in two
+        rect(195, -5, 310, 30),  # merges gt 1 and gt 2
+        rect(0, 300, 50, 20),  # false positive
+        rect(0, 100, 100, 20),
+    ]  # gt 4 found; gt 3 (small, 12 px) missed
     e = error_types(gt, det, Rules())
     assert e == {"missed": [3], "missed_small": [3], "split": [0], "merged": [2], "false_positive": [3]}
     assert error_types(gt, [], Rules())["missed"] == [0, 1, 2, 3, 4]
@@ -159,8 +178,13 @@ def test_analyze_counts(analysed):
     assert sum(s["boxes"]["histogram"]["counts"]) == 6
     assert s["count_outliers"]["few"] == ["img_4.jpg"] and s["count_outliers"]["many"] == ["img_5.jpg"]
     flags = {f: (v["boxes"], v["images"]) for f, v in s["flags"].items()}
-    assert flags == {"tiny": (2, 1), "huge": (1, 1), "extreme_aspect": (2, 1), "under_4_points": (1, 1),
-                     "over_cap": (0, 0)}
+    assert flags == {
+        "tiny": (2, 1),
+        "huge": (1, 1),
+        "extreme_aspect": (2, 1),
+        "under_4_points": (1, 1),
+        "over_cap": (0, 0),
+    }
     errors = {e: v["total"] for e, v in s["errors"].items()}
     assert errors == {"missed": 9, "missed_small": 3, "split": 10, "merged": 1, "false_positive": 4}
     per = report.per_image
@@ -254,8 +278,9 @@ def test_bad_inputs(tmp_path):
 @pytest.mark.unit
 def test_cli_analyze(analysed, tmp_path, capsys):
     tmp, gt, _ = analysed
-    assert cli.main(["analyze", str(tmp / "pred.json"), "--gt", str(gt), "--out", str(tmp_path / "o"),
-                     "--no-plots"]) == 0
+    assert (
+        cli.main(["analyze", str(tmp / "pred.json"), "--gt", str(gt), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
+    )
     out = capsys.readouterr().out
     assert "img_4.jpg" in out and str(tmp_path / "o" / "report.md") in out
     assert cli.main(["analyze", str(tmp_path / "missing.csv")]) == 2
@@ -273,8 +298,9 @@ def two_models(tmp: Path) -> tuple[Path, Path]:
     return write_preds(tmp / "a.json", GT), write_preds(tmp / "b.csv", b)
 
 
-@pytest.mark.parametrize("with_gt", [pytest.param(True, marks=pytest.mark.integration),
-                                     pytest.param(False, marks=pytest.mark.unit)])
+@pytest.mark.parametrize(
+    "with_gt", [pytest.param(True, marks=pytest.mark.integration), pytest.param(False, marks=pytest.mark.unit)]
+)
 def test_compare_picks_the_most_disagreeing_image(tmp_path, with_gt):
     a, b = two_models(tmp_path)
     gt = write_gt(tmp_path / "gt.json") if with_gt else None
@@ -304,8 +330,7 @@ def test_compare_names_and_errors(tmp_path, capsys):
         compare([a], out_dir=tmp_path / "x")
     with pytest.raises(UserError, match="unique"):
         compare([a, b], names=["m", "m"], out_dir=tmp_path / "x")
-    assert cli.main(["compare", str(a), str(b), "--names", "base,new", "--out", str(tmp_path / "c"),
-                     "--no-plots"]) == 0
+    assert cli.main(["compare", str(a), str(b), "--names", "base,new", "--out", str(tmp_path / "c"), "--no-plots"]) == 0
     assert "img_3.jpg" in capsys.readouterr().out
     assert json.loads((tmp_path / "c" / "summary.json").read_text())["inputs"]["names"] == ["base", "new"]
 

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_engine import REPO
 
 from hrnet_sweep import cli
 from hrnet_sweep.numeric import flag, number_problem, number_text, with_dot
-
-from test_engine import REPO
 
 pytestmark = pytest.mark.unit
 
@@ -34,26 +33,57 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 # ----------------------------------------------------------------------------- the number rule
 
 
-@pytest.mark.parametrize("text, value", [
-    ("3", 3), ("-2", -2), ("+7", 7), ("0.5", 0.5), (".5", 0.5), ("3e-4", 3e-4), ("1.0e-05", 1e-5), (" 4 ", 4),
-    ("nan", None), ("inf", None), ("-inf", None), (".inf", None), ("1_000", None), ("0x10", None), ("1:30", None),
-    ("١٠", None), ("½", None), ("1e999", None), ("true", None), ("", None), ("1.2.3", None),
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("3", 3),
+        ("-2", -2),
+        ("+7", 7),
+        ("0.5", 0.5),
+        (".5", 0.5),
+        ("3e-4", 3e-4),
+        ("1.0e-05", 1e-5),
+        (" 4 ", 4),
+        ("nan", None),
+        ("inf", None),
+        ("-inf", None),
+        (".inf", None),
+        ("1_000", None),
+        ("0x10", None),
+        ("1:30", None),
+        ("١٠", None),
+        ("½", None),
+        ("1e999", None),
+        ("true", None),
+        ("", None),
+        ("1.2.3", None),
+    ],
+)
 def test_number_text_reads_plain_ascii_decimals_only(text, value):
     assert number_text(text) == value and type(number_text(text)) is type(value)
 
 
-@pytest.mark.parametrize("value, kind, words", [
-    (True, float, "boolean"), (False, int, "boolean"), (float("nan"), float, "not a finite number"),
-    (float("inf"), float, "not a finite number"), (3.0, int, "not a whole number"), ("3e-4", float, "is text"),
-    ("abc", float, "not a plain decimal"), ([1], float, "not a number"), (np.float64("nan"), float, "finite"),
-])
+@pytest.mark.parametrize(
+    "value, kind, words",
+    [
+        (True, float, "boolean"),
+        (False, int, "boolean"),
+        (float("nan"), float, "not a finite number"),
+        (float("inf"), float, "not a finite number"),
+        (3.0, int, "not a whole number"),
+        ("3e-4", float, "is text"),
+        ("abc", float, "not a plain decimal"),
+        ([1], float, "not a number"),
+        (np.float64("nan"), float, "finite"),
+    ],
+)
 def test_number_problem_names_the_value(value, kind, words):
     assert words in number_problem(value, kind)
 
 
-@pytest.mark.parametrize("value, kind", [(3, int), (3, float), (0.5, float), (np.int64(4), int),
-                                         (np.float32(2), float)])
+@pytest.mark.parametrize(
+    "value, kind", [(3, int), (3, float), (0.5, float), (np.int64(4), int), (np.float32(2), float)]
+)
 def test_number_problem_accepts_finite_numbers_of_the_type(value, kind):
     assert number_problem(value, kind) is None
 
@@ -76,23 +106,39 @@ def test_flag_checks_type_and_range():
 # ----------------------------------------------------------------------------- every number flag of every command
 
 NUMBER_FLAGS = [  # (command and its positionals, flag, int or float)
-    (["best", "sw"], "--top", int), (["best", "sw"], "--timeout", float), (["best", "sw"], "--retries", int),
-    (["sweep", "s.yaml"], "--per-gpu", int), (["sweep", "s.yaml"], "--agents", int),
-    (["sweep", "s.yaml"], "--count", int), (["sweep", "s.yaml"], "--run-cap", int),
-    (["sweep", "s.yaml"], "--stagger", float), (["sweep", "s.yaml"], "--max-restarts", int),
-    (["agent", "sw"], "--count", int), (["agent", "sw"], "--poll", float), (["explain", "s.yaml"], "--runs", int),
+    (["best", "sw"], "--top", int),
+    (["best", "sw"], "--timeout", float),
+    (["best", "sw"], "--retries", int),
+    (["sweep", "s.yaml"], "--per-gpu", int),
+    (["sweep", "s.yaml"], "--agents", int),
+    (["sweep", "s.yaml"], "--count", int),
+    (["sweep", "s.yaml"], "--run-cap", int),
+    (["sweep", "s.yaml"], "--stagger", float),
+    (["sweep", "s.yaml"], "--max-restarts", int),
+    (["agent", "sw"], "--count", int),
+    (["agent", "sw"], "--poll", float),
+    (["explain", "s.yaml"], "--runs", int),
     (["clean", "sw"], "--keep-top", int),
     (["predict", "a.ckpt", "--images", "i", "--out", "o.csv"], "--weights", float),
-    (["kfold", "p"], "--cpu-jobs", int), (["tune-postprocess", "r"], "--workers", int),
-    (["tune-postprocess", "r"], "--max-side", int), (["tune-postprocess", "r"], "--top", int),
-    (["synth", "--out", "o"], "--num", int), (["synth", "--out", "o"], "--seed", int),
-    (["synth", "--out", "o"], "--text-scale", float), (["eval", "g.json", "p.json"], "--cap", int),
-    (["analyze", "p.json"], "--worst", int), (["compare", "a.json", "b.json"], "--top", int),
-    (["validate-submission", "s.csv"], "--max-messages", int), (["demo"], "--seed", int),
+    (["kfold", "p"], "--cpu-jobs", int),
+    (["tune-postprocess", "r"], "--workers", int),
+    (["tune-postprocess", "r"], "--max-side", int),
+    (["tune-postprocess", "r"], "--top", int),
+    (["synth", "--out", "o"], "--num", int),
+    (["synth", "--out", "o"], "--seed", int),
+    (["synth", "--out", "o"], "--text-scale", float),
+    (["eval", "g.json", "p.json"], "--cap", int),
+    (["analyze", "p.json"], "--worst", int),
+    (["compare", "a.json", "b.json"], "--top", int),
+    (["validate-submission", "s.csv"], "--max-messages", int),
+    (["demo"], "--seed", int),
 ]
 NOT_NUMBERS = ["nan", "inf", "1_000", "١٠", "true", "0x10", "1e999"]
-FLAG_CASES = [pytest.param(argv, name, value, id=f"{argv[0]} {name} {value}")
-              for argv, name, kind in NUMBER_FLAGS for value in NOT_NUMBERS + (["2.5"] if kind is int else [])]
+FLAG_CASES = [
+    pytest.param(argv, name, value, id=f"{argv[0]} {name} {value}")
+    for argv, name, kind in NUMBER_FLAGS
+    for value in NOT_NUMBERS + (["2.5"] if kind is int else [])
+]
 
 
 @pytest.mark.parametrize("argv, name, value", FLAG_CASES)
@@ -102,11 +148,20 @@ def test_number_flags_refuse_what_float_and_int_accept(argv, name, value, capsys
     assert f"hrnet_sweep {argv[0]}: error: argument {name}: " in err and repr(value) in err, err
 
 
-@pytest.mark.parametrize("argv", [
-    ["best", "sw", "--top", "0"], ["best", "sw", "--timeout", "0"], ["best", "sw", "--retries", "-1"],
-    ["agent", "sw", "--poll", "0"], ["sweep", "s.yaml", "--stagger", "-1"], ["sweep", "s.yaml", "--run-cap", "0"],
-    ["predict", "a.ckpt", "--images", "i", "--out", "o.csv", "--weights", "-0.5"], ["clean", "sw", "--keep-top", "-1"],
-], ids=lambda argv: f"{argv[0]} {argv[-2]} {argv[-1]}")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["best", "sw", "--top", "0"],
+        ["best", "sw", "--timeout", "0"],
+        ["best", "sw", "--retries", "-1"],
+        ["agent", "sw", "--poll", "0"],
+        ["sweep", "s.yaml", "--stagger", "-1"],
+        ["sweep", "s.yaml", "--run-cap", "0"],
+        ["predict", "a.ckpt", "--images", "i", "--out", "o.csv", "--weights", "-0.5"],
+        ["clean", "sw", "--keep-top", "-1"],
+    ],
+    ids=lambda argv: f"{argv[0]} {argv[-2]} {argv[-1]}",
+)
 def test_number_flags_keep_their_ranges(argv, capsys):
     code, err = run_cli(argv, capsys)
     assert code == 2 and f"argument {argv[-2]}: {argv[-1]!r}" in err, err
@@ -125,8 +180,9 @@ def sweep_never_read(monkeypatch):
     monkeypatch.setattr(best, "load_runs", fail)
 
 
-@pytest.mark.parametrize("case", ["read-only /proc", "read-only /sys", "under a regular file",
-                                  "a directory with --force", "empty"])
+@pytest.mark.parametrize(
+    "case", ["read-only /proc", "read-only /sys", "under a regular file", "a directory with --force", "empty"]
+)
 def test_best_export_path_fails_before_the_sweep_is_read(case, tmp_path, sweep_never_read, capsys):
     (tmp_path / "file.txt").write_text("x")
     export, needle = {
@@ -170,6 +226,7 @@ def _damage_sweep_json(text: str, needle: str):
     def damage(root: Path) -> str:
         (root / "sweep.json").write_text(text)
         return needle
+
     return damage
 
 
@@ -222,21 +279,29 @@ def no_checkpoint_loaded(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("outputs, needle", [
-    pytest.param(["--out", "/proc/self/sub.csv"], "--out /proc/self/sub.csv: cannot write there",
-                 id="out read-only /proc"),
-    pytest.param(["--out", "/sys/sub.csv"], "--out /sys/sub.csv: cannot write there", id="out read-only /sys"),
-    pytest.param(["--out", ""], "--out: the path is empty", id="out empty"),
-    pytest.param(["--out", "{tmp}/file.txt/sub.csv"], "is a file, not a folder", id="out under a file"),
-    pytest.param(["--out", "{tmp}"], "is a directory", id="out a directory"),
-    pytest.param(["--out", "{tmp}/sub.csv", "--json", "/proc/self/p.json"],
-                 "--json /proc/self/p.json: cannot write there", id="json read-only"),
-    pytest.param(["--out", "{tmp}/sub.csv", "--json", "{tmp}/sub.csv"], "name the same file", id="json is out"),
-    pytest.param(["--out", "{tmp}/sub.csv", "--weights", "1", "2"], "need 1 weight(s)", id="weights count"),
-    pytest.param(["--out", "{tmp}/sub.csv", "--weights", "nan"], "argument --weights: 'nan'", id="weights nan"),
-])
-def test_predict_checks_outputs_and_weights_before_loading_checkpoints(outputs, needle, tmp_path, no_checkpoint_loaded,
-                                                                       capsys):
+@pytest.mark.parametrize(
+    "outputs, needle",
+    [
+        pytest.param(
+            ["--out", "/proc/self/sub.csv"], "--out /proc/self/sub.csv: cannot write there", id="out read-only /proc"
+        ),
+        pytest.param(["--out", "/sys/sub.csv"], "--out /sys/sub.csv: cannot write there", id="out read-only /sys"),
+        pytest.param(["--out", ""], "--out: the path is empty", id="out empty"),
+        pytest.param(["--out", "{tmp}/file.txt/sub.csv"], "is a file, not a folder", id="out under a file"),
+        pytest.param(["--out", "{tmp}"], "is a directory", id="out a directory"),
+        pytest.param(
+            ["--out", "{tmp}/sub.csv", "--json", "/proc/self/p.json"],
+            "--json /proc/self/p.json: cannot write there",
+            id="json read-only",
+        ),
+        pytest.param(["--out", "{tmp}/sub.csv", "--json", "{tmp}/sub.csv"], "name the same file", id="json is out"),
+        pytest.param(["--out", "{tmp}/sub.csv", "--weights", "1", "2"], "need 1 weight(s)", id="weights count"),
+        pytest.param(["--out", "{tmp}/sub.csv", "--weights", "nan"], "argument --weights: 'nan'", id="weights nan"),
+    ],
+)
+def test_predict_checks_outputs_and_weights_before_loading_checkpoints(
+    outputs, needle, tmp_path, no_checkpoint_loaded, capsys
+):
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "images").mkdir()
     args = [a.replace("{tmp}", str(tmp_path)) for a in outputs]
@@ -248,8 +313,16 @@ def test_predict_checks_outputs_and_weights_before_loading_checkpoints(outputs, 
 def test_predict_with_good_outputs_goes_on_to_load_the_checkpoint(tmp_path, no_checkpoint_loaded, capsys):
     (tmp_path / "images").mkdir()
     with pytest.raises(AssertionError, match="a checkpoint was loaded"):
-        cli.main(["predict", str(tmp_path / "m.ckpt"), "--images", str(tmp_path / "images"),
-                  "--out", str(tmp_path / "out" / "sub.csv")])
+        cli.main(
+            [
+                "predict",
+                str(tmp_path / "m.ckpt"),
+                "--images",
+                str(tmp_path / "images"),
+                "--out",
+                str(tmp_path / "out" / "sub.csv"),
+            ]
+        )
     assert no_checkpoint_loaded == [str(tmp_path / "m.ckpt")]
 
 
@@ -293,9 +366,14 @@ def test_training_progress_in_a_log_file_is_the_sparse_callback():
     bar, callbacks = lightning_progress(True, stream=log)
     assert bar is False and len(callbacks) == 1
     cb = callbacks[0]
-    trainer = SimpleNamespace(is_global_zero=True, num_training_batches=500, num_val_batches=[40],
-                              current_epoch=3, sanity_checking=False,
-                              callback_metrics={"val/hmean": torch.tensor(0.8125), "train/loss": torch.tensor(1.5)})
+    trainer = SimpleNamespace(
+        is_global_zero=True,
+        num_training_batches=500,
+        num_val_batches=[40],
+        current_epoch=3,
+        sanity_checking=False,
+        callback_metrics={"val/hmean": torch.tensor(0.8125), "train/loss": torch.tensor(1.5)},
+    )
     cb.on_train_epoch_start(trainer, None)
     for _ in range(500):
         cb.on_train_batch_end(trainer, None, None, None, 0)
@@ -312,10 +390,13 @@ def test_training_progress_in_a_log_file_is_the_sparse_callback():
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("argv", [
-    lambda p: ["check", str(p)],
-    lambda p: ["train", f"preset={p}", "--dry-run"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        lambda p: ["check", str(p)],
+        lambda p: ["train", f"preset={p}", "--dry-run"],
+    ],
+)
 def test_a_sweep_or_preset_file_that_is_a_fifo_is_refused_not_waited_for(argv, tmp_path, capsys):
     import os
     import threading

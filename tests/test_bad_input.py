@@ -21,7 +21,7 @@ from PIL import Image
 from _util import load_benchmark
 from hrnet_sweep import formats, submission
 from hrnet_sweep.cli import main as cli
-from hrnet_sweep.dbnet.data import build_transforms, read_image
+from hrnet_sweep.dbnet.data import read_image
 from hrnet_sweep.errors import DataError
 from hrnet_sweep.metric import evaluate
 from hrnet_sweep.metric._polygons import _pack
@@ -109,12 +109,25 @@ def test_fifo_image_in_train_json_fails_before_training_instead_of_hanging(tmp_p
     os.mkfifo(images / "f.jpg")
     word = {"0001": _box(20, 30, 120, 50)}
     (tmp_path / "train.json").write_text(_gt_doc({"good.jpg": word, "f.jpg": word}))
-    cfg = load_config([
-        "preset=hrnet_w18_small_cpu", "data.image_height=64", "data.image_width=64", "data.batch_size=1",
-        "data.num_workers=0", "models.decoder.inner_channels=16", "trainer.progress_bar=false",
-        "logging.tensorboard=false", "trainer.max_epochs=1", "data.fold=null", "data.train_json=train.json",
-        "data.val_json=train.json", f"data.root={tmp_path}", f"output_dir={tmp_path / 'out'}", "run_name=fifo",
-    ])
+    cfg = load_config(
+        [
+            "preset=hrnet_w18_small_cpu",
+            "data.image_height=64",
+            "data.image_width=64",
+            "data.batch_size=1",
+            "data.num_workers=0",
+            "models.decoder.inner_channels=16",
+            "trainer.progress_bar=false",
+            "logging.tensorboard=false",
+            "trainer.max_epochs=1",
+            "data.fold=null",
+            "data.train_json=train.json",
+            "data.val_json=train.json",
+            f"data.root={tmp_path}",
+            f"output_dir={tmp_path / 'out'}",
+            "run_name=fifo",
+        ]
+    )
     msg = _raises(lambda: run(cfg), "f.jpg", "named pipe (FIFO)", fifo=images / "f.jpg")
     status = json.loads((tmp_path / "out" / "fifo" / "status.json").read_text())
     assert status["state"] == "failed" and status["reason"] == msg
@@ -133,8 +146,9 @@ def test_json_nested_too_deeply_or_with_a_huge_integer_names_the_file(tmp_path):
 
 def test_json_number_in_non_ascii_digits_is_malformed_json_naming_the_file(tmp_path):
     path = tmp_path / "gt.json"
-    path.write_text('{"images": {"a.jpg": {"words": {"1": {"points": [[\u0661\u0663, 0], [4, 0], [4, 4]]}}}}}',
-                    encoding="utf-8")
+    path.write_text(
+        '{"images": {"a.jpg": {"words": {"1": {"points": [[\u0661\u0663, 0], [4, 0], [4, 4]]}}}}}', encoding="utf-8"
+    )
     _raises(lambda: formats.load_annotations(path), "gt.json", "malformed JSON at line 1")
 
 
@@ -203,9 +217,20 @@ def test_csv_nan_or_inf_skips_the_polygon_with_a_warning_as_json_does(token, tmp
     csv_path = tmp_path / "sub.csv"
     csv_path.write_text(HEADER + f"a.jpg,{QUAD}|{bad}\n")
     json_path = tmp_path / "pred.json"
-    json_path.write_text(json.dumps({"images": {"a.jpg": {"words": {
-        "0001": {"points": _box(10, 10, 50, 30)},
-        "0002": {"points": [[100, 10], [140, float(token)], [140, 30], [100, 30]]}}}}}))
+    json_path.write_text(
+        json.dumps(
+            {
+                "images": {
+                    "a.jpg": {
+                        "words": {
+                            "0001": {"points": _box(10, 10, 50, 30)},
+                            "0002": {"points": [[100, 10], [140, float(token)], [140, 30], [100, 30]]},
+                        }
+                    }
+                }
+            }
+        )
+    )
     with caplog.at_level(logging.WARNING, logger="hrnet_sweep.formats"):
         from_csv = formats.load_predictions(csv_path)
         from_json = formats.load_predictions(json_path)
@@ -267,8 +292,10 @@ def test_image_key_outside_the_images_folder_warns_naming_file_and_key(name, tmp
         anns = formats.load_annotations(path)
     assert list(anns) == ["ok.jpg", "sub/../ok.jpg", name]
     hits = [r.getMessage() for r in caplog.records if "outside the images folder" in r.getMessage()]
-    assert hits == [f"{path}: image {name!r}: the name is an absolute path or leaves the images folder ('..'); "
-                    "the image is read from outside the images folder"]
+    assert hits == [
+        f"{path}: image {name!r}: the name is an absolute path or leaves the images folder ('..'); "
+        "the image is read from outside the images folder"
+    ]
     with pytest.raises(DataError, match="outside the images folder"):
         formats.load_annotations(path, strict=True)
 
@@ -323,9 +350,15 @@ DEGENERATE = {
 }
 
 
-@pytest.mark.parametrize("shape, convention", [(shape, convention) for shape in DEGENERATE
-                                               for convention in ("competition", "cleval")
-                                               if convention == "competition" or len(DEGENERATE[shape]) == 4])
+@pytest.mark.parametrize(
+    "shape, convention",
+    [
+        (shape, convention)
+        for shape in DEGENERATE
+        for convention in ("competition", "cleval")
+        if convention == "competition" or len(DEGENERATE[shape]) == 4
+    ],
+)
 def test_metric_takes_zero_area_polygons_on_either_side_without_failing(shape, convention):
     box = np.array(_box(0, 0, 40, 10), float)
     degenerate = np.array(DEGENERATE[shape], float)
@@ -339,15 +372,19 @@ def test_gt_is_rounded_from_float64_as_the_competition_rounds_it(tmp_path):
     """x = 1000.50002 is 1001 to np.round of float64; a float32 cast first makes it 1000.5,
     then 1000. A 4 x 4 GT box (1 pseudo character) would become 5 x 4 (2)."""
     gt = tmp_path / "gt.json"
-    gt.write_text('{"images": {"a.jpg": {"words": {"0001": {"points": '
-                  "[[1000.50002, 0], [1005, 0], [1005, 4], [1000.50002, 4]]}}}}}")
+    gt.write_text(
+        '{"images": {"a.jpg": {"words": {"0001": {"points": '
+        "[[1000.50002, 0], [1005, 0], [1005, 4], [1000.50002, 4]]}}}}}"
+    )
     (word,) = formats.load_annotations(gt)["a.jpg"].words
     assert word.points.dtype == np.float64 and word.points[0, 0] == 1000.50002
     assert _pack([word.points], round_points=True).raw[0, 0, 0] == 1001
     assert formats.integer_points(word.points)[0, 0] == 1001
     as_read = evaluate({"a": [word.points]}, {"a": []}).per_image["a"]["num_char_gt"]
-    rounded = {x0: evaluate({"a": [np.array(_box(x0, 0, 1005, 4), float)]}, {"a": []}).per_image["a"]["num_char_gt"]
-               for x0 in (1001, 1000)}
+    rounded = {
+        x0: evaluate({"a": [np.array(_box(x0, 0, 1005, 4), float)]}, {"a": []}).per_image["a"]["num_char_gt"]
+        for x0 in (1001, 1000)
+    }
     assert as_read == rounded[1001] == 1 and rounded[1000] == 2
 
 

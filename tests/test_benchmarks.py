@@ -13,8 +13,14 @@ from _util import REPO
 
 
 def _bench(script: str, *args: str, env: dict | None = None) -> str:
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env=None if env is None else {**os.environ, **env})
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=None if env is None else {**os.environ, **env},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -25,9 +31,25 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 @pytest.mark.model
 def test_gpu_train_benchmark_runs_on_cpu_with_a_tiny_backbone():
-    out = _bench("gpu_train.py", "--preset", "hrnet_w18_small_cpu", "--size", "64", "--batches", "2",
-                 "--precisions", "32", "--compile", "off", "--warmup", "1", "--steps", "1", "--find-batch",
-                 env=ONE_THREAD)
+    out = _bench(
+        "gpu_train.py",
+        "--preset",
+        "hrnet_w18_small_cpu",
+        "--size",
+        "64",
+        "--batches",
+        "2",
+        "--precisions",
+        "32",
+        "--compile",
+        "off",
+        "--warmup",
+        "1",
+        "--steps",
+        "1",
+        "--find-batch",
+        env=ONE_THREAD,
+    )
     rows = [line for line in out.splitlines() if line.startswith(("| seed setup |", "| grid |"))]
     # the seed's setup first, then channels_last off and on: each a measured row, not an error
     assert rows[0].startswith("| seed setup | 2 | 32 | False | off | off |") and len(rows) == 3, out
@@ -39,9 +61,27 @@ def test_gpu_train_benchmark_runs_on_cpu_with_a_tiny_backbone():
 
 @pytest.mark.integration
 def test_gpu_train_end_to_end_trains_through_the_data_loader_on_cpu():
-    out = _bench("gpu_train.py", "--preset", "hrnet_w18_small_cpu", "--size", "128", "--batches", "2",
-                 "--precisions", "32", "--channels-last", "off", "--warmup", "1", "--steps", "1",
-                 "--e2e", "--images", "8", env=ONE_THREAD)
+    out = _bench(
+        "gpu_train.py",
+        "--preset",
+        "hrnet_w18_small_cpu",
+        "--size",
+        "128",
+        "--batches",
+        "2",
+        "--precisions",
+        "32",
+        "--channels-last",
+        "off",
+        "--warmup",
+        "1",
+        "--steps",
+        "1",
+        "--e2e",
+        "--images",
+        "8",
+        env=ONE_THREAD,
+    )
     header = next(i for i, line in enumerate(out.splitlines()) if "training images/s" in line)
     row = out.splitlines()[header + 2].strip("|").split("|")
     train_ips, val_ips, wait = float(row[4]), float(row[5]), float(row[6].strip().rstrip("%"))

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hrnet_sweep.pipeline import best as best_cmd
-from hrnet_sweep.pipeline.presets import read_provenance
+from _util import sweep_doc
 from hrnet_sweep.config import load_config
 from hrnet_sweep.errors import UserError
+from hrnet_sweep.pipeline import best as best_cmd
+from hrnet_sweep.pipeline.presets import read_provenance
 from hrnet_sweep.ranking import RunRecord, rank_runs
-
-from _util import sweep_doc
 
 REPO = Path(__file__).resolve().parents[1]
 NAN = float("nan")
@@ -26,8 +25,12 @@ NAN = float("nan")
 # ----------------------------------------------------------------------------- test doubles of the W&B public API
 
 SWEEP_PATH = "acme/receipts/abc123"
-SWEEP_CONFIG = sweep_doc({"models.scheduler.T_max": {"values": [4, 8]}, "trainer.max_epochs": {"value": 8}},
-                         lr=(1e-4, 1e-2), early_terminate=None, command=None)
+SWEEP_CONFIG = sweep_doc(
+    {"models.scheduler.T_max": {"values": [4, 8]}, "trainer.max_epochs": {"value": 8}},
+    lr=(1e-4, 1e-2),
+    early_terminate=None,
+    command=None,
+)
 
 
 class FakeRun:
@@ -36,14 +39,22 @@ class FakeRun:
 
     def __init__(self, run_id, state, values, *, lr=1e-3, t_max=8, summary=None, nested=False, epochs=True):
         self.id, self.name, self.state = run_id, f"run-{run_id}", state
-        params = {"models.optimizer.lr": lr, "models.scheduler.T_max": t_max, "trainer.max_epochs": 8,
-                  "preset": "hrnet_w18_small_cpu"}
+        params = {
+            "models.optimizer.lr": lr,
+            "models.scheduler.T_max": t_max,
+            "trainer.max_epochs": 8,
+            "preset": "hrnet_w18_small_cpu",
+        }
         if nested:  # as the Lightning logger stores it: a nested tree, the sweep keys absent
-            params = {"preset": "hrnet_w18_small_cpu", "models": {"optimizer": {"lr": lr}, "scheduler": {"T_max": t_max}},
-                      "trainer": {"max_epochs": 8}}
+            params = {
+                "preset": "hrnet_w18_small_cpu",
+                "models": {"optimizer": {"lr": lr}, "scheduler": {"T_max": t_max}},
+                "trainer": {"max_epochs": 8},
+            }
         self.config = params
-        self.summary_metrics = summary if summary is not None else (
-            {"val/hmean": {"max": max(values)}} if values else {})
+        self.summary_metrics = (
+            summary if summary is not None else ({"val/hmean": {"max": max(values)}} if values else {})
+        )
         self._rows = []
         for i, v in enumerate(values):
             self._rows.append({"_step": 10 * i + 9, "val/hmean": v, **({"epoch": i} if epochs else {})})
@@ -64,7 +75,7 @@ class FakeApi:
     """Test double of `wandb.Api`: `sweep(path)` from a dict; optionally fails the first
     `fail` calls with `error`, or blocks until `release` is set."""
 
-    def __init__(self, sweeps, *, fail=0, error=ConnectionError("connection reset by peer"), release=None):
+    def __init__(self, sweeps, *, fail=0, error=ConnectionError("connection reset by peer"), release=None):  # noqa: B008
         self.sweeps, self.fail, self.error, self.release = sweeps, fail, error, release
         self.calls = 0
 
@@ -116,8 +127,11 @@ def test_rank_by_best_not_last_and_exclusions_counted():
 
 @pytest.mark.unit
 def test_rank_ties_go_to_earlier_epoch_then_id_and_order_does_not_matter():
-    runs = [RunRecord("z", "finished", history=[0.1, 0.2, 0.9]), RunRecord("y", "finished", history=[0.9]),
-            RunRecord("x", "finished", history=[0.2, 0.9, 0.9])]
+    runs = [
+        RunRecord("z", "finished", history=[0.1, 0.2, 0.9]),
+        RunRecord("y", "finished", history=[0.9]),
+        RunRecord("x", "finished", history=[0.2, 0.9, 0.9]),
+    ]
     for order in (runs, runs[::-1]):
         assert [x.run.id for x in rank_runs(order).ranked] == ["y", "x", "z"]
     assert rank_runs(runs).ranked[1].epoch == 1  # the first time 0.9 was reached
@@ -125,9 +139,13 @@ def test_rank_ties_go_to_earlier_epoch_then_id_and_order_does_not_matter():
 
 @pytest.mark.unit
 def test_rank_uses_recorded_epochs_and_summary_fallback():
-    r = rank_runs([RunRecord("a", "finished", history=[0.3, 0.7], epochs=[1, 3]),
-                   RunRecord("b", "finished", history=[], summary={"val/hmean": {"max": 0.9}}),
-                   RunRecord("c", "finished", history=[], summary={})])
+    r = rank_runs(
+        [
+            RunRecord("a", "finished", history=[0.3, 0.7], epochs=[1, 3]),
+            RunRecord("b", "finished", history=[], summary={"val/hmean": {"max": 0.9}}),
+            RunRecord("c", "finished", history=[], summary={}),
+        ]
+    )
     assert [(x.run.id, x.best, x.epoch) for x in r.ranked] == [("b", 0.9, None), ("a", 0.7, 3)]
     assert r.counts() == {"no finite val/hmean": 1}
 
@@ -156,7 +174,10 @@ def test_wandb_runs_reads_records_through_the_api_double():
     assert h8.epoch == 1  # rows without "epoch": the position of the value in the history
     # nested config (as the logger stores it) resolves the dotted sweep keys
     assert best_cmd.exported_params(h8.run, sweep.parameters) == {
-        "models.optimizer.lr": 5e-3, "models.scheduler.T_max": 4, "trainer.max_epochs": 8}
+        "models.optimizer.lr": 5e-3,
+        "models.scheduler.T_max": 4,
+        "trainer.max_epochs": 8,
+    }
 
 
 @pytest.mark.unit
@@ -168,8 +189,14 @@ def test_wandb_transient_errors_are_retried_then_succeed():
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("error", [TimeoutError("read timed out"), ConnectionError("connection refused"),
-                                   RuntimeError("HTTP 503 Service Unavailable")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        TimeoutError("read timed out"),
+        ConnectionError("connection refused"),
+        RuntimeError("HTTP 503 Service Unavailable"),
+    ],
+)
 def test_wandb_persistent_errors_give_a_clear_error_after_retries(error):
     api = FakeApi({}, fail=100, error=error)
     with pytest.raises(UserError, match=r"failed after 3 attempts.*try again"):
@@ -234,8 +261,11 @@ def test_best_cli_prints_table_and_exports(fake_wandb, tmp_path, capsys):
     assert "run-a1" in table and "0.8100" in table and "run-h8" in table and "run-b2" not in table  # top 2
     assert "1 crashed" in text and "1 no finite val/hmean" in text
     doc = yaml.safe_load(out.read_text())
-    assert doc == {"base": "hrnet_w18_small_cpu", "models": {"optimizer": {"lr": 1e-3}, "scheduler": {"T_max": 8}},
-                   "trainer": {"max_epochs": 8}}
+    assert doc == {
+        "base": "hrnet_w18_small_cpu",
+        "models": {"optimizer": {"lr": 1e-3}, "scheduler": {"T_max": 8}},
+        "trainer": {"max_epochs": 8},
+    }
     prov = read_provenance(out)
     assert prov["sweep"] == SWEEP_PATH and prov["run"] == "a1" and prov["metric"] == "val/hmean"
     assert prov["best"] == 0.81 and prov["epoch"] == 1 and prov["last"] == 0.7 and "date" in prov
@@ -285,9 +315,12 @@ def test_export_rejects_a_run_value_the_config_refuses(tmp_path):
 def test_plain_numbers_in_export(tmp_path):
     import numpy as np
 
-    sweep = best_cmd.SweepRuns("s", "wandb", [], ["models.optimizer.lr", "models.scheduler.T_max"], "hrnet_w18_small_cpu")
-    run = RunRecord("a", "finished", config={"models.optimizer.lr": np.float64(3e-4), "models.scheduler.T_max": "6"},
-                    history=[0.5])
+    sweep = best_cmd.SweepRuns(
+        "s", "wandb", [], ["models.optimizer.lr", "models.scheduler.T_max"], "hrnet_w18_small_cpu"
+    )
+    run = RunRecord(
+        "a", "finished", config={"models.optimizer.lr": np.float64(3e-4), "models.scheduler.T_max": "6"}, history=[0.5]
+    )
     path = best_cmd.export_preset(tmp_path / "x.yaml", sweep, rank_runs([run]).best)
     doc = yaml.safe_load(path.read_text())
     assert doc["models"]["optimizer"]["lr"] == 3e-4 and type(doc["models"]["optimizer"]["lr"]) is float
@@ -310,8 +343,12 @@ def test_best_on_a_local_sweep(tmp_path, capsys):
     sweep = LocalSweep.create(REPO / "sweeps" / "cpu_demo.yaml", sweep_dir=tmp_path / "sw")
     histories = {"finished": [0.2, 0.6, 0.5], "stopped": [0.1, 0.9], "failed": [0.3]}
     ids = {}
-    for state, hist in [("finished", histories["finished"]), ("stopped", histories["stopped"]),
-                        ("failed", histories["failed"]), ("finished", [0.1, 0.4])]:
+    for state, hist in [
+        ("finished", histories["finished"]),
+        ("stopped", histories["stopped"]),
+        ("failed", histories["failed"]),
+        ("finished", [0.1, 0.4]),
+    ]:
         sug = sweep.suggest(agent="test")
         sweep.report(sug.number, hist, 0)
         value = max(hist) if state == "finished" else None
@@ -340,10 +377,23 @@ def test_exported_preset_trains_one_tiny_epoch(fake_wandb, tmp_path, synth_data)
 
     out = tmp_path / "best.yaml"
     assert best_cmd.main([SWEEP_PATH, "--export", str(out)]) == 0
-    cfg = load_config([f"preset={out}", f"data.root={synth_data}", "data.image_height=64", "data.image_width=64",
-                       "models.decoder.inner_channels=16", "trainer.max_epochs=1", "data.num_workers=0",
-                       "data.batch_size=4", "data.num_folds=2", f"output_dir={tmp_path / 'runs'}", "run_name=r",
-                       "trainer.progress_bar=false", "logging.tensorboard=false"])
+    cfg = load_config(
+        [
+            f"preset={out}",
+            f"data.root={synth_data}",
+            "data.image_height=64",
+            "data.image_width=64",
+            "models.decoder.inner_channels=16",
+            "trainer.max_epochs=1",
+            "data.num_workers=0",
+            "data.batch_size=4",
+            "data.num_folds=2",
+            f"output_dir={tmp_path / 'runs'}",
+            "run_name=r",
+            "trainer.progress_bar=false",
+            "logging.tensorboard=false",
+        ]
+    )
     assert cfg.models.optimizer.lr == 1e-3
     result = run(cfg)
     assert result.state == "finished" and result.epochs == 1

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 import hrnet_sweep
-from hrnet_sweep.children import PACKAGE_PARENT, child_env, kill_group, start
-
 from _util import pid_alive
+from hrnet_sweep.children import PACKAGE_PARENT, child_env, kill_group, start
 
 
 @pytest.mark.unit
@@ -46,11 +45,14 @@ def test_a_child_has_its_own_group_and_the_group_is_killed(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
 def test_a_child_dies_with_its_parent(tmp_path):
     # the parent starts a child with `start`, prints its pid, then is SIGKILLed
-    code = ("import sys; from hrnet_sweep.children import child_env, start; "
-            "p = start([sys.executable, '-c', 'import time; time.sleep(60)'], env=child_env(), "
-            "log=open(sys.argv[1], 'ab')); print(p.pid, flush=True); import time; time.sleep(60)")
-    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "log")], stdout=subprocess.PIPE,
-                              env=child_env(), text=True)
+    code = (
+        "import sys; from hrnet_sweep.children import child_env, start; "
+        "p = start([sys.executable, '-c', 'import time; time.sleep(60)'], env=child_env(), "
+        "log=open(sys.argv[1], 'ab')); print(p.pid, flush=True); import time; time.sleep(60)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "log")], stdout=subprocess.PIPE, env=child_env(), text=True
+    )
     child = int(parent.stdout.readline())
     assert pid_alive(child)
     parent.kill()

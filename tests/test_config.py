@@ -59,14 +59,27 @@ def test_numbers_in_exponent_form_and_lists():
 
 def test_every_shipped_preset_resolves_and_variants_are_overrides():
     names = list_presets()
-    for required in ["hrnet_w44_1280", "hrnet_w44_960", "hrnet_w44_1024", "resnet18", "resnet34", "resnet50",
-                     "efficientnet_b0", "efficientnet_b1", "convnext_tiny", "hrnet_w18_small_cpu"]:
+    for required in [
+        "hrnet_w44_1280",
+        "hrnet_w44_960",
+        "hrnet_w44_1024",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "efficientnet_b0",
+        "efficientnet_b1",
+        "convnext_tiny",
+        "hrnet_w18_small_cpu",
+    ]:
         assert required in names
     for name in names:
         cfg = load_config([f"preset={name}"])
         assert cfg.preset == name
     assert load_config(["preset=hrnet_w44_960"]).data.image_height == 960
-    assert load_config(["preset=resnet50"]).models.optimizer.lr == load_config(["preset=hrnet_w44_1280"]).models.optimizer.lr
+    assert (
+        load_config(["preset=resnet50"]).models.optimizer.lr
+        == load_config(["preset=hrnet_w44_1280"]).models.optimizer.lr
+    )
 
 
 def test_apply_overrides_and_roundtrip(tmp_path):
@@ -76,8 +89,11 @@ def test_apply_overrides_and_roundtrip(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(cfg2.to_yaml())
     assert load_config([f"preset={path}"]).data.batch_size == 1
-    assert all("." in k or k in {"preset", "base", "seed", "run_name", "output_dir", "wandb",
-                                 "resume_from_checkpoint", "ckpt_path"} for k in LEAF_KEYS)
+    assert all(
+        "." in k
+        or k in {"preset", "base", "seed", "run_name", "output_dir", "wandb", "resume_from_checkpoint", "ckpt_path"}
+        for k in LEAF_KEYS
+    )
 
 
 def test_yaml_tags_refused(tmp_path):
@@ -99,15 +115,27 @@ def test_dry_run_prints_resolved_config(capsys):
 # ----------------------------------------------------------------------------- numbers: finite and of the key's type
 
 
-@pytest.mark.parametrize("override, shown", [
-    ("models.optimizer.lr=true", "True"), ("models.optimizer.lr=.inf", "'.inf'"), ("models.optimizer.lr=nan", "'nan'"),
-    ("models.optimizer.lr=-.inf", "'-.inf'"), ("models.optimizer.lr=1_000", "'1_000'"),
-    ("models.optimizer.lr=١", "'١'"), ("models.optimizer.lr=1e999", "'1e999'"), ("seed=0x10", "'0x10'"),
-    ("seed=1:30", "'1:30'"), ("trainer.max_epochs=3.0", "3.0"), ("data.fold=true", "True"),
-    ("trainer.devices=true", "True"), ("trainer.limit_train_batches=.inf", "'.inf'"),
-    ("models.optimizer.betas=[0.9, .nan]", "nan"), ("models.out_indices=[1, 2.5]", "2.5"),
-    ("trainer.gradient_clip_val=.nan", "'.nan'"),
-])
+@pytest.mark.parametrize(
+    "override, shown",
+    [
+        ("models.optimizer.lr=true", "True"),
+        ("models.optimizer.lr=.inf", "'.inf'"),
+        ("models.optimizer.lr=nan", "'nan'"),
+        ("models.optimizer.lr=-.inf", "'-.inf'"),
+        ("models.optimizer.lr=1_000", "'1_000'"),
+        ("models.optimizer.lr=١", "'١'"),
+        ("models.optimizer.lr=1e999", "'1e999'"),
+        ("seed=0x10", "'0x10'"),
+        ("seed=1:30", "'1:30'"),
+        ("trainer.max_epochs=3.0", "3.0"),
+        ("data.fold=true", "True"),
+        ("trainer.devices=true", "True"),
+        ("trainer.limit_train_batches=.inf", "'.inf'"),
+        ("models.optimizer.betas=[0.9, .nan]", "nan"),
+        ("models.out_indices=[1, 2.5]", "2.5"),
+        ("trainer.gradient_clip_val=.nan", "'.nan'"),
+    ],
+)
 def test_override_numbers_are_finite_and_of_the_keys_type(override, shown):
     key = override.split("=")[0]
     with pytest.raises(ConfigError) as err:
@@ -116,8 +144,16 @@ def test_override_numbers_are_finite_and_of_the_keys_type(override, shown):
 
 
 def test_plain_decimals_still_read_as_numbers_and_text_keys_keep_their_text():
-    cfg = load_config(["models.optimizer.lr=1e-3", "seed=+7", "trainer.limit_train_batches=.5", "run_name=1_000",
-                       "trainer.devices=auto", "models.optimizer.betas=[0.9, 1.0e-1]"])
+    cfg = load_config(
+        [
+            "models.optimizer.lr=1e-3",
+            "seed=+7",
+            "trainer.limit_train_batches=.5",
+            "run_name=1_000",
+            "trainer.devices=auto",
+            "models.optimizer.betas=[0.9, 1.0e-1]",
+        ]
+    )
     assert cfg.models.optimizer.lr == 1e-3 and cfg.seed == 7 and cfg.trainer.limit_train_batches == 0.5
     assert cfg.run_name == "1_000" and cfg.trainer.devices == "auto" and cfg.models.optimizer.betas == (0.9, 0.1)
 

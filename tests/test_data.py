@@ -31,7 +31,9 @@ from hrnet_sweep.formats import ImageAnnotation, Word, load_annotations
 
 pytestmark = pytest.mark.unit
 
-SROIE = Path(os.environ.get("HRNET_SWEEP_SROIE", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sroie-mini"))
+SROIE = Path(
+    os.environ.get("HRNET_SWEEP_SROIE", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sroie-mini")
+)
 ONLY_GEOMETRY = dict(hflip=0.0, rotate_p=0.0, affine_p=0.0, color_p=0.0, noise_p=0.0, blur_p=0.0)
 
 
@@ -84,7 +86,7 @@ def test_grayscale_palette_rgba_16bit(tmp_path):
     rgba[..., 0], rgba[..., 3] = 200, 255
     rgba[0, 0, 3] = 0  # transparent: paper, white
     _save(tmp_path / "a.png", rgba)
-    deep = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 257 * 20)  # 16-bit values of 0..220 in 8-bit
+    deep = np.arange(12, dtype=np.uint16).reshape(3, 4) * 257 * 20  # 16-bit values of 0..220 in 8-bit
     cv2.imwrite(str(tmp_path / "d.png"), deep)
     deep_rgb = np.dstack([deep, deep // 2, deep // 4])
     cv2.imwrite(str(tmp_path / "drgb.png"), deep_rgb)  # BGR on disk
@@ -119,7 +121,9 @@ def test_to_network_input_matches_albumentations_normalize():
     import albumentations as A
 
     imgs = np.random.default_rng(0).integers(0, 256, (2, 37, 53, 3), dtype=np.uint8)
-    ref = np.stack([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)(image=i)["image"].transpose(2, 0, 1) for i in imgs])
+    ref = np.stack(
+        [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)(image=i)["image"].transpose(2, 0, 1) for i in imgs]
+    )
     out = to_network_input(torch.from_numpy(imgs))
     assert out.shape == (2, 3, 37, 53) and out.dtype == torch.float32 and out.is_contiguous()
     np.testing.assert_allclose(out.numpy(), ref, atol=1e-5)
@@ -282,7 +286,9 @@ def test_unreadable_content_warns_with_name_and_substitutes(folder, caplog):
 
 def test_out_of_image_points_are_clamped(folder):
     root, anns = folder
-    anns["0.jpg"] = ImageAnnotation("0.jpg", [Word("0001", _quad(-15, -4, 200, 30)), Word("0002", _quad(5, 40, 50, 80))])
+    anns["0.jpg"] = ImageAnnotation(
+        "0.jpg", [Word("0001", _quad(-15, -4, 200, 30)), Word("0002", _quad(5, 40, 50, 80))]
+    )
     ds = DetectionDataset(root, anns, ["0.jpg"], build_transforms(None, 64, 96, train=False))
     s = ds[0]
     for p in s["polygons"]:

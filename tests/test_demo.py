@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hrnet_sweep.pipeline import demo
 from hrnet_sweep.errors import UserError
+from hrnet_sweep.pipeline import demo
 
 
 @pytest.mark.unit
@@ -30,8 +30,12 @@ def test_demo_sweep_keeps_the_search_space_and_adds_the_budget(tmp_path):
     assert (fixed["data.image_height"], fixed["data.image_width"]) == demo.DEFAULT.image_size
     assert spec.run_cap == demo.DEFAULT.run_cap
     lr = spec.parameters["models.optimizer.lr"]  # narrowed, never widened
-    assert original["parameters"]["models.optimizer.lr"]["min"] <= lr.min < lr.max <= \
-        original["parameters"]["models.optimizer.lr"]["max"]
+    assert (
+        original["parameters"]["models.optimizer.lr"]["min"]
+        <= lr.min
+        < lr.max
+        <= original["parameters"]["models.optimizer.lr"]["max"]
+    )
 
 
 @pytest.mark.unit

@@ -25,18 +25,28 @@ REPO = Path(__file__).resolve().parents[1]
 FAKE_TRAIN = str(REPO / "tests" / "fake_train.py")
 
 
-def make_sweep_yaml(tmp_path: Path, parameters: dict, *, method: str = "random", name: str = "sweep.yaml",
-                    **extra) -> Path:
-    doc = {"method": method, "metric": {"name": "val/hmean", "goal": "maximize"}, "parameters": parameters,
-           "command": ["${env}", "${interpreter}", FAKE_TRAIN, "${args_no_hyphens}"], **extra}
+def make_sweep_yaml(
+    tmp_path: Path, parameters: dict, *, method: str = "random", name: str = "sweep.yaml", **extra
+) -> Path:
+    doc = {
+        "method": method,
+        "metric": {"name": "val/hmean", "goal": "maximize"},
+        "parameters": parameters,
+        "command": ["${env}", "${interpreter}", FAKE_TRAIN, "${args_no_hyphens}"],
+        **extra,
+    }
     path = tmp_path / name
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
 def spec_of(parameters: dict, method: str = "random"):
-    doc = {"method": method, "metric": {"name": "val/hmean", "goal": "maximize"}, "parameters": parameters,
-           "command": ["${env}", "${interpreter}", FAKE_TRAIN, "${args_no_hyphens}"]}
+    doc = {
+        "method": method,
+        "metric": {"name": "val/hmean", "goal": "maximize"},
+        "parameters": parameters,
+        "command": ["${env}", "${interpreter}", FAKE_TRAIN, "${args_no_hyphens}"],
+    }
     spec, errors = validate_sweep(doc, "test.yaml", check_values=False)
     assert spec is not None, errors
     return spec
@@ -47,15 +57,19 @@ def spec_of(parameters: dict, method: str = "random"):
 
 @pytest.mark.unit
 def test_distribution_mapping():
-    space = build_search_space(spec_of({
-        "preset": {"value": "hrnet_w18_small_cpu"},
-        "models.optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 2e-4},
-        "models.scheduler.T_max": {"values": [15, 18, 20, 25]},
-        "data.batch_size": {"distribution": "int_uniform", "min": 1, "max": 8},
-        "models.postprocess.thresh": {"distribution": "uniform", "min": 0.2, "max": 0.4},
-        "models.optimizer.weight_decay": {"distribution": "log_uniform", "min": -12.0, "max": -8.0},
-        "models.postprocess.unclip_ratio": {"distribution": "q_uniform", "min": 1.0, "max": 2.0, "q": 0.25},
-    }))
+    space = build_search_space(
+        spec_of(
+            {
+                "preset": {"value": "hrnet_w18_small_cpu"},
+                "models.optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 2e-4},
+                "models.scheduler.T_max": {"values": [15, 18, 20, 25]},
+                "data.batch_size": {"distribution": "int_uniform", "min": 1, "max": 8},
+                "models.postprocess.thresh": {"distribution": "uniform", "min": 0.2, "max": 0.4},
+                "models.optimizer.weight_decay": {"distribution": "log_uniform", "min": -12.0, "max": -8.0},
+                "models.postprocess.unclip_ratio": {"distribution": "q_uniform", "min": 1.0, "max": 2.0, "q": 0.25},
+            }
+        )
+    )
     d = space.distributions
     assert d["models.optimizer.lr"] == FloatDistribution(1e-5, 2e-4, log=True)
     assert d["models.scheduler.T_max"] == CategoricalDistribution((15, 18, 20, 25))
@@ -67,9 +81,16 @@ def test_distribution_mapping():
     # q_uniform is sampled continuously and rounded to q, as W&B does
     assert space.decoders["models.postprocess.unclip_ratio"](1.37) == 1.25
     # decode keeps the sweep file's order and adds the fixed values
-    params = space.decode({"models.optimizer.lr": 1e-4, "models.scheduler.T_max": 20, "data.batch_size": 2,
-                           "models.postprocess.thresh": 0.3, "models.optimizer.weight_decay": 1e-5,
-                           "models.postprocess.unclip_ratio": 1.6})
+    params = space.decode(
+        {
+            "models.optimizer.lr": 1e-4,
+            "models.scheduler.T_max": 20,
+            "data.batch_size": 2,
+            "models.postprocess.thresh": 0.3,
+            "models.optimizer.weight_decay": 1e-5,
+            "models.postprocess.unclip_ratio": 1.6,
+        }
+    )
     assert list(params) == list(space.order)
     assert params["preset"] == "hrnet_w18_small_cpu" and params["models.postprocess.unclip_ratio"] == 1.5
 
@@ -83,10 +104,13 @@ def test_list_choices_travel_as_json():
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("body", [
-    {"distribution": "normal", "mu": 0.3, "sigma": 0.05},
-    {"values": [0.2, 0.3], "probabilities": [0.5, 0.5]},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"distribution": "normal", "mu": 0.3, "sigma": 0.05},
+        {"values": [0.2, 0.3], "probabilities": [0.5, 0.5]},
+    ],
+)
 def test_unmappable_distribution_is_rejected_by_name(body):
     with pytest.raises(UserError, match="models.postprocess.thresh"):
         build_search_space(spec_of({"models.postprocess.thresh": body}))
@@ -94,8 +118,15 @@ def test_unmappable_distribution_is_rejected_by_name(body):
 
 @pytest.mark.unit
 def test_grid_space_enumerates_int_uniform():
-    space = build_search_space(spec_of({"seed": {"distribution": "int_uniform", "min": 1, "max": 3},
-                                        "models.scheduler.T_max": {"values": [10, 20]}}, method="grid"))
+    space = build_search_space(
+        spec_of(
+            {
+                "seed": {"distribution": "int_uniform", "min": 1, "max": 3},
+                "models.scheduler.T_max": {"values": [10, 20]},
+            },
+            method="grid",
+        )
+    )
     assert space.grid == {"seed": [1, 2, 3], "models.scheduler.T_max": [10, 20]}
     assert len(space.grid_points()) == 6
 
@@ -105,13 +136,18 @@ def test_grid_space_enumerates_int_uniform():
 
 def _finish(sweep: LocalSweep, sug, history=(0.1, 0.2), state="finished") -> None:
     sweep.report(sug.number, list(history), 0)
-    sweep.finish(sug.number, RunOutcome(state, value=max(history) if state == "finished" else None,
-                                        exit_code=0 if state == "finished" else 1))
+    sweep.finish(
+        sug.number,
+        RunOutcome(
+            state, value=max(history) if state == "finished" else None, exit_code=0 if state == "finished" else 1
+        ),
+    )
 
 
 def test_run_cap_is_respected(tmp_path):
-    path = make_sweep_yaml(tmp_path, {"models.optimizer.lr": {"distribution": "log_uniform_values",
-                                                              "min": 1e-5, "max": 1e-2}}, run_cap=3)
+    path = make_sweep_yaml(
+        tmp_path, {"models.optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-2}}, run_cap=3
+    )
     sweep = LocalSweep.create(path, sweeps_root=tmp_path / "sweeps")
     got = [sweep.suggest() for _ in range(3)]
     assert all(s is not None for s in got)
@@ -126,8 +162,9 @@ def test_run_cap_is_respected(tmp_path):
 
 
 def test_grid_is_exhausted_and_never_repeats(tmp_path):
-    path = make_sweep_yaml(tmp_path, {"seed": {"values": [1, 2, 3]}, "models.scheduler.T_max": {"values": [10, 20]}},
-                           method="grid")
+    path = make_sweep_yaml(
+        tmp_path, {"seed": {"values": [1, 2, 3]}, "models.scheduler.T_max": {"values": [10, 20]}}, method="grid"
+    )
     sweep = LocalSweep.create(path, sweeps_root=tmp_path / "sweeps")
     seen = []
     while (s := sweep.suggest()) is not None:
@@ -192,8 +229,10 @@ def test_sweep_folder_layout_and_lookup(tmp_path):
 
 
 def _suggest_and_die(root: str) -> None:
-    code = ("import sys; from hrnet_sweep.sweep.engine import LocalSweep; "
-            f"s = LocalSweep({root!r}).suggest(agent='doomed'); print(s.run_id); sys.stdout.flush()")
+    code = (
+        "import sys; from hrnet_sweep.sweep.engine import LocalSweep; "
+        f"s = LocalSweep({root!r}).suggest(agent='doomed'); print(s.run_id); sys.stdout.flush()"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
@@ -271,8 +310,10 @@ def test_two_agents_at_the_same_instant_get_distinct_runs(tmp_path, monkeypatch,
         params = {"seed": {"values": [1, 2, 3, 4]}, "models.scheduler.T_max": {"values": [10, 20]}}
         path = make_sweep_yaml(tmp_path, params, method="grid")
     else:
-        params = {"models.optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-2},
-                  "models.scheduler.T_max": {"values": [10, 20]}}
+        params = {
+            "models.optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-2},
+            "models.scheduler.T_max": {"values": [10, 20]},
+        }
         path = make_sweep_yaml(tmp_path, params, method="bayes", run_cap=7)
     sweep = LocalSweep.create(path, sweeps_root=tmp_path / "sweeps")
     got = _run_two_agents(sweep.root, n=6)
@@ -291,21 +332,35 @@ def _write_meta(root: Path, **changes) -> None:
     (root / "sweep.json").write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("damage, needle", [
-    (lambda r: (r / "optuna.journal").unlink(), "optuna.journal is missing"),
-    (lambda r: ((r / "optuna.journal").unlink(), (r / "optuna.journal").mkdir()), "optuna.journal is missing"),
-    (lambda r: (r / "optuna.journal").write_bytes(b"\x00\xff not json\n"), "holds no study"),  # a cut last line
-    (lambda r: (r / "optuna.journal").open("a").write("[1, 2]\n"), "optuna.journal is damaged"),
-    (lambda r: (r / "optuna.journal").write_text(""), "holds no study"),
-    (lambda r: _write_meta(r, sweep_id="another"), "holds no study 'another'"),
-    (lambda r: (r / "sweep.json").write_text("[]"), "sweep.json must be a JSON object, found list"),
-    (lambda r: (r / "sweep.json").write_text('{"run_cap": 2}'), "sweep.json has no sweep_id"),
-    (lambda r: _write_meta(r, run_cap=True), "run_cap=True must be an integer"),
-    (lambda r: _write_meta(r, run_cap=2.5), "run_cap=2.5 must be an integer"),
-    (lambda r: (r / "sweep.json").write_text("{"), "malformed JSON"),
-], ids=["journal missing", "journal a folder", "journal bytes", "journal odd line", "journal empty",
-        "journal of another sweep", "meta a list", "meta without id", "run_cap bool", "run_cap fraction",
-        "meta not JSON"])
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        (lambda r: (r / "optuna.journal").unlink(), "optuna.journal is missing"),
+        (lambda r: ((r / "optuna.journal").unlink(), (r / "optuna.journal").mkdir()), "optuna.journal is missing"),
+        (lambda r: (r / "optuna.journal").write_bytes(b"\x00\xff not json\n"), "holds no study"),  # a cut last line
+        (lambda r: (r / "optuna.journal").open("a").write("[1, 2]\n"), "optuna.journal is damaged"),
+        (lambda r: (r / "optuna.journal").write_text(""), "holds no study"),
+        (lambda r: _write_meta(r, sweep_id="another"), "holds no study 'another'"),
+        (lambda r: (r / "sweep.json").write_text("[]"), "sweep.json must be a JSON object, found list"),
+        (lambda r: (r / "sweep.json").write_text('{"run_cap": 2}'), "sweep.json has no sweep_id"),
+        (lambda r: _write_meta(r, run_cap=True), "run_cap=True must be an integer"),
+        (lambda r: _write_meta(r, run_cap=2.5), "run_cap=2.5 must be an integer"),
+        (lambda r: (r / "sweep.json").write_text("{"), "malformed JSON"),
+    ],
+    ids=[
+        "journal missing",
+        "journal a folder",
+        "journal bytes",
+        "journal odd line",
+        "journal empty",
+        "journal of another sweep",
+        "meta a list",
+        "meta without id",
+        "run_cap bool",
+        "run_cap fraction",
+        "meta not JSON",
+    ],
+)
 def test_opening_a_damaged_sweep_folder_is_a_user_error(tmp_path, damage, needle):
     path = make_sweep_yaml(tmp_path, {"seed": {"values": [1, 2]}}, method="grid")
     root = LocalSweep.create(path, sweeps_root=tmp_path / "sweeps").root

@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from hrnet_sweep.dbnet import inference as predict
-from hrnet_sweep.pipeline import ensemble
-from hrnet_sweep.pipeline import predict as predict_cmd
 from hrnet_sweep.config import load_config
+from hrnet_sweep.dbnet import inference as predict
 from hrnet_sweep.errors import UserError
 from hrnet_sweep.formats import read_submission
+from hrnet_sweep.pipeline import ensemble
+from hrnet_sweep.pipeline import predict as predict_cmd
 
 TINY = ["data.image_height=64", "data.image_width=64", "models.decoder.inner_channels=16"]
 
@@ -37,8 +37,13 @@ def make_ckpt(path: Path, cfg, seed: int) -> Path:
     with torch.no_grad():  # a livelier map than the -2 prior bias, so there is something to detect
         model.prob_head[-1].bias.fill_(0.5)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"hyper_parameters": {"config": cfg.to_dict()},
-                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    torch.save(
+        {
+            "hyper_parameters": {"config": cfg.to_dict()},
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        },
+        path,
+    )
     return path
 
 
@@ -87,8 +92,8 @@ class _Pointwise(torch.nn.Module):
 def test_flip_tta_bookkeeping_with_a_flip_equivariant_model(images):
     lm = predict.LoadedModel(_Pointwise(), tiny_cfg(), "pointwise")
     for name in ("t0.png", "t1.png"):  # letterboxed: padding at the right, then at the bottom
-        (_, plain), = predict.probability_maps([lm], images, [name], progress=False)
-        (_, tta), = predict.probability_maps([lm], images, [name], tta_flip=True, progress=False)
+        ((_, plain),) = predict.probability_maps([lm], images, [name], progress=False)
+        ((_, tta),) = predict.probability_maps([lm], images, [name], tta_flip=True, progress=False)
         np.testing.assert_allclose(tta, plain, rtol=0, atol=1e-6)
         assert not np.allclose(plain, plain[:, ::-1], atol=1e-3)  # a missing flip-back would show
 
@@ -138,16 +143,34 @@ def fake_retrain(tmp_path: Path, data: Path, preset: str | None = None) -> Path:
     cfg = load_config([f"preset={preset or 'hrnet_w18_small_cpu'}", *overrides])
     ann = load_annotations(data / "train.json")
     counts = word_counts(ann)
-    write_manifest(root / "folds.json", data / "train.json", assign_folds(list(counts), list(counts.values()), 2, 42),
-                   2, 42)
+    write_manifest(
+        root / "folds.json", data / "train.json", assign_folds(list(counts), list(counts.values()), 2, 42), 2, 42
+    )
     folds = {}
     for k in range(2):
         ckpt = make_ckpt(root / f"fold{k}" / "checkpoints" / "best-00.ckpt", cfg, k)
-        folds[str(k)] = {"fold": k, "state": "finished", "best": 0.1 * (k + 1), "best_epoch": 0,
-                         "best_ckpt": str(ckpt.relative_to(root)), "run_dir": f"fold{k}"}
-    (root / "kfold_summary.json").write_text(json.dumps({
-        "version": 1, "retrain": "rt", "preset": preset or "hrnet_w18_small_cpu", "overrides": overrides,
-        "num_folds": 2, "fold_seed": 42, "manifest": "folds.json", "folds": folds}))
+        folds[str(k)] = {
+            "fold": k,
+            "state": "finished",
+            "best": 0.1 * (k + 1),
+            "best_epoch": 0,
+            "best_ckpt": str(ckpt.relative_to(root)),
+            "run_dir": f"fold{k}",
+        }
+    (root / "kfold_summary.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "retrain": "rt",
+                "preset": preset or "hrnet_w18_small_cpu",
+                "overrides": overrides,
+                "num_folds": 2,
+                "fold_seed": 42,
+                "manifest": "folds.json",
+                "folds": folds,
+            }
+        )
+    )
     return root
 
 
@@ -170,8 +193,24 @@ def test_oof_cache_tune_and_predict_from_the_preset(tmp_path, synth_data, capsys
     again = ensemble.cache_oof_maps(target, max_side=48, progress=False)
     assert {n: Path(p).stat().st_mtime_ns for n, p in again.paths.items()} == stamps  # not recomputed
 
-    assert tune.main([str(root), "--grid", "thresh=0.5,0.6", "box_thresh=0.5", "unclip_ratio=1.5", "mode=box",
-                      "--no-refine", "--workers", "1", "--max-side", "48"]) == 0
+    assert (
+        tune.main(
+            [
+                str(root),
+                "--grid",
+                "thresh=0.5,0.6",
+                "box_thresh=0.5",
+                "unclip_ratio=1.5",
+                "mode=box",
+                "--no-refine",
+                "--workers",
+                "1",
+                "--max-side",
+                "48",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "out-of-fold" in out and f"wrote {preset.resolve()}" in out
     pp = load_config([f"preset={preset}"]).models.postprocess
@@ -183,16 +222,18 @@ def test_oof_cache_tune_and_predict_from_the_preset(tmp_path, synth_data, capsys
     # predict from the retrain folder: both folds, the tuned post-processing, a valid CSV
     test_images = synth_data / "images"
     csv = tmp_path / "sub.csv"
-    rc = predict_cmd.main([str(root), "--images", str(test_images), "--out", str(csv), "--gt",
-                        str(synth_data / "test.json")])
+    rc = predict_cmd.main(
+        [str(root), "--images", str(test_images), "--out", str(csv), "--gt", str(synth_data / "test.json")]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "folds [0, 1]" in out and "box mode" in out and f"thresh {pp.thresh}" in out
     assert "submission check: valid" in out and "H-Mean" in out
     assert len(read_submission(csv)) == len(list(test_images.glob("*.jpg")))
     assert csv.with_suffix(".json").is_file()
     # one fold only
-    rc = predict_cmd.main([str(root / "kfold_summary.json"), "--images", str(test_images), "--out", str(csv),
-                        "--folds", "1"])
+    rc = predict_cmd.main(
+        [str(root / "kfold_summary.json"), "--images", str(test_images), "--out", str(csv), "--folds", "1"]
+    )
     assert rc == 0 and "folds [1]" in capsys.readouterr().out
 
 

@@ -101,8 +101,12 @@ def test_duplicate_names_rejected():
 
 def test_manifest_round_trip(tmp_path):
     names, counts = _dataset(n=23)
-    doc = {"images": {n: {"words": {f"{k:04d}": {"points": [[0, 0], [4, 0], [4, 4], [0, 4]]} for k in range(c)}}
-                      for n, c in zip(names, counts)}}
+    doc = {
+        "images": {
+            n: {"words": {f"{k:04d}": {"points": [[0, 0], [4, 0], [4, 4], [0, 4]]} for k in range(c)}}
+            for n, c in zip(names, counts)
+        }
+    }
     ann_path = tmp_path / "train.json"
     ann_path.write_text(json.dumps(doc))
     anns = load_annotations(ann_path)

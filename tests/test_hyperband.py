@@ -12,8 +12,14 @@ import math
 
 import pytest
 
-from hrnet_sweep.sweep.hyperband import (RunRecord, band_thresholds, explain_bands, hyperband_stop,
-                                         runs_to_stop, valid_history)
+from hrnet_sweep.sweep.hyperband import (
+    RunRecord,
+    band_thresholds,
+    explain_bands,
+    hyperband_stop,
+    runs_to_stop,
+    valid_history,
+)
 from hrnet_sweep.sweep.spec import HyperbandSpec
 
 pytestmark = pytest.mark.unit
@@ -26,15 +32,18 @@ def _neg(runs):
 # ----------------------------------------------------------------------------- bands
 
 
-@pytest.mark.parametrize("spec, expected", [
-    (HyperbandSpec(min_iter=3, eta=3), [3, 9, 27]),
-    (HyperbandSpec(min_iter=5, eta=3), [5, 15, 45]),
-    (HyperbandSpec(max_iter=81, s=3, eta=3), [3, 9, 27]),
-    (HyperbandSpec(max_iter=18, s=2, eta=3), [2, 6]),
-    (HyperbandSpec(max_iter=5, s=2, eta=2), [1, 2]),
-    (HyperbandSpec(max_iter=9, s=5, eta=3), [1, 3]),          # stops once max_iter/eta^k < 1
-    (HyperbandSpec(min_iter=2, eta=2.5), [2, 5, 12, 31]),     # int() of the running product
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        (HyperbandSpec(min_iter=3, eta=3), [3, 9, 27]),
+        (HyperbandSpec(min_iter=5, eta=3), [5, 15, 45]),
+        (HyperbandSpec(max_iter=81, s=3, eta=3), [3, 9, 27]),
+        (HyperbandSpec(max_iter=18, s=2, eta=3), [2, 6]),
+        (HyperbandSpec(max_iter=5, s=2, eta=2), [1, 2]),
+        (HyperbandSpec(max_iter=9, s=5, eta=3), [1, 3]),  # stops once max_iter/eta^k < 1
+        (HyperbandSpec(min_iter=2, eta=2.5), [2, 5, 12, 31]),  # int() of the running product
+    ],
+)
 def test_bands(spec, expected):
     assert spec.bands()[: len(expected)] == expected
 
@@ -80,7 +89,7 @@ def test_strict_compares_value_at_band_non_strict_best_so_far():
     runs = [
         RunRecord("a", "finished", [10, 9]),
         RunRecord("b", "running", [10, 10]),
-        RunRecord("c", "running", [10, 8, 8, 3]),   # bad at band 3, best so far 3
+        RunRecord("c", "running", [10, 8, 8, 3]),  # bad at band 3, best so far 3
         RunRecord("d", "running", [10, 7, 7, 4]),
         RunRecord("e", "running", [10, 6, 6, 6]),
     ]
@@ -187,7 +196,7 @@ def test_bad_goal():
 def test_explain_user_plan():
     infos = explain_bands(HyperbandSpec(min_iter=5, eta=3, strict=True), 20, 5, 27)
     assert [(b.band, b.epoch, b.fires, b.reached, b.kept) for b in infos] == [
-        (5, 5, True, 27, 10),   # sorted[int(27 / 3)] keeps indices 0..9
+        (5, 5, True, 27, 10),  # sorted[int(27 / 3)] keeps indices 0..9
         (15, 15, True, 10, 4),
     ]
 

@@ -12,21 +12,37 @@ from pathlib import Path
 
 import pytest
 
-from hrnet_sweep.pipeline import kfold
 from hrnet_sweep.errors import UserError
+from hrnet_sweep.pipeline import kfold
 
-TINY = ["data.image_height=64", "data.image_width=64", "models.decoder.inner_channels=16", "data.num_workers=0",
-        "data.batch_size=4", "data.num_folds=2", "trainer.progress_bar=false", "logging.tensorboard=false",
-        "callbacks.early_stopping.enabled=false"]
+TINY = [
+    "data.image_height=64",
+    "data.image_width=64",
+    "models.decoder.inner_channels=16",
+    "data.num_workers=0",
+    "data.batch_size=4",
+    "data.num_folds=2",
+    "trainer.progress_bar=false",
+    "logging.tensorboard=false",
+    "callbacks.early_stopping.enabled=false",
+]
 
 
 # ----------------------------------------------------------------------------- unit
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("text, expected", [("0-4", [0, 1, 2, 3, 4]), ("0,2,3", [0, 2, 3]), ("1", [1]),
-                                            (None, [0, 1, 2, 3, 4]), ("all", [0, 1, 2, 3, 4]),
-                                            ("3,0-1", [0, 1, 3])])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("0-4", [0, 1, 2, 3, 4]),
+        ("0,2,3", [0, 2, 3]),
+        ("1", [1]),
+        (None, [0, 1, 2, 3, 4]),
+        ("all", [0, 1, 2, 3, 4]),
+        ("3,0-1", [0, 1, 3]),
+    ],
+)
 def test_parse_folds(text, expected):
     assert kfold.parse_folds(text, 5) == expected
 
@@ -41,9 +57,18 @@ def test_parse_folds_rejects(text):
 @pytest.mark.unit
 def test_fold_command_is_what_an_agent_runs(tmp_path):
     cmd = kfold.fold_command("/p/best.yaml", 3, tmp_path / "best-kfold", ["trainer.max_epochs=2"], python="py")
-    assert cmd == ["py", "-m", "hrnet_sweep.train", "preset=/p/best.yaml", "trainer.max_epochs=2", "data.fold=3",
-                   f"output_dir={tmp_path}", "run_name=best-kfold/fold3", "resume_from_checkpoint=auto",
-                   "logging.group=best-kfold"]
+    assert cmd == [
+        "py",
+        "-m",
+        "hrnet_sweep.train",
+        "preset=/p/best.yaml",
+        "trainer.max_epochs=2",
+        "data.fold=3",
+        f"output_dir={tmp_path}",
+        "run_name=best-kfold/fold3",
+        "resume_from_checkpoint=auto",
+        "logging.group=best-kfold",
+    ]
 
 
 @pytest.mark.unit
@@ -53,8 +78,12 @@ def test_kfold_refuses_keys_it_sets_itself(tmp_path):
 
 
 def _annotations(root: Path, n: int = 12) -> None:
-    images = {f"im{i:02d}.jpg": {"words": {f"{j:04d}": {"points": [[0, 0], [10, 0], [10, 5], [0, 5]]}
-                                           for j in range(1 + i % 4)}} for i in range(n)}
+    images = {
+        f"im{i:02d}.jpg": {
+            "words": {f"{j:04d}": {"points": [[0, 0], [10, 0], [10, 5], [0, 5]]} for j in range(1 + i % 4)}
+        }
+        for i in range(n)
+    }
     root.mkdir(parents=True, exist_ok=True)
     (root / "train.json").write_text(json.dumps({"images": images}))
 
@@ -93,8 +122,16 @@ def test_one_fold_per_gpu_queued(tmp_path, fake_python, monkeypatch):
     data = tmp_path / "data"
     _annotations(data)
     lines = []
-    doc = kfold.run_kfold("hrnet_w18_small_cpu", "0-4", gpus=["0", "1"], out=tmp_path / "rt",
-                          extra=[f"data.root={data}"], python=fake_python, poll_s=0.05, printer=lines.append)
+    doc = kfold.run_kfold(
+        "hrnet_w18_small_cpu",
+        "0-4",
+        gpus=["0", "1"],
+        out=tmp_path / "rt",
+        extra=[f"data.root={data}"],
+        python=fake_python,
+        poll_s=0.05,
+        printer=lines.append,
+    )
     trace = [json.loads(x) for x in (tmp_path / "rt" / "trace.jsonl").read_text().splitlines()]
     assert sorted(t["fold"] for t in trace) == [0, 1, 2, 3, 4]
     assert {t["gpu"] for t in trace} == {"0", "1"}
@@ -115,17 +152,39 @@ def test_split_must_match_the_sweep_and_the_existing_retrain(tmp_path, fake_pyth
     data = tmp_path / "data"
     _annotations(data)
     preset = tmp_path / "best.yaml"
-    preset.write_text("# provenance (hrnet_sweep best):\n#   sweep: a/b/c\n#   folds:\n#     num_folds: 5\n"
-                      "#     fold_seed: 42\n#     train_json: train.json\nbase: hrnet_w18_small_cpu\n")
+    preset.write_text(
+        "# provenance (hrnet_sweep best):\n#   sweep: a/b/c\n#   folds:\n#     num_folds: 5\n"
+        "#     fold_seed: 42\n#     train_json: train.json\nbase: hrnet_w18_small_cpu\n"
+    )
     with pytest.raises(UserError, match="data.num_folds=5 but this retrain uses 3"):
-        kfold.run_kfold(str(preset), "0", gpus=[], out=tmp_path / "a", extra=[f"data.root={data}", "data.num_folds=3"],
-                        python=fake_python)
-    doc = kfold.run_kfold(str(preset), "0", gpus=[], out=tmp_path / "b", extra=[f"data.root={data}"],
-                          python=fake_python, poll_s=0.05, printer=lambda s: None)
+        kfold.run_kfold(
+            str(preset),
+            "0",
+            gpus=[],
+            out=tmp_path / "a",
+            extra=[f"data.root={data}", "data.num_folds=3"],
+            python=fake_python,
+        )
+    doc = kfold.run_kfold(
+        str(preset),
+        "0",
+        gpus=[],
+        out=tmp_path / "b",
+        extra=[f"data.root={data}"],
+        python=fake_python,
+        poll_s=0.05,
+        printer=lambda s: None,
+    )
     assert "equal the sweep's" in doc["split"]
     with pytest.raises(UserError, match="another split"):
-        kfold.run_kfold(str(preset), "1", gpus=[], out=tmp_path / "b", extra=[f"data.root={data}", "data.fold_seed=7"],
-                        python=fake_python)
+        kfold.run_kfold(
+            str(preset),
+            "1",
+            gpus=[],
+            out=tmp_path / "b",
+            extra=[f"data.root={data}", "data.fold_seed=7"],
+            python=fake_python,
+        )
 
 
 # ----------------------------------------------------------------------------- real tiny trainings
@@ -136,8 +195,7 @@ def test_kfold_skips_finished_and_resumes_interrupted(tmp_path, synth_data):
     out = tmp_path / "retrain"
     extra = [f"data.root={synth_data}", *TINY, "trainer.max_epochs=1"]
     lines = []
-    doc = kfold.run_kfold("hrnet_w18_small_cpu", "0-1", gpus=[], out=out, extra=extra, poll_s=0.2,
-                          printer=lines.append)
+    doc = kfold.run_kfold("hrnet_w18_small_cpu", "0-1", gpus=[], out=out, extra=extra, poll_s=0.2, printer=lines.append)
     assert [doc["folds"][k]["state"] for k in ("0", "1")] == ["finished", "finished"]
     for k in ("0", "1"):
         assert Path(doc["folds"][k]["best_ckpt"]).is_file() and doc["folds"][k]["manifest_ok"] is True
@@ -145,8 +203,9 @@ def test_kfold_skips_finished_and_resumes_interrupted(tmp_path, synth_data):
 
     # idempotence: nothing to do the second time
     lines.clear()
-    doc2 = kfold.run_kfold("hrnet_w18_small_cpu", "0-1", gpus=[], out=out, extra=extra, poll_s=0.2,
-                           printer=lines.append)
+    doc2 = kfold.run_kfold(
+        "hrnet_w18_small_cpu", "0-1", gpus=[], out=out, extra=extra, poll_s=0.2, printer=lines.append
+    )
     assert sum("already finished" in line for line in lines) == 2 and not any("started" in x for x in lines)
     assert (out / "fold1" / "status.json").stat().st_mtime_ns == mtime
     assert doc2["folds"]["0"]["best"] == doc["folds"]["0"]["best"]
@@ -156,8 +215,9 @@ def test_kfold_skips_finished_and_resumes_interrupted(tmp_path, synth_data):
     (out / "fold0" / "status.json").write_text(json.dumps({**status, "state": "interrupted"}))
     lines.clear()
     extra2 = [f"data.root={synth_data}", *TINY, "trainer.max_epochs=2"]
-    doc3 = kfold.run_kfold("hrnet_w18_small_cpu", "0-1", gpus=[], out=out, extra=extra2, poll_s=0.2,
-                           printer=lines.append)
+    doc3 = kfold.run_kfold(
+        "hrnet_w18_small_cpu", "0-1", gpus=[], out=out, extra=extra2, poll_s=0.2, printer=lines.append
+    )
     assert any("fold 0: resuming from last.ckpt" in line for line in lines)
     assert any("fold 1: already finished" in line for line in lines)
     epochs = [json.loads(x)["epoch"] for x in (out / "fold0" / "metrics.jsonl").read_text().splitlines()]

@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from test_engine import REPO
 
+from _util import pid_alive
 from hrnet_sweep.errors import UserError
 from hrnet_sweep.sweep import launcher
 from hrnet_sweep.sweep.launcher import detect_gpus, parse_gpus, run_agents
 from hrnet_sweep.wandb_auth import credentials as wandb_credentials
-
-from test_engine import REPO
-from _util import pid_alive
 
 FAKE_BIN = REPO / "tests" / "fake_bin"
 
@@ -38,8 +37,6 @@ def fake_wandb(tmp_path, monkeypatch):
         return [json.loads(x) for x in f.read_text().splitlines()] if f.exists() else []
 
     return calls
-
-
 
 
 def _descendants(pid: int) -> set[int]:
@@ -94,8 +91,16 @@ def test_detect_gpus_with_a_fake_nvidia_smi(tmp_path, monkeypatch):
 
 def test_one_pinned_agent_per_gpu(tmp_path, fake_wandb):
     lines: list[str] = []
-    result = run_agents("ent/proj/abc123", gpus=["0", "1", "2"], mode="wandb", count=2, stagger_s=0.05,
-                        log_dir=tmp_path / "logs", poll_s=0.05, out=lines.append)
+    result = run_agents(
+        "ent/proj/abc123",
+        gpus=["0", "1", "2"],
+        mode="wandb",
+        count=2,
+        stagger_s=0.05,
+        log_dir=tmp_path / "logs",
+        poll_s=0.05,
+        out=lines.append,
+    )
     assert result.exit_code == 0
     calls = fake_wandb()
     assert sorted(c["cuda"] for c in calls) == ["0", "1", "2"]
@@ -107,23 +112,39 @@ def test_one_pinned_agent_per_gpu(tmp_path, fake_wandb):
 
 
 def test_per_gpu_and_total_agents(tmp_path, fake_wandb):
-    run_agents("e/p/s", gpus=["0", "1"], per_gpu=2, mode="wandb", stagger_s=0, log_dir=tmp_path / "a",
-               poll_s=0.05, out=lambda s: None)
+    run_agents(
+        "e/p/s",
+        gpus=["0", "1"],
+        per_gpu=2,
+        mode="wandb",
+        stagger_s=0,
+        log_dir=tmp_path / "a",
+        poll_s=0.05,
+        out=lambda s: None,
+    )
     assert sorted(c["cuda"] for c in fake_wandb()) == ["0", "0", "1", "1"]
 
 
 def test_no_gpu_means_one_cpu_agent_announced(tmp_path, fake_wandb):
     lines: list[str] = []
-    run_agents("e/p/s", gpus=[], mode="wandb", stagger_s=0, log_dir=tmp_path / "a", poll_s=0.05,
-               out=lines.append)
+    run_agents("e/p/s", gpus=[], mode="wandb", stagger_s=0, log_dir=tmp_path / "a", poll_s=0.05, out=lines.append)
     assert [c["cuda"] for c in fake_wandb()] == [None]
     assert any("no GPU found" in ln for ln in lines)
 
 
 def test_crashed_agent_is_restarted_up_to_the_cap(tmp_path, fake_wandb, monkeypatch):
     monkeypatch.setenv("FAKE_WANDB_BEHAVIOR", "crash")
-    result = run_agents("e/p/s", gpus=["0", "1"], mode="wandb", stagger_s=0, max_restarts=2, restart_delay_s=0.05,
-                        log_dir=tmp_path / "a", poll_s=0.05, out=lambda s: None)
+    result = run_agents(
+        "e/p/s",
+        gpus=["0", "1"],
+        mode="wandb",
+        stagger_s=0,
+        max_restarts=2,
+        restart_delay_s=0.05,
+        log_dir=tmp_path / "a",
+        poll_s=0.05,
+        out=lambda s: None,
+    )
     assert [s.restarts for s in result.slots] == [2, 2]
     assert [s.exit_codes for s in result.slots] == [[1, 1, 1], [1, 1, 1]]
     assert sorted(c["cuda"] for c in fake_wandb()) == ["0"] * 3 + ["1"] * 3
@@ -133,8 +154,17 @@ def test_crashed_agent_is_restarted_up_to_the_cap(tmp_path, fake_wandb, monkeypa
 
 def test_agent_that_crashes_once_is_restarted_and_finishes(tmp_path, fake_wandb, monkeypatch):
     monkeypatch.setenv("FAKE_WANDB_BEHAVIOR", "crash_first")
-    result = run_agents("e/p/s", gpus=["0"], mode="wandb", stagger_s=0, max_restarts=3, restart_delay_s=0.05,
-                        log_dir=tmp_path / "a", poll_s=0.05, out=lambda s: None)
+    result = run_agents(
+        "e/p/s",
+        gpus=["0"],
+        mode="wandb",
+        stagger_s=0,
+        max_restarts=3,
+        restart_delay_s=0.05,
+        log_dir=tmp_path / "a",
+        poll_s=0.05,
+        out=lambda s: None,
+    )
     assert result.slots[0].exit_codes == [1, 0] and result.exit_code == 0
 
 
@@ -143,9 +173,25 @@ def test_agent_that_crashes_once_is_restarted_and_finishes(tmp_path, fake_wandb,
 
 def test_sigterm_stops_every_agent_and_run_without_orphans(tmp_path, fake_wandb):
     env = {**os.environ, "FAKE_WANDB_BEHAVIOR": "run", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "hrnet_sweep", "sweep", "--resume", "ent/proj/abc123",
-                             "--gpus", "0,1", "--stagger", "0.1"], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hrnet_sweep",
+            "sweep",
+            "--resume",
+            "ent/proj/abc123",
+            "--gpus",
+            "0,1",
+            "--stagger",
+            "0.1",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while len([c for c in fake_wandb() if c["child"]]) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -193,8 +239,9 @@ def test_sweep_goes_to_wandb_with_credentials(tmp_path, monkeypatch):
     monkeypatch.setattr(launcher, "create_wandb_sweep", fake_create)
     monkeypatch.setattr(launcher, "run_agents", fake_run_agents)
     monkeypatch.chdir(tmp_path)
-    code = launcher.main([str(REPO / "sweeps" / "hrnet_w44_1280.yaml"), "--gpus", "0,1", "--count", "4",
-                          "--run-cap", "30"])
+    code = launcher.main(
+        [str(REPO / "sweeps" / "hrnet_w44_1280.yaml"), "--gpus", "0,1", "--count", "4", "--run-cap", "30"]
+    )
     assert code == 0
     assert seen["mode"] == "wandb" and seen["sweep"] == "me/hrnet-sweep/s1" and seen["gpus"] == ["0", "1"]
     assert seen["count"] == 4 and seen["config"]["run_cap"] == 30 and seen["project"] == "hrnet-sweep"
@@ -223,8 +270,9 @@ def test_local_sweep_runs_pinned_agents_on_the_embedded_engine(tmp_path, monkeyp
     # Runs long enough (2 x 1 s) that the second agent, started 0.2 s later, always gets
     # work: with millisecond runs the first agent could drain the grid alone.
     monkeypatch.setenv("FAKE_TRAIN_EPOCH_S", "1.0")
-    path = make_sweep_yaml(tmp_path, {"seed": {"values": [1, 2, 3, 4]}, "trainer.max_epochs": {"value": 2}},
-                           method="grid")
+    path = make_sweep_yaml(
+        tmp_path, {"seed": {"values": [1, 2, 3, 4]}, "trainer.max_epochs": {"value": 2}}, method="grid"
+    )
     code = launcher.main([str(path), "--local", "--gpus", "0,1", "--stagger", "0.2", "--sweep-dir", "sw"])
     assert code == 0
     records = [json.loads(p.read_text()) for p in (tmp_path / "record").glob("*.json")]
@@ -238,8 +286,9 @@ def test_local_sweep_runs_pinned_agents_on_the_embedded_engine(tmp_path, monkeyp
 
 
 def test_resume_of_a_sweep_whose_every_run_crashed_exits_1(tmp_path, monkeypatch, capsys):
-    from hrnet_sweep.sweep.engine import LocalSweep, RunOutcome
     from test_engine import make_sweep_yaml
+
+    from hrnet_sweep.sweep.engine import LocalSweep, RunOutcome
 
     monkeypatch.chdir(tmp_path)
     path = make_sweep_yaml(tmp_path, {"seed": {"values": [1, 2]}}, run_cap=2)
@@ -253,17 +302,22 @@ def test_resume_of_a_sweep_whose_every_run_crashed_exits_1(tmp_path, monkeypatch
 
 
 def test_agents_whose_runs_all_fail_make_the_sweep_exit_1(tmp_path, monkeypatch, capsys):
+    from test_engine import make_sweep_yaml
+
     from hrnet_sweep.sweep.agent import EXIT_RUNS_FAILED, run_agent
     from hrnet_sweep.sweep.engine import LocalSweep
-    from test_engine import make_sweep_yaml
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("FAKE_TRAIN_FAIL_SEEDS", "1,2,3")
 
     def grid(name: str, seeds: list[int]) -> Path:
-        return make_sweep_yaml(tmp_path, {"seed": {"values": seeds}, "trainer.max_epochs": {"value": 2}},
-                               method="grid", name=f"{name}.yaml")
+        return make_sweep_yaml(
+            tmp_path,
+            {"seed": {"values": seeds}, "trainer.max_epochs": {"value": 2}},
+            method="grid",
+            name=f"{name}.yaml",
+        )
 
     argv = [str(grid("failing", [1, 2])), "--local", "--gpus", "cpu", "--stagger", "0", "--sweep-dir", "sw"]
     code = launcher.main(argv)

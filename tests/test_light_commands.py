@@ -21,9 +21,11 @@ GT = {"images": {"a.jpg": {"words": {"0001": {"points": [[0, 0], [40, 0], [40, 1
 
 
 def _imports_after(argv: list[str], cwd) -> tuple[int, list[str]]:
-    code = ("import sys, json\nfrom hrnet_sweep.cli import main\ntry:\n    rc = main(sys.argv[1:])\n"
-            "except SystemExit as e:\n    rc = e.code\n"
-            f"print(json.dumps([rc, sorted(m for m in {HEAVY!r} if m in sys.modules)]))")
+    code = (
+        "import sys, json\nfrom hrnet_sweep.cli import main\ntry:\n    rc = main(sys.argv[1:])\n"
+        "except SystemExit as e:\n    rc = e.code\n"
+        f"print(json.dumps([rc, sorted(m for m in {HEAVY!r} if m in sys.modules)]))"
+    )
     out = subprocess.run([sys.executable, "-c", code, *argv], cwd=cwd, capture_output=True, text=True, timeout=120)
     rc, heavy = json.loads(out.stdout.strip().splitlines()[-1])
     return rc, heavy
@@ -32,8 +34,21 @@ def _imports_after(argv: list[str], cwd) -> tuple[int, list[str]]:
 @pytest.fixture(scope="module")
 def local_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("light")
-    subprocess.run([sys.executable, "-m", "hrnet_sweep", "sweep", str(REPO / "sweeps" / "cpu_demo.yaml"), "--local",
-                    "--create-only"], cwd=root, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hrnet_sweep",
+            "sweep",
+            str(REPO / "sweeps" / "cpu_demo.yaml"),
+            "--local",
+            "--create-only",
+        ],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     (sweep,) = (root / "outputs" / "sweeps").iterdir()
     (root / "gt.json").write_text(json.dumps(GT))
     (root / "sub.csv").write_text("filename,polygons\na.jpg,0 0 40 0 40 10 0 10\n")

@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 import pytest
-
 import reference_metric as bench
+
 from hrnet_sweep import metric
 from hrnet_sweep.errors import DataError
 from hrnet_sweep.metric import evaluate, evaluate_image, pseudo_char_counts
@@ -82,16 +82,23 @@ def test_convex_pair_areas_match_shapely():
     shapely = pytest.importorskip("shapely")
     rng = np.random.default_rng(3)
     A = [rect(0, 0, 10, 10)] * 6 + [np.round(rotate(rect(0, 0, 40, 12), a, (20, 6))) for a in rng.uniform(0, 3, 40)]
-    B = [rect(0, 0, 10, 10), rect(0, 10, 10, 10), rect(5, 0, 10, 10), rect(10, 10, 5, 5), rect(2, 2, 3, 3),
-         rect(0, 0, 10, 10)[::-1]]
+    B = [
+        rect(0, 0, 10, 10),
+        rect(0, 10, 10, 10),
+        rect(5, 0, 10, 10),
+        rect(10, 10, 5, 5),
+        rect(2, 2, 3, 3),
+        rect(0, 0, 10, 10)[::-1],
+    ]
     B += [np.round(rotate(rect(*rng.uniform(-5, 20, 2), 30, 10), a, (20, 6))) for a in rng.uniform(0, 3, 40)]
     A, B = np.array(A).transpose(2, 1, 0), np.array(B).transpose(2, 1, 0)
     k = np.full(A.shape[2], 4)
     oA, oB = _convex_orientation(A, k), _convex_orientation(B, k)
     assert (oA != 0).all() and (oB != 0).all()
     ours = _convex_pair_areas(A, oA.astype(float), B, oB.astype(float))
-    ref = shapely.area(shapely.intersection(shapely.polygons(A.transpose(2, 1, 0)),
-                                            shapely.polygons(B.transpose(2, 1, 0))))
+    ref = shapely.area(
+        shapely.intersection(shapely.polygons(A.transpose(2, 1, 0)), shapely.polygons(B.transpose(2, 1, 0)))
+    )
     np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9)
     assert ours[:6].tolist() == [100.0, 0.0, 50.0, 0.0, 9.0, 100.0]
 
@@ -177,10 +184,17 @@ def test_split_merge_and_penalties():
     assert m.recall == 1.0 and m.precision == pytest.approx(9 / 10)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"pseudo_char_cap": 0}, {"pseudo_char_cap": 2.5}, {"area_precision_constraint": 1.5},
-    {"granularity_penalty": -1}, {"max_detections": -1}, {"convention": "icdar"},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"pseudo_char_cap": 0},
+        {"pseudo_char_cap": 2.5},
+        {"area_precision_constraint": 1.5},
+        {"granularity_penalty": -1},
+        {"max_detections": -1},
+        {"convention": "icdar"},
+    ],
+)
 def test_bad_options_are_rejected(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         evaluate_image([], [], **kwargs)
@@ -195,8 +209,12 @@ def test_bad_polygon_shape_is_rejected():
 
 
 def _write_annotations(path, images):
-    doc = {"images": {name: {"words": {f"{i:04d}": {"points": p.tolist()} for i, p in enumerate(polys)}}
-                      for name, polys in images.items()}}
+    doc = {
+        "images": {
+            name: {"words": {f"{i:04d}": {"points": p.tolist()} for i, p in enumerate(polys)}}
+            for name, polys in images.items()
+        }
+    }
     path.write_text(json.dumps(doc))
 
 
@@ -226,7 +244,11 @@ def _assert_same(ours, ref):
     assert abs(ours.recall - ref.recall) <= 1e-6
     assert abs(ours.hmean - ref.hmean) <= 1e-6
     assert (ours.num_char_gt, ours.num_char_det, ours.num_char_tp, ours.num_char_fp) == (
-        ref.num_char_gt, ref.num_char_det, ref.num_char_tp_recall, ref.num_char_fp)
+        ref.num_char_gt,
+        ref.num_char_det,
+        ref.num_char_tp_recall,
+        ref.num_char_fp,
+    )
     assert (ours.gran_recall, ours.gran_precision) == (ref.gran_score_recall, ref.gran_score_precision)
 
 
@@ -274,8 +296,9 @@ def test_matches_cleval_package_random_images_macro_and_micro():
     rng = np.random.default_rng(11)
     gt, pred, refs = {}, {}, {}
     for i in range(8):
-        boxes = receipt(rng, int(rng.integers(5, 60)), angle=rng.uniform(-0.3, 0.3) if i % 2 else 0.0,
-                        integer=i % 3 == 0)
+        boxes = receipt(
+            rng, int(rng.integers(5, 60)), angle=rng.uniform(-0.3, 0.3) if i % 2 else 0.0, integer=i % 3 == 0
+        )
         gt[f"{i}.jpg"], pred[f"{i}.jpg"] = boxes, noisy(rng, boxes, jitter=rng.uniform(0.5, 4))
         refs[f"{i}.jpg"] = bench.package_stats(boxes, pred[f"{i}.jpg"])
     res = evaluate(gt, pred, pseudo_char_cap=10, convention="cleval")
@@ -361,16 +384,21 @@ class _CompetitionBox:
 
         top, bottom = line(self.pts[:half]), line(self.pts[half:][::-1])
         sec = (len(top) - 1) / n
-        return [tuple((top[int(c * sec)] + top[int((c + 1) * sec)] + bottom[int(c * sec)]
-                       + bottom[int((c + 1) * sec)]) / 4) for c in range(n)]
+        return [
+            tuple((top[int(c * sec)] + top[int((c + 1) * sec)] + bottom[int(c * sec)] + bottom[int((c + 1) * sec)]) / 4)
+            for c in range(n)
+        ]
 
 
 def _competition_image(gt, det, monkeypatch):
     from cleval import eval_functions
 
     def fp_chars(det_boxes, det_valid_indices, match_mat_gts_sum):
-        return sum(min(round(0.5 + 1 / (EPS32 + det_boxes[i].aspect_ratio())), 100)
-                   for i in det_valid_indices if match_mat_gts_sum[i] == 0)
+        return sum(
+            min(round(0.5 + 1 / (EPS32 + det_boxes[i].aspect_ratio())), 100)
+            for i in det_valid_indices
+            if match_mat_gts_sum[i] == 0
+        )
 
     monkeypatch.setattr(eval_functions, "get_num_fp_char", fp_chars)
     gts = [_CompetitionBox(p, gt=True) for p in gt]

@@ -19,8 +19,12 @@ def test_forward_backward(backbone, decoder):
     for v in out.values():
         assert v.shape == (2, 1, 96, 128)
     gt = (torch.rand(2, 96, 128) > 0.8).float()
-    batch = {"prob_map": gt, "prob_mask": torch.ones_like(gt), "thresh_map": torch.rand_like(gt) * 0.4 + 0.3,
-             "thresh_mask": torch.ones_like(gt)}
+    batch = {
+        "prob_map": gt,
+        "prob_mask": torch.ones_like(gt),
+        "thresh_map": torch.rand_like(gt) * 0.4 + 0.3,
+        "thresh_mask": torch.ones_like(gt),
+    }
     parts = DBLoss()(out, batch)
     parts["loss"].backward()
     assert torch.isfinite(parts["loss"])

@@ -7,16 +7,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import reference_postprocess as bench
 from shapely.geometry import Polygon
 
-import reference_postprocess as bench
 from hrnet_sweep.config import PostprocessConfig
 from hrnet_sweep.dbnet.postprocess import detect, postprocess, resize_prob_to_image
 from hrnet_sweep.dbnet.targets import make_targets
 
 pytestmark = pytest.mark.unit
-
-
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -124,8 +122,11 @@ def test_coordinates_are_clamped_to_the_image(use_polygon):
 def test_defaults_are_the_config_defaults():
     import inspect
 
-    defaults = {k: p.default for k, p in inspect.signature(postprocess).parameters.items()
-                if p.default is not inspect.Parameter.empty}
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(postprocess).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
     config = PostprocessConfig()
     keys = ("thresh", "box_thresh", "unclip_ratio", "use_polygon", "max_candidates", "min_size")
     assert {k: defaults[k] for k in keys} == {k: getattr(config, k) for k in keys}

@@ -30,9 +30,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -47,13 +48,23 @@ CMD_TIMEOUT_S = 900
 # Fixed values that shrink the shipped HRNet-W44 1280 sweep and the CPU preset to a run of
 # seconds; the parameter names and the sweep's structure stay those of the shipped file.
 TINY = {
-    "models.name": "hrnet_w18_small", "models.pretrained": False, "models.decoder.inner_channels": 16,
-    "data.image_height": 64, "data.image_width": 64, "data.batch_size": 4, "data.num_workers": 0,
-    "trainer.max_epochs": 1, "models.scheduler.T_max": 1, "trainer.progress_bar": False,
+    "models.name": "hrnet_w18_small",
+    "models.pretrained": False,
+    "models.decoder.inner_channels": 16,
+    "data.image_height": 64,
+    "data.image_width": 64,
+    "data.batch_size": 4,
+    "data.num_workers": 0,
+    "trainer.max_epochs": 1,
+    "models.scheduler.T_max": 1,
+    "trainer.progress_bar": False,
     "callbacks.early_stopping.enabled": False,
 }
-TINY_ARGS = tuple(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY.items()
-                  if k not in ("models.name", "models.pretrained"))  # the CPU preset has them
+TINY_ARGS = tuple(
+    f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+    for k, v in TINY.items()
+    if k not in ("models.name", "models.pretrained")
+)  # the CPU preset has them
 
 
 # ----------------------------------------------------------------------------- the guide
@@ -118,8 +129,11 @@ class Sandbox:
         if key not in self.subs and key == "<run>" and "<sweep>" in self.subs:
             from hrnet_sweep.sweep.engine import LocalSweep
 
-            runs = [r for r in LocalSweep(self.root / "outputs" / "sweeps" / self.subs["<sweep>"]).runs()
-                    if r.state == "finished"]
+            runs = [
+                r
+                for r in LocalSweep(self.root / "outputs" / "sweeps" / self.subs["<sweep>"]).runs()
+                if r.state == "finished"
+            ]
             if runs:
                 self.subs["<run>"] = runs[0].run_id
         if key not in self.subs:
@@ -134,8 +148,9 @@ def _competition_layout(root: Path, splits: dict | None = None) -> dict:
 
     raw = root / "_synth"
     splits = splits or {"train": 10, "val": 3, "test": 3}
-    generate(raw, num_images=sum(splits.values()), seed=5, width=240, height=320, splits=splits, korean=False,
-             progress=False)
+    generate(
+        raw, num_images=sum(splits.values()), seed=5, width=240, height=320, splits=splits, korean=False, progress=False
+    )
     docs = {}
     for split in ("train", "val", "test"):
         doc = json.loads((raw / f"{split}.json").read_text())
@@ -161,11 +176,14 @@ def _fake_predictions(doc: dict, seed: int) -> dict[str, list[np.ndarray]]:
 
 
 def _env(root: Path) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("WANDB_API_KEY", "HRNET_SWEEP_DATA")}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(REPO),
-               WANDB_MODE="offline",  # never a real W&B sweep from a test, whatever the machine's login
-               WANDB_DIR=str(root), MPLBACKEND="Agg")
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "HRNET_SWEEP_DATA")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(REPO),
+        WANDB_MODE="offline",  # never a real W&B sweep from a test, whatever the machine's login
+        WANDB_DIR=str(root),
+        MPLBACKEND="Agg",
+    )
     return env
 
 
@@ -198,8 +216,9 @@ def _verify_make_install(sb: Sandbox, cmd: str) -> None:
     makefile = (REPO / "Makefile").read_text()
     assert "VENV ?= .venv" in makefile and "-m venv $(VENV)" in makefile and "-e '.[test]'" in makefile
     if shutil.which("make"):
-        out = subprocess.run(["make", "-n", "-B", "install"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            ["make", "-n", "-B", "install"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
         assert "-m venv .venv" in out and "-e '.[test]'" in out, out
 
 
@@ -254,56 +273,114 @@ COVERAGE: tuple[Cover, ...] = (
     Cover(r"export HRNET_SWEEP_DATA=\S+", "run"),
     Cover(r"hrnet_sweep train preset=hrnet_w44_1280 --dry-run", "run", expect=r"image_height: 1280"),
     Cover(r"hrnet_sweep synth --out synth --num \d+", "run", shrink=((r"--num \d+", "--num 8"),)),
-    Cover(r"hrnet_sweep train preset=hrnet_w18_small_cpu data\.root=synth( \S+=\S+)*", "slow", append=TINY_ARGS,
-          tests=("tests/test_train_e2e.py::test_train_checkpoint_resume_predict_eval",),
-          expect=r"run finished"),
+    Cover(
+        r"hrnet_sweep train preset=hrnet_w18_small_cpu data\.root=synth( \S+=\S+)*",
+        "slow",
+        append=TINY_ARGS,
+        tests=("tests/test_train_e2e.py::test_train_checkpoint_resume_predict_eval",),
+        expect=r"run finished",
+    ),
     # 3. W&B or offline
-    Cover(r"wandb login", "named", tests=("tests/test_launcher.py::test_wandb_credentials",
-                                          "tests/test_launcher.py::test_sweep_goes_to_wandb_with_credentials")),
+    Cover(
+        r"wandb login",
+        "named",
+        tests=(
+            "tests/test_launcher.py::test_wandb_credentials",
+            "tests/test_launcher.py::test_sweep_goes_to_wandb_with_credentials",
+        ),
+    ),
     Cover(r"export WANDB_MODE=offline", "run", tests=("tests/test_launcher.py::test_wandb_credentials",)),
     # 4. check
     Cover(r"hrnet_sweep check( sweeps/\w+\.yaml)+", "run", expect=r"(OK|0 error\(s\))"),
     Cover(r"hrnet_sweep explain sweeps/\w+\.yaml", "run", expect=r"band"),
     # 5. start
-    Cover(r"\./start_sweep\.sh sweeps/hrnet_w44_1280\.yaml --run-cap \d+", "named",
-          tests=("tests/test_launcher.py::test_sweep_goes_to_wandb_with_credentials",
-                 "tests/test_launcher.py::test_one_pinned_agent_per_gpu")),
-    Cover(r"\./start_sweep\.sh sweeps/hrnet_w44_1280\.yaml --local --run-cap \d+", "slow",
-          shrink=((r"--run-cap \d+", "--run-cap 1"),), expect=r"local sweep created",
-          tests=("tests/test_launcher.py::test_local_sweep_runs_pinned_agents_on_the_embedded_engine",
-                 "tests/test_sweep_integration.py::test_cpu_demo_sweep_with_two_agents")),
-    Cover(r"hrnet_sweep sweep --resume <sweep>", "slow",
-          tests=("tests/test_launcher.py::test_sweep_without_credentials_runs_on_the_embedded_engine",
-                 "tests/test_sweep_integration.py::test_cpu_demo_sweep_with_two_agents")),
+    Cover(
+        r"\./start_sweep\.sh sweeps/hrnet_w44_1280\.yaml --run-cap \d+",
+        "named",
+        tests=(
+            "tests/test_launcher.py::test_sweep_goes_to_wandb_with_credentials",
+            "tests/test_launcher.py::test_one_pinned_agent_per_gpu",
+        ),
+    ),
+    Cover(
+        r"\./start_sweep\.sh sweeps/hrnet_w44_1280\.yaml --local --run-cap \d+",
+        "slow",
+        shrink=((r"--run-cap \d+", "--run-cap 1"),),
+        expect=r"local sweep created",
+        tests=(
+            "tests/test_launcher.py::test_local_sweep_runs_pinned_agents_on_the_embedded_engine",
+            "tests/test_sweep_integration.py::test_cpu_demo_sweep_with_two_agents",
+        ),
+    ),
+    Cover(
+        r"hrnet_sweep sweep --resume <sweep>",
+        "slow",
+        tests=(
+            "tests/test_launcher.py::test_sweep_without_credentials_runs_on_the_embedded_engine",
+            "tests/test_sweep_integration.py::test_cpu_demo_sweep_with_two_agents",
+        ),
+    ),
     # 6. watch
-    Cover(r"hrnet_sweep status <sweep>", "slow", expect=r"finished",
-          tests=("tests/test_agent.py::test_status_and_clean_keep_the_best_runs_checkpoints",)),
+    Cover(
+        r"hrnet_sweep status <sweep>",
+        "slow",
+        expect=r"finished",
+        tests=("tests/test_agent.py::test_status_and_clean_keep_the_best_runs_checkpoints",),
+    ),
     Cover(r"tensorboard --logdir outputs", "run", verify=_verify_tensorboard),
-    Cover(r"wandb sync outputs/<run>/wandb/offline-run-\*", "slow", verify=_verify_wandb_sync,
-          tests=("tests/test_sweep_integration.py::test_cpu_demo_sweep_with_two_agents",)),
+    Cover(
+        r"wandb sync outputs/<run>/wandb/offline-run-\*",
+        "slow",
+        verify=_verify_wandb_sync,
+        tests=("tests/test_sweep_integration.py::test_cpu_demo_sweep_with_two_agents",),
+    ),
     # 7. best
-    Cover(r"hrnet_sweep best <sweep> (--export preset\.yaml|--top \d+)", "slow",
-          tests=("tests/test_best.py::test_best_on_a_local_sweep",
-                 "tests/test_best.py::test_best_cli_prints_table_and_exports")),
-    Cover(r"hrnet_sweep clean <sweep> --keep-top \d+", "slow",
-          tests=("tests/test_agent.py::test_status_and_clean_keep_the_best_runs_checkpoints",)),
+    Cover(
+        r"hrnet_sweep best <sweep> (--export preset\.yaml|--top \d+)",
+        "slow",
+        tests=(
+            "tests/test_best.py::test_best_on_a_local_sweep",
+            "tests/test_best.py::test_best_cli_prints_table_and_exports",
+        ),
+    ),
+    Cover(
+        r"hrnet_sweep clean <sweep> --keep-top \d+",
+        "slow",
+        tests=("tests/test_agent.py::test_status_and_clean_keep_the_best_runs_checkpoints",),
+    ),
     # 8-10. retrain, tune, predict
-    Cover(r"hrnet_sweep kfold preset\.yaml --folds 0-4", "slow", shrink=((r"--folds 0-4", "--folds 0-1"),),
-          tests=("tests/test_kfold.py::test_kfold_skips_finished_and_resumes_interrupted",)),
-    Cover(r"hrnet_sweep tune-postprocess preset\.yaml", "slow",
-          tests=("tests/test_ensemble.py::test_oof_cache_tune_and_predict_from_the_preset",)),
-    Cover(r"hrnet_sweep predict preset\.yaml .+", "slow",
-          tests=("tests/test_ensemble.py::test_oof_cache_tune_and_predict_from_the_preset",
-                 "tests/test_ensemble.py::test_predict_routing_shipped_preset_and_plain_checkpoints")),
+    Cover(
+        r"hrnet_sweep kfold preset\.yaml --folds 0-4",
+        "slow",
+        shrink=((r"--folds 0-4", "--folds 0-1"),),
+        tests=("tests/test_kfold.py::test_kfold_skips_finished_and_resumes_interrupted",),
+    ),
+    Cover(
+        r"hrnet_sweep tune-postprocess preset\.yaml",
+        "slow",
+        tests=("tests/test_ensemble.py::test_oof_cache_tune_and_predict_from_the_preset",),
+    ),
+    Cover(
+        r"hrnet_sweep predict preset\.yaml .+",
+        "slow",
+        tests=(
+            "tests/test_ensemble.py::test_oof_cache_tune_and_predict_from_the_preset",
+            "tests/test_ensemble.py::test_predict_routing_shipped_preset_and_plain_checkpoints",
+        ),
+    ),
     Cover(r"hrnet_sweep validate-submission submission\.csv .+", "run", expect=r": VALID"),
     # 11. analysis
     Cover(r"hrnet_sweep eval --gt \S+ --pred \S+", "run", expect=r"(?i)h-?mean"),
     Cover(r"hrnet_sweep analyze \S+ .+", "run", expect=r"report"),
     Cover(r"hrnet_sweep compare \S+ \S+ .+", "run"),
     # 12. studies: the launcher creates each study sweep (no runs: a study trains HRNet-W44 for hours)
-    Cover(r"\./start_sweep\.sh sweeps/\w+_study(_quick)?\.yaml( --local)?", "run", append=("--create-only",),
-          expect=r"local sweep created: \S+ \(grid\)",
-          tests=("tests/test_studies.py::test_embedded_engine_hands_out_each_grid_point_once",)),
+    Cover(
+        r"\./start_sweep\.sh sweeps/\w+_study(_quick)?\.yaml( --local)?",
+        "run",
+        append=("--create-only",),
+        expect=r"local sweep created: \S+ \(grid\)",
+        tests=("tests/test_studies.py::test_embedded_engine_hands_out_each_grid_point_once",),
+    ),
 )
 
 
@@ -328,11 +405,12 @@ def _run(sb: Sandbox, cmd: Command, cover: Cover) -> None:
         text = re.sub(pattern, repl, text)
     text = " ".join([sb.substitute(text), *cover.append])
     if text.startswith("export "):
-        name, _, value = text[len("export "):].partition("=")
+        name, _, value = text[len("export ") :].partition("=")
         sb.env[name] = value
         return
-    proc = subprocess.run(["bash", "-c", text], cwd=sb.root, env=sb.env, capture_output=True, text=True,
-                          timeout=CMD_TIMEOUT_S)
+    proc = subprocess.run(
+        ["bash", "-c", text], cwd=sb.root, env=sb.env, capture_output=True, text=True, timeout=CMD_TIMEOUT_S
+    )
     out = proc.stdout + proc.stderr
     sb.log.append(f"$ {text}\n{out[-4000:]}")
     assert proc.returncode == 0, f"{cmd}\n  ran as: {text}\n  exit {proc.returncode}\n{out[-6000:]}"

@@ -39,14 +39,14 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from hrnet_sweep.pipeline import best as best_cmd
-from hrnet_sweep.ranking import RunRecord, rank_runs
-from hrnet_sweep.pipeline.presets import read_provenance
 from hrnet_sweep.cli import main as cli
 from hrnet_sweep.config import load_config
 from hrnet_sweep.constants import CONTROL_DIR_ENV, METRIC
 from hrnet_sweep.errors import DataError
 from hrnet_sweep.formats import atomic_path, load_annotations
+from hrnet_sweep.pipeline import best as best_cmd
+from hrnet_sweep.pipeline.presets import read_provenance
+from hrnet_sweep.ranking import RunRecord, rank_runs
 from hrnet_sweep.sweep.agent import classify_exit, run_agent
 from hrnet_sweep.sweep.engine import LocalSweep
 
@@ -56,10 +56,19 @@ FAKE_KEY = "fakekey0do0not0leak0c0ffee0123456789abcd"  # 40 characters, like a r
 assert len(FAKE_KEY) == 40
 
 TINY = [  # the CPU preset shrunk to test size
-    "preset=hrnet_w18_small_cpu", "data.image_height=64", "data.image_width=64", "data.batch_size=1",
-    "data.num_workers=0", "models.decoder.inner_channels=16", "trainer.progress_bar=false",
-    "logging.tensorboard=false", "callbacks.early_stopping.enabled=false", "trainer.max_epochs=1",
-    "data.fold=0", "data.num_folds=2", "callbacks.model_checkpoint.save_top_k=0",
+    "preset=hrnet_w18_small_cpu",
+    "data.image_height=64",
+    "data.image_width=64",
+    "data.batch_size=1",
+    "data.num_workers=0",
+    "models.decoder.inner_channels=16",
+    "trainer.progress_bar=false",
+    "logging.tensorboard=false",
+    "callbacks.early_stopping.enabled=false",
+    "trainer.max_epochs=1",
+    "data.fold=0",
+    "data.num_folds=2",
+    "callbacks.model_checkpoint.save_top_k=0",
 ]
 
 
@@ -251,12 +260,16 @@ def _with_bad_word(name: str, points, key: str = "0002") -> callable:
 
 def _img_far_outside(d: Path) -> dict:
     _receipt().save(d / "outside.jpg")
-    return {"outside.jpg": {"words": {
-        "0001": GOOD_WORD,
-        "0002": {"points": [[-5e6, -40], [9e6, -40], [9e6, 30], [-5e6, 30]]},  # across and past the image
-        "0003": {"points": [[-900, -900], [-800, -900], [-800, -800], [-900, -800]]},  # wholly outside
-        "0004": {"points": [[70, 50], [1e39, 50], [1e39, 70], [70, 70]]},  # beyond float32: inf
-    }}}
+    return {
+        "outside.jpg": {
+            "words": {
+                "0001": GOOD_WORD,
+                "0002": {"points": [[-5e6, -40], [9e6, -40], [9e6, 30], [-5e6, 30]]},  # across and past the image
+                "0003": {"points": [[-900, -900], [-800, -900], [-800, -800], [-900, -800]]},  # wholly outside
+                "0004": {"points": [[70, 50], [1e39, 50], [1e39, 70], [70, 70]]},  # beyond float32: inf
+            }
+        }
+    }
 
 
 WORKS = {  # case -> (setup, substrings a warning must hold, or () for "no warning names it")
@@ -266,18 +279,28 @@ WORKS = {  # case -> (setup, substrings a warning must hold, or () for "no warni
     "huge image (27 MP)": (_img_huge, ()),
     "image with no words": (_img_no_words, ()),
     "truncated JPEG (header readable)": (_img_truncated, ("cut.jpg", "cannot read image", "next readable image")),
-    "polygon with 2 points": (_with_bad_word("two.jpg", [[10, 10], [40, 10]]),
-                              ("two.jpg", "word '0002'", "2 points, a polygon needs at least 3")),
-    "zero-area polygon": (_with_bad_word("flat.jpg", [[10, 10], [30, 10], [50, 10], [70, 10]]),
-                          ("flat.jpg", "word '0002'", "zero area")),
+    "polygon with 2 points": (
+        _with_bad_word("two.jpg", [[10, 10], [40, 10]]),
+        ("two.jpg", "word '0002'", "2 points, a polygon needs at least 3"),
+    ),
+    "zero-area polygon": (
+        _with_bad_word("flat.jpg", [[10, 10], [30, 10], [50, 10], [70, 10]]),
+        ("flat.jpg", "word '0002'", "zero area"),
+    ),
     "self-intersecting polygon": (_with_bad_word("bowtie.jpg", [[10, 40], [60, 70], [60, 40], [10, 60]]), ()),
-    "NaN coordinates": (_with_bad_word("nan.jpg", [[10, 10], [float("nan"), 10], [40, 30], [10, 30]]),
-                        ("nan.jpg", "word '0002'", "NaN or infinity")),
-    "string coordinates": (_with_bad_word("text.jpg", [["ten", 10], [40, 10], [40, 30], [10, 30]]),
-                           ("text.jpg", "word '0002'", "not all numbers")),
+    "NaN coordinates": (
+        _with_bad_word("nan.jpg", [[10, 10], [float("nan"), 10], [40, 30], [10, 30]]),
+        ("nan.jpg", "word '0002'", "NaN or infinity"),
+    ),
+    "string coordinates": (
+        _with_bad_word("text.jpg", [["ten", 10], [40, 10], [40, 30], [10, 30]]),
+        ("text.jpg", "word '0002'", "not all numbers"),
+    ),
     "points far outside the image": (_img_far_outside, ()),
-    "duplicate word keys": (_with_bad_word("again.jpg", [[70, 50], [110, 50], [110, 70], [70, 70]], key="0001" + AGAIN),
-                            ("again.jpg", "word '0001'", "listed more than once", "last entry is kept")),
+    "duplicate word keys": (
+        _with_bad_word("again.jpg", [[70, 50], [110, 50], [110, 70], [70, 70]], key="0001" + AGAIN),
+        ("again.jpg", "word '0001'", "listed more than once", "last entry is kept"),
+    ),
 }
 
 
@@ -362,8 +385,16 @@ def works_run(tmp_path_factory):
     (root / "train.json").replace(root / "all.json")
     # train/val mode: both splits read every image, and a batch holds them all (no dropped tail)
     n = len(images) + 1
-    cfg = tiny_cfg(root, root / "out", "run_name=works", "data.fold=null", "data.train_json=all.json",
-                   "data.val_json=all.json", f"data.batch_size={n}", "callbacks.model_checkpoint.save_last=false")
+    cfg = tiny_cfg(
+        root,
+        root / "out",
+        "run_name=works",
+        "data.fold=null",
+        "data.train_json=all.json",
+        "data.val_json=all.json",
+        f"data.batch_size={n}",
+        "callbacks.model_checkpoint.save_last=false",
+    )
     handler = _Records()
     logging.getLogger("hrnet_sweep").addHandler(handler)
     try:
@@ -412,8 +443,9 @@ def test_bad_data_fails_early_naming_file_and_word(case, tmp_path):
 @pytest.mark.unit
 def test_duplicate_word_keys_keep_the_last_or_fail_when_strict(tmp_path, caplog):
     path = tmp_path / "gt.json"
-    path.write_text(_annotation_text({"a.jpg": {"words": {"0001": _word(0, 0, 10, 10),
-                                                          "0001" + AGAIN: _word(20, 20, 40, 30)}}}))
+    path.write_text(
+        _annotation_text({"a.jpg": {"words": {"0001": _word(0, 0, 10, 10), "0001" + AGAIN: _word(20, 20, 40, 30)}}})
+    )
     with caplog.at_level(logging.WARNING, logger="hrnet_sweep.formats"):
         (word,) = load_annotations(path)["a.jpg"].words
     assert word.points.tolist() == _word(20, 20, 40, 30)["points"]
@@ -433,8 +465,10 @@ PAYLOAD = "!!python/object/apply:os.system ['touch {marker}']"
 
 PRESET_FILES = {  # case -> (preset text, substrings of the error)
     "YAML tag that safe_load refuses": ("models: " + PAYLOAD + "\n", ["evil.yaml", "not valid YAML for safe_load"]),
-    "unknown key": ("models:\n  optimizer: {lrr: 0.001}\n",
-                    ["evil.yaml", "models.optimizer.lrr", "0.001", "did you mean 'models.optimizer.lr'"]),
+    "unknown key": (
+        "models:\n  optimizer: {lrr: 0.001}\n",
+        ["evil.yaml", "models.optimizer.lrr", "0.001", "did you mean 'models.optimizer.lr'"],
+    ),
     "wrong type": ("data: {batch_size: [1, 2]}\n", ["data.batch_size=[1, 2]", "an integer >= 1"]),
     "YAML syntax error": ("models: {name: [hrnet\n", ["evil.yaml", "not valid YAML"]),
     "not a mapping": ("- models\n- data\n", ["evil.yaml", "must be a mapping"]),
@@ -452,27 +486,44 @@ OVERRIDES = {  # case -> (overrides, substrings of the error)
 }
 
 SWEEP_FILES = {  # case -> (edit of a valid sweep document, substrings of the finding)
-    "unknown parameter key": (lambda d: d["parameters"].update({"models.optimizer.lrr": {"value": 1}}),
-                              ["models.optimizer.lrr", "did you mean 'models.optimizer.lr'"]),
+    "unknown parameter key": (
+        lambda d: d["parameters"].update({"models.optimizer.lrr": {"value": 1}}),
+        ["models.optimizer.lrr", "did you mean 'models.optimizer.lr'"],
+    ),
     "unknown top-level key": (lambda d: d.update({"metrc": {"name": METRIC}}), ["unknown sweep key 'metrc'"]),
-    "wrong type": (lambda d: d["parameters"].update({"data.batch_size": {"values": ["two"]}}),
-                   ["data.batch_size", "'two'", "an integer >= 1"]),
-    "impossible range (min > max)": (lambda d: d["parameters"]["models.optimizer.lr"].update({"min": 1e-2}),
-                                     ["models.optimizer.lr", "min 0.01 is not less than max 0.001"]),
-    "impossible range (log of 0)": (lambda d: d["parameters"]["models.optimizer.lr"].update({"min": 0}),
-                                    ["log_uniform_values needs min > 0"]),
-    "missing preset": (lambda d: d["parameters"]["preset"].update({"value": "hrnet_w99"}),
-                       ["preset 'hrnet_w99' not found"]),
-    "null value (reaches training as 'None')": (lambda d: d["parameters"].update({"data.fold": {"value": None}}),
-                                                ["data.fold", "training reads 'None'"]),
+    "wrong type": (
+        lambda d: d["parameters"].update({"data.batch_size": {"values": ["two"]}}),
+        ["data.batch_size", "'two'", "an integer >= 1"],
+    ),
+    "impossible range (min > max)": (
+        lambda d: d["parameters"]["models.optimizer.lr"].update({"min": 1e-2}),
+        ["models.optimizer.lr", "min 0.01 is not less than max 0.001"],
+    ),
+    "impossible range (log of 0)": (
+        lambda d: d["parameters"]["models.optimizer.lr"].update({"min": 0}),
+        ["log_uniform_values needs min > 0"],
+    ),
+    "missing preset": (
+        lambda d: d["parameters"]["preset"].update({"value": "hrnet_w99"}),
+        ["preset 'hrnet_w99' not found"],
+    ),
+    "null value (reaches training as 'None')": (
+        lambda d: d["parameters"].update({"data.fold": {"value": None}}),
+        ["data.fold", "training reads 'None'"],
+    ),
 }
 
 
 def _sweep_doc() -> dict:
-    return {"method": "bayes", "metric": {"name": METRIC, "goal": "maximize"},
-            "parameters": {"preset": {"value": "hrnet_w18_small_cpu"},
-                           "models.optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-3}},
-            "command": ["${env}", "${interpreter}", "-m", "hrnet_sweep.train", "${args_no_hyphens}"]}
+    return {
+        "method": "bayes",
+        "metric": {"name": METRIC, "goal": "maximize"},
+        "parameters": {
+            "preset": {"value": "hrnet_w18_small_cpu"},
+            "models.optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-3},
+        },
+        "command": ["${env}", "${interpreter}", "-m", "hrnet_sweep.train", "${args_no_hyphens}"],
+    }
 
 
 def _one_line_error(err: str, command: str) -> str:
@@ -547,7 +598,9 @@ def test_bad_paths_at_run_time_exit_2_before_training(tmp_path, capsys):
     assert "nowhere/train.json: file not found" in _one_line_error(capsys.readouterr().err, "train")
     assert json.loads((tmp_path / "out" / "a" / "status.json").read_text())["state"] == "failed"
     assert cli(["train", *TINY, out, "run_name=b", "resume_from_checkpoint=/nope/last.ckpt"]) == 2
-    assert "resume_from_checkpoint='/nope/last.ckpt': file not found" in _one_line_error(capsys.readouterr().err, "train")
+    assert "resume_from_checkpoint='/nope/last.ckpt': file not found" in _one_line_error(
+        capsys.readouterr().err, "train"
+    )
 
 
 @pytest.mark.integration
@@ -562,8 +615,10 @@ def test_real_entry_points_exit_2(tmp_path):
         "python -m hrnet_sweep.train": [PY, "-m", "hrnet_sweep.train", "data.batch_size=0"],
         "hrnet_sweep check": [script, "check", str(tagged)],
     }
-    procs = {k: subprocess.Popen(c, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for k, c in commands.items()}
+    procs = {
+        k: subprocess.Popen(c, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for k, c in commands.items()
+    }
     results = {k: (p.wait(timeout=300), *p.communicate()) for k, p in procs.items()}
     for name, (rc, out, err) in results.items():
         assert rc == 2, (name, out, err)
@@ -580,7 +635,7 @@ def test_real_entry_points_exit_2(tmp_path):
 # `io.atomic_path`: a temporary file next to the target, renamed over it at the end.
 # Export of `best`: tests/test_best.py::test_export_never_leaves_a_partial_file.
 
-_DISK_FULL_CHILD = r'''
+_DISK_FULL_CHILD = r"""
 import json, os, resource, sys
 from pathlib import Path
 
@@ -630,7 +685,7 @@ for name, write in writers.items():
     report[name] = {"size": size, "error": error, "target": target.read_text(errors="replace"),
                     "files": sorted(p.name for p in folder.iterdir())}
 print(json.dumps(report))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -638,15 +693,27 @@ def disk_full_report(tmp_path_factory) -> dict:
     """Each writer, in a child process whose file size limit (RLIMIT_FSIZE) stops the write half
     way: the kernel refuses the rest with EFBIG, as a full disk refuses it with ENOSPC."""
     work = tmp_path_factory.mktemp("disk_full")
-    child = subprocess.run([PY, "-c", "import signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-                            + _DISK_FULL_CHILD, str(work)], capture_output=True, text=True, timeout=600)
+    child = subprocess.run(
+        [PY, "-c", "import signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n" + _DISK_FULL_CHILD, str(work)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert child.returncode == 0, child.stderr[-3000:]
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("writer", ["submission CSV", "prediction JSON", "resolved config (config.yaml)",
-                                    "fold manifest", "checkpoint (AtomicCheckpointIO)"])
+@pytest.mark.parametrize(
+    "writer",
+    [
+        "submission CSV",
+        "prediction JSON",
+        "resolved config (config.yaml)",
+        "fold manifest",
+        "checkpoint (AtomicCheckpointIO)",
+    ],
+)
 def test_write_cut_half_way_keeps_the_previous_file(writer, disk_full_report):
     r = disk_full_report[writer]
     assert r["size"] > 64, r
@@ -661,6 +728,7 @@ def test_atomic_path_failure_leaves_target_and_no_temp_file(where, tmp_path, mon
     target = tmp_path / "preset.yaml"
     target.write_text("old: 1\n")
     if where == "at the rename":
+
         def refuse(src, dst):
             raise OSError(28, "No space left on device")
 
@@ -686,10 +754,12 @@ def test_sigkill_during_a_write_keeps_the_previous_file(tmp_path):
     temporary file is a hidden `.NAME.*.tmp` next to it (README: Reliability)."""
     target = tmp_path / "submission.csv"
     target.write_text("filename,polygons\nold.jpg,1 2 3 4 5 6 7 8\n")
-    code = ("import sys, time\nfrom hrnet_sweep.formats import atomic_path\n"
-            "with atomic_path(sys.argv[1]) as tmp:\n"
-            "    fh = open(tmp, 'w'); fh.write('filename,polygons\\nnew.jpg,1 2'); fh.flush()\n"
-            "    print('writing', flush=True); time.sleep(600)\n")
+    code = (
+        "import sys, time\nfrom hrnet_sweep.formats import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    fh = open(tmp, 'w'); fh.write('filename,polygons\\nnew.jpg,1 2'); fh.flush()\n"
+        "    print('writing', flush=True); time.sleep(600)\n"
+    )
     proc = subprocess.Popen([PY, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
     proc.kill()
@@ -735,16 +805,25 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_optimizer_steps(tiny_data,
     from hrnet_sweep.pipeline.train import run
 
     # the shipped checkpoint policy: best (top 1) and last
-    args = [*TINY, f"data.root={tiny_data}", f"output_dir={tmp_path}", "trainer.max_epochs=3",
-            "callbacks.model_checkpoint.save_top_k=1"]
+    args = [
+        *TINY,
+        f"data.root={tiny_data}",
+        f"output_dir={tmp_path}",
+        "trainer.max_epochs=3",
+        "callbacks.model_checkpoint.save_top_k=1",
+    ]
     straight = run(load_config([*args, "run_name=straight"]))
     assert straight.state == "finished", straight.reason
     steps = _ckpt(tmp_path / "straight" / "checkpoints" / "last.ckpt")["global_step"]
     assert steps == 6  # 2 training images, batch 1, 3 epochs
 
     marker = tmp_path / "paused"
-    proc = subprocess.Popen([PY, "-c", _PAUSE_CHILD, str(marker), *args, "run_name=killed"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [PY, "-c", _PAUSE_CHILD, str(marker), *args, "run_name=killed"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         _wait_for("training to reach epoch 2", marker.exists, timeout=600, proc=proc)
     finally:
@@ -789,7 +868,8 @@ class OutOfMemoryDouble:
                 if n > max_batch and trainer.current_epoch >= from_epoch:
                     self.raised.append((trainer.current_epoch, n))
                     raise torch.cuda.OutOfMemoryError(
-                        f"CUDA out of memory. Tried to allocate 2.00 GiB (batch of {n}; test double)")
+                        f"CUDA out of memory. Tried to allocate 2.00 GiB (batch of {n}; test double)"
+                    )
 
         return _Double()
 
@@ -804,8 +884,11 @@ def test_out_of_memory_retries_with_half_batch_and_twice_the_accumulation(tiny_d
         result = run(load_config([*args, "run_name=oom"]), extra_callbacks=[double])
     assert double.raised == [(1, 2)]
     assert result.state == "finished", result.reason
-    assert any("out of GPU memory at data.batch_size=2; retrying once with batch 1 and accumulate_grad_batches 2"
-               in r.getMessage() for r in caplog.records)
+    assert any(
+        "out of GPU memory at data.batch_size=2; retrying once with batch 1 and accumulate_grad_batches 2"
+        in r.getMessage()
+        for r in caplog.records
+    )
     run_dir = tmp_path / "oom"
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert (saved["data"]["batch_size"], saved["trainer"]["accumulate_grad_batches"]) == (1, 2)
@@ -896,14 +979,26 @@ def test_best_cli_retries_api_errors_then_exits_2(monkeypatch, capsys):
 @pytest.mark.integration
 def test_best_with_the_real_wandb_client_and_a_server_that_never_answers(tmp_path):
     server = StandInWandbServer()
-    env = {**os.environ, "WANDB_BASE_URL": server.url, "WANDB_API_KEY": FAKE_KEY,
-           "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
-           "WANDB_DATA_DIR": str(tmp_path / "wandb-data"), "WANDB_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "WANDB_BASE_URL": server.url,
+        "WANDB_API_KEY": FAKE_KEY,
+        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+        "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+        "WANDB_DATA_DIR": str(tmp_path / "wandb-data"),
+        "WANDB_DIR": str(tmp_path),
+    }
     env.pop("WANDB_MODE", None)
     t0 = time.monotonic()
     try:
-        proc = subprocess.run([str(Path(PY).parent / "hrnet_sweep"), "best", "acme/receipts/abc123", "--timeout", "1",
-                               "--retries", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [str(Path(PY).parent / "hrnet_sweep"), "best", "acme/receipts/abc123", "--timeout", "1", "--retries", "1"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         server.close()
     elapsed = time.monotonic() - t0
@@ -929,16 +1024,26 @@ def _sweep_yaml(path: Path, data: Path, parameters: dict, **extra) -> Path:
     from hrnet_sweep.config import parse_overrides
 
     fixed = {k: {"value": v} for k, v in parse_overrides(TINY).items()}
-    doc = {"method": "grid", "metric": {"name": METRIC, "goal": "maximize"},
-           "parameters": {**fixed, "data.root": {"value": str(data)}, **parameters},
-           "command": ["${env}", "${interpreter}", "-m", "hrnet_sweep.train", "${args_no_hyphens}"], **extra}
+    doc = {
+        "method": "grid",
+        "metric": {"name": METRIC, "goal": "maximize"},
+        "parameters": {**fixed, "data.root": {"value": str(data)}, **parameters},
+        "command": ["${env}", "${interpreter}", "-m", "hrnet_sweep.train", "${args_no_hyphens}"],
+        **extra,
+    }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
 def _sweep_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
-           "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"), "WANDB_DATA_DIR": str(tmp_path / "wandb-data"), **extra}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+        "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+        "WANDB_DATA_DIR": str(tmp_path / "wandb-data"),
+        **extra,
+    }
     env.pop("WANDB_MODE", None)  # the engine logs offline
     return env
 
@@ -951,11 +1056,20 @@ def test_sweep_survives_nan_agent_kill_and_keeps_secrets(tiny_data, tmp_path, mo
     crashed, runs its grid point again, and the sweep ends; `best` picks the one finished
     run; the key is nowhere on disk nor in any output."""
     env = _sweep_env(tmp_path, WANDB_API_KEY=FAKE_KEY)
-    path = _sweep_yaml(tmp_path / "nan.yaml", tiny_data, {
-        "models.optimizer.name": {"value": "sgd"}, "models.optimizer.lr": {"values": [1.0e30, 1.0e-3]}})
+    path = _sweep_yaml(
+        tmp_path / "nan.yaml",
+        tiny_data,
+        {"models.optimizer.name": {"value": "sgd"}, "models.optimizer.lr": {"values": [1.0e30, 1.0e-3]}},
+    )
     sweep = LocalSweep.create(path, sweep_dir=tmp_path / "sweep")
-    agent = subprocess.Popen([PY, "-m", "hrnet_sweep", "agent", str(sweep.root), "--poll", "0.2"], cwd=tmp_path,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    agent = subprocess.Popen(
+        [PY, "-m", "hrnet_sweep", "agent", str(sweep.root), "--poll", "0.2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
     def second_run_training() -> dict | None:
         runs = sweep.runs()
@@ -964,8 +1078,9 @@ def test_sweep_survives_nan_agent_kill_and_keeps_secrets(tiny_data, tmp_path, mo
         return _training_pids(sweep.root) or None
 
     try:
-        (training_pid,) = _wait_for("run 2 to start after run 1 failed", second_run_training, 900, poll=0.25,
-                                    proc=agent)
+        (training_pid,) = _wait_for(
+            "run 2 to start after run 1 failed", second_run_training, 900, poll=0.25, proc=agent
+        )
     except BaseException:
         agent.kill()
         raise
@@ -1021,8 +1136,14 @@ def test_whole_sweep_killed_then_resumed_loses_and_repeats_no_run(tiny_data, tmp
     path = _sweep_yaml(tmp_path / "grid.yaml", tiny_data, {"seed": {"values": [1, 2, 3]}})
     root = tmp_path / "sweep"
     cmd = [PY, "-m", "hrnet_sweep", "sweep", "--gpus", "cpu", "--agents", "2", "--stagger", "0", "--max-restarts", "0"]
-    launcher = subprocess.Popen([*cmd, str(path), "--local", "--sweep-dir", str(root)], cwd=tmp_path, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launcher = subprocess.Popen(
+        [*cmd, str(path), "--local", "--sweep-dir", str(root)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
     opened: list[LocalSweep] = []
 
@@ -1054,8 +1175,9 @@ def test_whole_sweep_killed_then_resumed_loses_and_repeats_no_run(tiny_data, tmp
     running_before = {k for k, r in before.items() if r.state == "running"}
     assert finished_before and running_before, {k: r.state for k, r in before.items()}
 
-    resumed = subprocess.run([*cmd, "--resume", str(root)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=900)
+    resumed = subprocess.run(
+        [*cmd, "--resume", str(root)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "marked crashed (agent gone)" in resumed.stdout
 

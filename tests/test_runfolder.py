@@ -33,7 +33,7 @@ def test_tail_returns_each_row_once_and_waits_for_the_end_of_a_line(tmp_path):
         fh.write('{"epoch": 1, "val/hmean": 0.')
     assert [r["epoch"] for r in tail.read()] == [0]
     with open(tmp_path / rf.METRICS_FILE, "a") as fh:
-        fh.write('7}\n')
+        fh.write("7}\n")
     assert [r["val/hmean"] for r in tail.read()] == [0.7] and tail.read() == []
     assert rf.HistoryTail(tmp_path, skip_existing=True).read() == []
 
@@ -72,8 +72,13 @@ class _Info:  # the engine's RunInfo, as far as ordering reads it
 
 @pytest.mark.unit
 def test_status_order_and_best_agree_on_ties():
-    runs = [_Info("b", "finished", [0.2, 0.9]), _Info("a", "finished", [0.2, 0.3, 0.9]),
-            _Info("c", "finished", [0.9]), _Info("d", "stopped", [0.95]), _Info("e", "running", [math.nan])]
+    runs = [
+        _Info("b", "finished", [0.2, 0.9]),
+        _Info("a", "finished", [0.2, 0.3, 0.9]),
+        _Info("c", "finished", [0.9]),
+        _Info("d", "stopped", [0.95]),
+        _Info("e", "running", [math.nan]),
+    ]
     ordered = [r.run_id for r in order_runs(runs)]
     assert ordered == ["d", "c", "b", "a"]  # every state with a value; ties: earlier epoch, then id
     best = rank_runs([RunRecord(r.run_id, r.state, history=r.history) for r in runs]).best

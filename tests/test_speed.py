@@ -25,8 +25,12 @@ from hrnet_sweep.errors import ConfigError
 pytestmark = pytest.mark.model
 
 SIZE = 64
-TINY = ["preset=hrnet_w18_small_cpu", f"data.image_height={SIZE}", f"data.image_width={SIZE}",
-        "models.decoder.inner_channels=32"]
+TINY = [
+    "preset=hrnet_w18_small_cpu",
+    f"data.image_height={SIZE}",
+    f"data.image_width={SIZE}",
+    "models.decoder.inner_channels=32",
+]
 
 
 def _cfg(tmp_path, *extra):
@@ -37,8 +41,11 @@ def _batch(n=2):
     g = torch.Generator().manual_seed(1)
     gt = (torch.rand(n, SIZE, SIZE, generator=g) > 0.8).float()
     return torch.randn(n, 3, SIZE, SIZE, generator=g), {
-        "prob_map": gt, "prob_mask": torch.ones_like(gt), "thresh_mask": torch.ones_like(gt),
-        "thresh_map": 0.3 + 0.4 * torch.rand(n, SIZE, SIZE, generator=g)}
+        "prob_map": gt,
+        "prob_mask": torch.ones_like(gt),
+        "thresh_mask": torch.ones_like(gt),
+        "thresh_map": 0.3 + 0.4 * torch.rand(n, SIZE, SIZE, generator=g),
+    }
 
 
 def _step(model, cfg):
@@ -46,8 +53,11 @@ def _step(model, cfg):
     x, batch = _batch()
     loss = build_loss(cfg)(model(x), batch)["loss"]
     loss.backward()
-    return (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()},
-            {n: b.clone() for n, b in model.named_buffers()})
+    return (
+        loss.detach(),
+        {n: p.grad.clone() for n, p in model.named_parameters()},
+        {n: b.clone() for n, b in model.named_buffers()},
+    )
 
 
 def _eager_and_levers(cfg, backend="aot_eager"):
@@ -68,12 +78,16 @@ def _assert_close(ref, got, rtol=1e-5, atol=1e-7):
         torch.testing.assert_close(b1[name], b0[name], rtol=rtol, atol=atol, msg=name)
 
 
-@pytest.mark.parametrize("levers", [
-    ["trainer.compile=true"],
-    ["trainer.activation_checkpointing=true"],
-    ["trainer.compile=true", "trainer.activation_checkpointing=true"],
-    ["trainer.compile=true", "trainer.compile_scope=full", "trainer.activation_checkpointing=true"],
-], ids=["regional", "checkpointing", "regional+checkpointing", "full+checkpointing"])
+@pytest.mark.parametrize(
+    "levers",
+    [
+        ["trainer.compile=true"],
+        ["trainer.activation_checkpointing=true"],
+        ["trainer.compile=true", "trainer.activation_checkpointing=true"],
+        ["trainer.compile=true", "trainer.compile_scope=full", "trainer.activation_checkpointing=true"],
+    ],
+    ids=["regional", "checkpointing", "regional+checkpointing", "full+checkpointing"],
+)
 def test_levers_give_eager_loss_gradients_and_batchnorm_stats(tmp_path, levers):
     cfg = _cfg(tmp_path, *levers)
     ref, got, model = _eager_and_levers(cfg)
@@ -100,8 +114,10 @@ def test_plain_checkpointing_would_update_batchnorm_twice(tmp_path, monkeypatch)
 
     monkeypatch.setattr(speed, "_restore_batchnorm_stats", lambda module: contextlib.nullcontext())
     ref, got, _ = _eager_and_levers(_cfg(tmp_path, "trainer.activation_checkpointing=true"))
-    assert not torch.allclose(ref[2]["backbone.stage2.0.branches.0.0.bn1.running_mean"],
-                              got[2]["backbone.stage2.0.branches.0.0.bn1.running_mean"])
+    assert not torch.allclose(
+        ref[2]["backbone.stage2.0.branches.0.0.bn1.running_mean"],
+        got[2]["backbone.stage2.0.branches.0.0.bn1.running_mean"],
+    )
 
 
 def test_activation_checkpointing_keeps_fewer_activations():
@@ -206,8 +222,12 @@ def test_loader_settings_come_from_the_config():
     from hrnet_sweep.pipeline.train import _loader
 
     ds = [{"image": torch.zeros(1)}] * 8
-    dl = _loader(ds, load_config([*TINY, "data.num_workers=2", "data.prefetch_factor=4",
-                                  "data.persistent_workers=false"]), shuffle=True, batch_size=4)
+    dl = _loader(
+        ds,
+        load_config([*TINY, "data.num_workers=2", "data.prefetch_factor=4", "data.persistent_workers=false"]),
+        shuffle=True,
+        batch_size=4,
+    )
     assert dl.prefetch_factor == 4 and not dl.persistent_workers and dl.drop_last
     assert dl.pin_memory == torch.cuda.is_available()
     dl = _loader(ds, load_config([*TINY, "data.num_workers=0"]), shuffle=False, batch_size=4)
@@ -236,11 +256,25 @@ def test_training_run_with_compile_and_checkpointing_saves_eager_loadable_weight
     from hrnet_sweep.pipeline.train import load_weights, run
 
     monkeypatch.setattr(speed, "prepare_model", functools.partial(speed.prepare_model, backend="aot_eager"))
-    cfg = load_config([*TINY, "data.image_height=128", "data.image_width=128", "data.batch_size=4",
-                       "data.num_workers=0", "trainer.progress_bar=false", "logging.tensorboard=false",
-                       "data.num_folds=4", f"data.root={synth_data}", f"output_dir={tmp_path}", "run_name=fast",
-                       "trainer.max_epochs=1", "trainer.compile=true", "trainer.activation_checkpointing=true",
-                       f"trainer.compile_cache_dir={tmp_path / 'cache'}"])
+    cfg = load_config(
+        [
+            *TINY,
+            "data.image_height=128",
+            "data.image_width=128",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "trainer.progress_bar=false",
+            "logging.tensorboard=false",
+            "data.num_folds=4",
+            f"data.root={synth_data}",
+            f"output_dir={tmp_path}",
+            "run_name=fast",
+            "trainer.max_epochs=1",
+            "trainer.compile=true",
+            "trainer.activation_checkpointing=true",
+            f"trainer.compile_cache_dir={tmp_path / 'cache'}",
+        ]
+    )
     res = run(cfg)
     assert res.state == "finished", res.reason
     load_weights(build_model(cfg), res.last_ckpt)  # keys of the eager model: no _orig_mod prefix
@@ -252,8 +286,9 @@ def test_a_deep_copy_of_a_prepared_model_is_a_plain_model_of_its_own_weights(tmp
     torch.manual_seed(0)
     model = speed.prepare_model(build_model(cfg).train(), cfg, backend="aot_eager")
     twin = copy.deepcopy(model)
-    assert not any("forward" in vars(m) and not callable(getattr(vars(m)["forward"], "__func__", None))
-                   for m in twin.modules())
+    assert not any(
+        "forward" in vars(m) and not callable(getattr(vars(m)["forward"], "__func__", None)) for m in twin.modules()
+    )
     with torch.no_grad():
         for p in twin.parameters():
             p.mul_(0.5)

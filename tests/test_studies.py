@@ -32,8 +32,9 @@ QUICK = sorted(SWEEPS.glob("*_study_quick.yaml"))
 QUICK_EPOCHS = 15
 # What each study compares: the set of grid points, as {key: value} per run.
 EXPECTED_GRIDS = {
-    "backbone_study": {"preset": ["hrnet_w44_1280", "resnet34", "resnet50", "efficientnet_b0", "efficientnet_b1",
-                                  "convnext_tiny"]},
+    "backbone_study": {
+        "preset": ["hrnet_w44_1280", "resnet34", "resnet50", "efficientnet_b0", "efficientnet_b1", "convnext_tiny"]
+    },
     "scheduler_study": {"models.scheduler.name": ["cosine", "onecycle", "plateau"]},
     "resolution_study": {"preset": ["hrnet_w44_896", "hrnet_w44_960", "hrnet_w44_1024", "hrnet_w44_1280"]},
     "wd_batch_study": {"data.batch_size": [2, 4, 8], "data.scale_wd_with_batch": [0, 2]},
@@ -121,9 +122,14 @@ def test_every_run_of_a_study_loads_and_fits_its_schedule(path):
 
 def test_backbone_and_resolution_presets_are_what_they_say():
     names = {p: load_config([f"preset={p}"]).models.name for p in EXPECTED_GRIDS["backbone_study"]["preset"]}
-    assert names == {"hrnet_w44_1280": "hrnet_w44", "resnet34": "resnet34", "resnet50": "resnet50",
-                     "efficientnet_b0": "efficientnet_b0", "efficientnet_b1": "efficientnet_b1",
-                     "convnext_tiny": "convnext_tiny"}
+    assert names == {
+        "hrnet_w44_1280": "hrnet_w44",
+        "resnet34": "resnet34",
+        "resnet50": "resnet50",
+        "efficientnet_b0": "efficientnet_b0",
+        "efficientnet_b1": "efficientnet_b1",
+        "convnext_tiny": "convnext_tiny",
+    }
     for preset in EXPECTED_GRIDS["resolution_study"]["preset"]:
         assert preset in list_presets()
         cfg = load_config([f"preset={preset}"])
@@ -190,8 +196,14 @@ def test_weight_decay_scales_with_the_square_root_of_the_batch_ratio(batch, ref)
 
 def test_weight_decay_rule_applies_to_every_optimizer():
     for name in ("adamw", "adam", "sgd"):
-        cfg = load_config(["preset=hrnet_w44_1280", f"models.optimizer.name={name}", "data.batch_size=8",
-                           "data.scale_wd_with_batch=2"])
+        cfg = load_config(
+            [
+                "preset=hrnet_w44_1280",
+                f"models.optimizer.name={name}",
+                "data.batch_size=8",
+                "data.scale_wd_with_batch=2",
+            ]
+        )
         assert _weight_decays(cfg)[0] == pytest.approx(1.2e-4, rel=1e-12)
 
 

@@ -33,8 +33,10 @@ def write(tmp_path, text, name="sub.csv"):
 
 def test_written_submission_is_valid_and_round_trips(tmp_path, images):
     preds = {
-        "a.jpg": [np.array([[10.2, 10.7], [50, 10], [50, 30], [10, 30]], np.float32),
-                  np.array([[1, 1], [9, 1], [12, 5], [9, 9], [1, 9]], np.float32)],
+        "a.jpg": [
+            np.array([[10.2, 10.7], [50, 10], [50, 30], [10, 30]], np.float32),
+            np.array([[1, 1], [9, 1], [12, 5], [9, 9], [1, 9]], np.float32),
+        ],
         "b.jpg": [],
         "c.png": [np.array([[0, 0], [99, 0], [99, 79], [0, 79]], np.float32)],
     }
@@ -47,21 +49,24 @@ def test_written_submission_is_valid_and_round_trips(tmp_path, images):
     assert main([str(path), "--images", str(images)]) == 0
 
 
-@pytest.mark.parametrize("text, line, fragment", [
-    ("file,polys\na.jpg,\n", 1, "header must be exactly"),
-    ("\ufefffilename,polygons\na.jpg,\n", 1, "byte-order mark"),
-    (HEADER + "a.jpg,10 10 50 10 50 30\n", None, None),  # 3 points: only a warning
-    (HEADER + "a.jpg,10 10  50 10 50 30 10 30\n", 2, "single spaces"),
-    (HEADER + "a.jpg, 10 10 50 10 50 30 10 30\n", 2, "single spaces"),
-    (HEADER + "a.jpg,10.5 10 50 10 50 30 10 30\n", 2, "integers, found '10.5'"),
-    (HEADER + "a.jpg,10 10 50 10 50 30 10\n", 2, "odd number of coordinates (7)"),
-    (HEADER + f"a.jpg,{QUAD}||{QUAD}\n", 2, "polygon 2: empty"),
-    (HEADER + f"a.jpg,{QUAD}|\n", 2, "polygon 2: empty"),
-    (HEADER + "a.jpg,\nb.jpg,1,2\n", 3, "expected 2 fields"),
-    (HEADER + f"a.jpg,\nb.jpg,{QUAD}\na.jpg,\n", 4, "duplicate row; first at line 2"),
-    (HEADER + ",\n", 2, "empty filename"),
-    (HEADER + "a.jpg,1e3 1 2 3 4 5 6 7\n", 2, "integers"),
-])
+@pytest.mark.parametrize(
+    "text, line, fragment",
+    [
+        ("file,polys\na.jpg,\n", 1, "header must be exactly"),
+        ("\ufefffilename,polygons\na.jpg,\n", 1, "byte-order mark"),
+        (HEADER + "a.jpg,10 10 50 10 50 30\n", None, None),  # 3 points: only a warning
+        (HEADER + "a.jpg,10 10  50 10 50 30 10 30\n", 2, "single spaces"),
+        (HEADER + "a.jpg, 10 10 50 10 50 30 10 30\n", 2, "single spaces"),
+        (HEADER + "a.jpg,10.5 10 50 10 50 30 10 30\n", 2, "integers, found '10.5'"),
+        (HEADER + "a.jpg,10 10 50 10 50 30 10\n", 2, "odd number of coordinates (7)"),
+        (HEADER + f"a.jpg,{QUAD}||{QUAD}\n", 2, "polygon 2: empty"),
+        (HEADER + f"a.jpg,{QUAD}|\n", 2, "polygon 2: empty"),
+        (HEADER + "a.jpg,\nb.jpg,1,2\n", 3, "expected 2 fields"),
+        (HEADER + f"a.jpg,\nb.jpg,{QUAD}\na.jpg,\n", 4, "duplicate row; first at line 2"),
+        (HEADER + ",\n", 2, "empty filename"),
+        (HEADER + "a.jpg,1e3 1 2 3 4 5 6 7\n", 2, "integers"),
+    ],
+)
 def test_bad_files_name_the_line(tmp_path, text, line, fragment):
     rep = validate_submission(write(tmp_path, text))
     if fragment is None:

@@ -24,18 +24,25 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_engine import REPO
 
 from hrnet_sweep.sweep.engine import LocalSweep, RunOutcome
-
-from test_engine import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TEST_SIZE = {  # fixed values replacing the demo's, so a run takes seconds on a CPU
-    "data.image_height": 64, "data.image_width": 64, "models.decoder.inner_channels": 16,
-    "data.batch_size": 4, "data.num_workers": 0, "data.num_folds": 4, "trainer.max_epochs": 3,
-    "models.scheduler.T_max": 3, "trainer.limit_train_batches": 2, "trainer.progress_bar": False,
-    "logging.tensorboard": False, "callbacks.early_stopping.enabled": False,
+    "data.image_height": 64,
+    "data.image_width": 64,
+    "models.decoder.inner_channels": 16,
+    "data.batch_size": 4,
+    "data.num_workers": 0,
+    "data.num_folds": 4,
+    "trainer.max_epochs": 3,
+    "models.scheduler.T_max": 3,
+    "trainer.limit_train_batches": 2,
+    "trainer.progress_bar": False,
+    "logging.tensorboard": False,
+    "callbacks.early_stopping.enabled": False,
 }
 REAL_RUNS = 6  # one of them is killed
 EARLIER = 2
@@ -94,9 +101,29 @@ def test_cpu_demo_sweep_with_two_agents(synth_data, tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("WANDB_MODE", None)
-    agents = subprocess.Popen([sys.executable, "-m", "hrnet_sweep", "sweep", "--resume", str(sweep.root),
-                               "--gpus", "cpu", "--agents", "2", "--stagger", "2", "--max-restarts", "0"],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    agents = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hrnet_sweep",
+            "sweep",
+            "--resume",
+            str(sweep.root),
+            "--gpus",
+            "cpu",
+            "--agents",
+            "2",
+            "--stagger",
+            "2",
+            "--max-restarts",
+            "0",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     killed = _kill_one_training_after_its_first_value(sweep.root, agents, timeout=240)
     out, _ = agents.communicate(timeout=420)
     assert agents.returncode == 0, out
@@ -126,16 +153,36 @@ def test_cpu_demo_sweep_with_two_agents(synth_data, tmp_path):
     for r in runs:
         assert list((tmp_path / "outputs" / r.run_id / "wandb").glob(f"offline-run-*-{r.run_id}")), r.run_id
 
-    status = subprocess.run([sys.executable, "-m", "hrnet_sweep", "status", str(sweep.root)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, check=True).stdout
+    status = subprocess.run(
+        [sys.executable, "-m", "hrnet_sweep", "status", str(sweep.root)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert crashed.run_id in status and "crashed" in status and "killed by SIGKILL" in status
     assert "stopped" in status and "hyperband: band 1" in status
-    doc = json.loads(subprocess.run([sys.executable, "-m", "hrnet_sweep", "status", str(sweep.root), "--json"],
-                                    cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout)
+    doc = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "hrnet_sweep", "status", str(sweep.root), "--json"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert doc["sweep"]["done"] == f"run cap {EARLIER + REAL_RUNS} reached"
     assert doc["sweep"]["counts"]["crashed"] == 1
 
-    clean = subprocess.run([sys.executable, "-m", "hrnet_sweep", "clean", str(sweep.root), "--keep-top", "1"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout
+    clean = subprocess.run(
+        [sys.executable, "-m", "hrnet_sweep", "clean", str(sweep.root), "--keep-top", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "freed" in clean
     print(status)

@@ -8,7 +8,6 @@ import logging
 import cv2
 import numpy as np
 import pytest
-
 from PIL import Image, ImageDraw
 
 from hrnet_sweep import synth
@@ -87,7 +86,7 @@ def test_render_is_what_generate_saves(runs):
 def test_annotations_load_cleanly(runs, caplog):
     root, paths = runs["a"]
     caplog.set_level(logging.WARNING)
-    for split, path in paths.items():
+    for _split, path in paths.items():
         anns = load_annotations(path, strict=True)
         raw = json.loads(path.read_text(encoding="utf-8"))["images"]
         assert list(anns) == list(raw)

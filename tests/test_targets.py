@@ -3,18 +3,15 @@ fast implementation against the plain reference of benchmarks/bench_targets.py."
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
+from reference_targets import receipt_words, reference_targets
 
 from hrnet_sweep.dbnet.targets import make_targets
-from reference_targets import receipt_words, reference_targets
 
 pytestmark = pytest.mark.unit
 
 KEYS = ("prob_map", "prob_mask", "thresh_map", "thresh_mask")
-
-
 
 
 def _reference(*args, **kwargs):

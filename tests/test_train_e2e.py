@@ -13,9 +13,16 @@ from hrnet_sweep.pipeline.train import run
 pytestmark = pytest.mark.integration
 
 TINY = [
-    "preset=hrnet_w18_small_cpu", "data.image_height=128", "data.image_width=128", "data.batch_size=4",
-    "data.num_workers=0", "models.decoder.inner_channels=32", "trainer.progress_bar=false",
-    "logging.tensorboard=false", "data.num_folds=4", "data.fold=0",
+    "preset=hrnet_w18_small_cpu",
+    "data.image_height=128",
+    "data.image_width=128",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "models.decoder.inner_channels=32",
+    "trainer.progress_bar=false",
+    "logging.tensorboard=false",
+    "data.num_folds=4",
+    "data.fold=0",
 ]
 
 
@@ -57,8 +64,15 @@ def test_train_checkpoint_resume_predict_eval(synth_data, tmp_path, capsys):
 def test_nan_loss_fails_the_run_with_a_reason(synth_data, tmp_path, monkeypatch):
     control = tmp_path / "control"
     monkeypatch.setenv(CONTROL_DIR_ENV, str(control))
-    cfg = tiny(synth_data, tmp_path, "run_name=nan", "trainer.max_epochs=1", "models.optimizer.lr=1e30",
-               "models.optimizer.name=sgd", "callbacks.early_stopping.enabled=false")
+    cfg = tiny(
+        synth_data,
+        tmp_path,
+        "run_name=nan",
+        "trainer.max_epochs=1",
+        "models.optimizer.lr=1e30",
+        "models.optimizer.name=sgd",
+        "callbacks.early_stopping.enabled=false",
+    )
     res = run(cfg)
     assert res.state == "failed" and "loss is" in res.reason
     assert res.exit_code == 1

@@ -22,8 +22,11 @@ def _shrink(rect: np.ndarray, ratio: float = 0.4) -> np.ndarray:
     w, h = rect[2] - rect[0], rect[3] - rect[1]
     d = w * h * (1 - ratio**2) / (2 * (w + h))
     pco = pyclipper.PyclipperOffset()
-    pco.AddPath([[rect[0], rect[1]], [rect[2], rect[1]], [rect[2], rect[3]], [rect[0], rect[3]]], pyclipper.JT_ROUND,
-                pyclipper.ET_CLOSEDPOLYGON)
+    pco.AddPath(
+        [[rect[0], rect[1]], [rect[2], rect[1]], [rect[2], rect[3]], [rect[0], rect[3]]],
+        pyclipper.JT_ROUND,
+        pyclipper.ET_CLOSEDPOLYGON,
+    )
     return np.array(pco.Execute(-d)[0], np.int32)
 
 
@@ -43,20 +46,19 @@ def constructed_map(seed: int):
         right = np.array([x + 126, y, x + 126 + 90 + int(rng.integers(0, 40)), y + 36])
         kl, kr = _shrink(left), _shrink(right)
         cy0, cy1 = kl[:, 1].min() + 3, kl[:, 1].max() - 3
-        prob[cy0:cy1, kl[:, 0].max() - 2: kr[:, 0].min() + 2] = 0.45  # bridge between the kernels
+        prob[cy0:cy1, kl[:, 0].max() - 2 : kr[:, 0].min() + 2] = 0.45  # bridge between the kernels
         cv2.fillPoly(prob, [kl, kr], 0.9)
         for r in (left, right):
             gts.append(np.array([[r[0], r[1]], [r[2], r[1]], [r[2], r[3]], [r[0], r[3]]], np.float32))
     for _ in range(3):  # noise blobs in the right margin, no text there
         x, y = 290, int(rng.integers(10, 200))
-        prob[y: y + 14, x: x + 14] = 0.6
+        prob[y : y + 14, x : x + 14] = 0.6
     return prob, gts
 
 
 # CLEval forgives tight boxes (pseudo characters lie inside the shrunk kernel), not
 # boxes so large that the word covers less than 30 % of them: unclip 8 loses.
-GRID = Grid(thresh=(0.3, 0.5), box_thresh=(0.4, 0.7), unclip_ratio=(1.5, 8.0), use_polygon=(True, False),
-            refine=False)
+GRID = Grid(thresh=(0.3, 0.5), box_thresh=(0.4, 0.7), unclip_ratio=(1.5, 8.0), use_polygon=(True, False), refine=False)
 
 
 def test_tune_finds_the_known_best_setting():
@@ -83,8 +85,9 @@ def test_uint8_maps_and_smaller_maps_with_image_sizes():
 
 def test_box_thresh_filter_equals_running_each_setting():
     prob, gts = constructed_map(1)
-    settings = Grid(thresh=(0.3, 0.5), box_thresh=(0.4, 0.55, 0.7), unclip_ratio=(1.5, 2.0),
-                    use_polygon=(True, False)).settings()
+    settings = Grid(
+        thresh=(0.3, 0.5), box_thresh=(0.4, 0.55, 0.7), unclip_ratio=(1.5, 2.0), use_polygon=(True, False)
+    ).settings()
     rows = score_settings([(prob, None, gts)], settings)
     for s, row in zip(settings, rows):
         polys, _ = postprocess(prob, **s.as_dict())
@@ -103,8 +106,9 @@ def test_tuning_and_prediction_give_the_same_polygons():
     from hrnet_sweep.pipeline.ensemble import to_uint8
 
     prob, _ = constructed_map(2)
-    settings = Grid(thresh=(0.3, 0.5), box_thresh=(0.4, 0.55, 0.7), unclip_ratio=(1.5, 2.0),
-                    use_polygon=(True, False)).settings()
+    settings = Grid(
+        thresh=(0.3, 0.5), box_thresh=(0.4, 0.55, 0.7), unclip_ratio=(1.5, 2.0), use_polygon=(True, False)
+    ).settings()
     base = PostprocessConfig(min_size=6, max_candidates=100)
     fixed = {"min_size": base.min_size, "max_candidates": base.max_candidates}
     small = to_uint8(prob, 200)
@@ -154,8 +158,10 @@ def test_tuned_values_written_into_the_preset_keep_the_provenance(tmp_path):
     from hrnet_sweep.pipeline.presets import read_provenance, write_postprocess
 
     preset = tmp_path / "p.yaml"
-    preset.write_text("# provenance (hrnet_sweep best):\n#   sweep: a/b/c\n#   best: 0.5\n"
-                      "base: hrnet_w18_small_cpu\nmodels:\n  optimizer:\n    lr: 0.002\n")
+    preset.write_text(
+        "# provenance (hrnet_sweep best):\n#   sweep: a/b/c\n#   best: 0.5\n"
+        "base: hrnet_w18_small_cpu\nmodels:\n  optimizer:\n    lr: 0.002\n"
+    )
     values = {"thresh": 0.45, "box_thresh": 0.65, "unclip_ratio": 1.7, "use_polygon": False}
     write_postprocess(preset, values, "test")
     write_postprocess(preset, {**values, "thresh": 0.4}, "again")

@@ -106,14 +106,22 @@ def test_draw_detections_shrinks_the_image_and_draws_both():
 def _checkpoint(path: Path, tuned: dict | None) -> Path:
     from hrnet_sweep.dbnet.model import build_model
 
-    cfg = load_config(["preset=hrnet_w18_small_cpu", "data.image_height=64", "data.image_width=64",
-                       "models.decoder.inner_channels=16"])
+    cfg = load_config(
+        [
+            "preset=hrnet_w18_small_cpu",
+            "data.image_height=64",
+            "data.image_width=64",
+            "models.decoder.inner_channels=16",
+        ]
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     with torch.no_grad():  # a livelier map than the -2 prior bias, so there is something to detect
         model.prob_head[-1].bias.fill_(0.5)
-    ckpt = {"hyper_parameters": {"config": cfg.to_dict()},
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
+    ckpt = {
+        "hyper_parameters": {"config": cfg.to_dict()},
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+    }
     if tuned:
         ckpt[CHECKPOINT_KEY] = tuned
     torch.save(ckpt, path)
@@ -137,28 +145,50 @@ def test_the_checkpoints_setting_is_what_predict_uses(tmp_path, capsys):
     lm = inference.load_checkpoint(ckpt)
     assert {k: getattr(lm.cfg.models.postprocess, k) for k in PARAMS} == {k: tuned[k] for k in PARAMS}
     assert lm.tuned_postprocess == tuned
-    assert inference.load_checkpoint(plain).cfg.models.postprocess == load_config(
-        ["preset=hrnet_w18_small_cpu"]).models.postprocess
+    assert (
+        inference.load_checkpoint(plain).cfg.models.postprocess
+        == load_config(["preset=hrnet_w18_small_cpu"]).models.postprocess
+    )
     by_default = inference.predict([ckpt], images, progress=False)
     explicit = inference.predict([plain], images, postprocess=lm.cfg.models.postprocess, progress=False)
     assert sum(map(len, by_default.values())) > 0
     assert {n: [p.tolist() for p, _ in v] for n, v in by_default.items()} == {
-        n: [p.tolist() for p, _ in v] for n, v in explicit.items()}
+        n: [p.tolist() for p, _ in v] for n, v in explicit.items()
+    }
 
     assert predict_cmd.main([str(ckpt), "--images", str(images), "--out", str(tmp_path / "a.csv")]) == 0
     out = capsys.readouterr().out
     assert "box mode, thresh 0.55, box_thresh 0.45, unclip_ratio 1.9" in out
-    assert predict_cmd.main([str(ckpt), "--images", str(images), "--out", str(tmp_path / "b.csv"), "--set",
-                             "models.postprocess.box_thresh=0.6"]) == 0
+    assert (
+        predict_cmd.main(
+            [
+                str(ckpt),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "b.csv"),
+                "--set",
+                "models.postprocess.box_thresh=0.6",
+            ]
+        )
+        == 0
+    )
     assert "thresh 0.55, box_thresh 0.6, unclip_ratio 1.9" in capsys.readouterr().out  # --set says otherwise
 
 
 # ----------------------------------------------------------------------------- a tiny training
 
 TINY = [
-    "preset=hrnet_w18_small_cpu", "data.image_height=128", "data.image_width=128", "data.batch_size=4",
-    "data.num_workers=0", "models.decoder.inner_channels=32", "trainer.progress_bar=false", "data.num_folds=4",
-    "data.fold=0", "callbacks.early_stopping.enabled=false",
+    "preset=hrnet_w18_small_cpu",
+    "data.image_height=128",
+    "data.image_width=128",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "models.decoder.inner_channels=32",
+    "trainer.progress_bar=false",
+    "data.num_folds=4",
+    "data.fold=0",
+    "callbacks.early_stopping.enabled=false",
 ]
 
 
@@ -193,9 +223,20 @@ def test_tuned_validation_rows_checkpoint_and_images(synth_data, tmp_path, monke
     begin, add = ValidationSearch.begin_epoch, ValidationSearch.add
     monkeypatch.setattr(ValidationSearch, "begin_epoch", lambda self: (seen.append([]), begin(self))[1])
     monkeypatch.setattr(ValidationSearch, "add", lambda self, items: (seen[-1].extend(items), add(self, items))[1])
-    cfg = load_config([*TINY, f"data.root={synth_data}", f"output_dir={tmp_path}", "run_name=tuned",
-                       "trainer.max_epochs=2", "wandb=true", "logging.tensorboard=true", "logging.val_images=2",
-                       "models.postprocess.tune_workers=1", *lively])
+    cfg = load_config(
+        [
+            *TINY,
+            f"data.root={synth_data}",
+            f"output_dir={tmp_path}",
+            "run_name=tuned",
+            "trainer.max_epochs=2",
+            "wandb=true",
+            "logging.tensorboard=true",
+            "logging.val_images=2",
+            "models.postprocess.tune_workers=1",
+            *lively,
+        ]
+    )
     res = run(cfg)
     assert res.state == "finished", res.reason
     run_dir = tmp_path / "tuned"
@@ -206,8 +247,9 @@ def test_tuned_validation_rows_checkpoint_and_images(synth_data, tmp_path, monke
     for row, items in zip(rows, seen):
         assert {METRIC, VAL_PRECISION, VAL_RECALL, VAL_HMEAN_FIXED, *VAL_PP_KEYS.values()} <= set(row)
         assert row[METRIC] >= row[VAL_HMEAN_FIXED]
-        chosen = pp.model_copy(update={k: row[key] if k != "use_polygon" else bool(row[key])
-                                       for k, key in VAL_PP_KEYS.items()})
+        chosen = pp.model_copy(
+            update={k: row[key] if k != "use_polygon" else bool(row[key]) for k, key in VAL_PP_KEYS.items()}
+        )
         gts = {f"{i}": gt for i, (_, _, gt) in enumerate(items)}
         assert row[METRIC] == pytest.approx(_metric_at(items, gts, chosen), abs=1e-9)
         assert row[VAL_HMEAN_FIXED] == pytest.approx(_metric_at(items, gts, pp), abs=1e-9)
@@ -229,10 +271,22 @@ def test_fixed_validation_logs_the_fixed_postprocessing(synth_data, tmp_path, li
     from hrnet_sweep.dbnet.inference import load_checkpoint
     from hrnet_sweep.pipeline.train import build_datasets, run
 
-    cfg = load_config([*TINY, f"data.root={synth_data}", f"output_dir={tmp_path}", "run_name=fixed",
-                       "trainer.max_epochs=1", "logging.tensorboard=false", "models.postprocess.tune_on_val=false",
-                       *lively, "models.postprocess.thresh=0.5", "models.postprocess.box_thresh=0.5",
-                       "models.postprocess.unclip_ratio=2.25", "models.postprocess.use_polygon=false"])
+    cfg = load_config(
+        [
+            *TINY,
+            f"data.root={synth_data}",
+            f"output_dir={tmp_path}",
+            "run_name=fixed",
+            "trainer.max_epochs=1",
+            "logging.tensorboard=false",
+            "models.postprocess.tune_on_val=false",
+            *lively,
+            "models.postprocess.thresh=0.5",
+            "models.postprocess.box_thresh=0.5",
+            "models.postprocess.unclip_ratio=2.25",
+            "models.postprocess.use_polygon=false",
+        ]
+    )
     res = run(cfg)
     assert res.state == "finished", res.reason
     (row,) = _rows(tmp_path / "fixed")
@@ -247,6 +301,7 @@ def test_fixed_validation_logs_the_fixed_postprocessing(synth_data, tmp_path, li
         for sample in map(val_ds.__getitem__, range(len(val_ds))):  # (iterating never ends: bad images are replaced)
             prob = lm.model.predict_prob(to_network_input(sample["image"][None]))[0].numpy()
             gts[sample["name"]] = sample["polygons"]
-            preds[sample["name"]] = detect(prob, cfg.models.postprocess, content_size=sample["content_size"],
-                                           image_size=sample["image_size"])[0]
+            preds[sample["name"]] = detect(
+                prob, cfg.models.postprocess, content_size=sample["content_size"], image_size=sample["image_size"]
+            )[0]
     assert row[METRIC] > 0 and row[METRIC] == pytest.approx(evaluate(gts, preds).hmean, abs=1e-9)

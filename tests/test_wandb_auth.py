@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import pytest
 
+from _util import REPO
 from hrnet_sweep.errors import ConfigError, UserError
 from hrnet_sweep.pipeline import best as best_cmd
 from hrnet_sweep.pipeline.train import check_wandb_access
 from hrnet_sweep.sweep import launcher
 from hrnet_sweep.wandb_auth import base_url, credentials, is_sweep_path
 
-from _util import REPO
-
 CASES = {
     # name: (files to write, environment, credentials expected)
     "cloud login": ({"netrc": "machine api.wandb.ai\n  login user\n  password k1\n"}, {}, True),
-    "self-hosted login": ({"netrc": "machine wandb.example.org\n  login user\n  password k2\n",
-                           "cfg/settings": "[default]\nbase_url = https://wandb.example.org\n"}, {}, True),
+    "self-hosted login": (
+        {
+            "netrc": "machine wandb.example.org\n  login user\n  password k2\n",
+            "cfg/settings": "[default]\nbase_url = https://wandb.example.org\n",
+        },
+        {},
+        True,
+    ),
     "WANDB_API_KEY": ({}, {"WANDB_API_KEY": "k3"}, True),
     "offline": ({"netrc": "machine api.wandb.ai\n  login user\n  password k1\n"}, {"WANDB_MODE": "offline"}, False),
     "nothing": ({}, {}, False),

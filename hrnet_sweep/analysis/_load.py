@@ -4,9 +4,9 @@ ground truth and the image sizes, checked before anything is read."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -4,8 +4,8 @@ truth the per-image CLEval (`metric.evaluate`) and error types."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -40,11 +40,18 @@ class _Model:
     def flag_totals(self) -> dict[str, dict]:
         out = {}
         for flag in _FLAGS:
-            per = {n: (r[flag] if isinstance(r[flag], int) else len(r[flag])) for n, r in self.images.items()
-                   if r[flag] is not None}
+            per = {
+                n: (r[flag] if isinstance(r[flag], int) else len(r[flag]))
+                for n, r in self.images.items()
+                if r[flag] is not None
+            }
             hit = sorted(((k, n) for n, k in per.items() if k), key=lambda kn: (-kn[0], kn[1]))
-            out[flag] = {"boxes": int(sum(per.values())), "images": len(hit), "top": [[n, k] for k, n in hit[:5]],
-                         "images_checked": len(per)}
+            out[flag] = {
+                "boxes": int(sum(per.values())),
+                "images": len(hit),
+                "top": [[n, k] for k, n in hit[:5]],
+                "images_checked": len(per),
+            }
         return out
 
     def error_totals(self) -> dict[str, dict] | None:
@@ -111,8 +118,12 @@ def _analyse_model(name: str, loaded: _Loaded, names, sizes, gt, rules: Rules) -
         polys = loaded.polys.get(img, [])
         size = sizes.get(img)
         rec = image_flags(polys, size, rules)
-        rec.update(in_predictions=img in loaded.polys, in_gt=gt is not None and img in gt,
-                   size=list(size) if size else None, unreadable=loaded.unreadable.get(img, 0))
+        rec.update(
+            in_predictions=img in loaded.polys,
+            in_gt=gt is not None and img in gt,
+            size=list(size) if size else None,
+            unreadable=loaded.unreadable.get(img, 0),
+        )
         images[img] = rec
     outliers = count_outliers({n: r["boxes"] for n, r in images.items()}, rules)
     metric_summary = None
@@ -121,8 +132,12 @@ def _analyse_model(name: str, loaded: _Loaded, names, sizes, gt, rules: Rules) -
 
         gt_polys = {n: a.polygons() for n, a in gt.items()}
         result = metric.evaluate(gt_polys, {n: loaded.polys.get(n, []) for n in gt})
-        metric_summary = {"precision": float(result.precision), "recall": float(result.recall),
-                          "hmean": float(result.hmean), "micro": dict(result.micro)}
+        metric_summary = {
+            "precision": float(result.precision),
+            "recall": float(result.recall),
+            "hmean": float(result.hmean),
+            "micro": dict(result.micro),
+        }
         for img in gt:
             per = result.per_image[img]
             images[img]["metric"] = {k: per[k] for k in ("precision", "recall", "hmean", "num_gt", "num_det")}

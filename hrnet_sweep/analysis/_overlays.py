@@ -50,9 +50,11 @@ def _error_line(rec: dict, *, narrow: bool = False) -> str:
     counts over two lines so neighbouring titles do not run into each other."""
     m, e = rec["metric"], rec["errors"]
     sep = "\n" if narrow else " · "
-    return (f"H-Mean {m['hmean']:.3f} (P {m['precision']:.3f}, R {m['recall']:.3f})\n"
-            f"missed {len(e['missed'])} (small {len(e['missed_small'])}) · split {len(e['split'])}{sep}"
-            f"merged {len(e['merged'])} · false pos. {len(e['false_positive'])}")
+    return (
+        f"H-Mean {m['hmean']:.3f} (P {m['precision']:.3f}, R {m['recall']:.3f})\n"
+        f"missed {len(e['missed'])} (small {len(e['missed_small'])}) · split {len(e['split'])}{sep}"
+        f"merged {len(e['merged'])} · false pos. {len(e['false_positive'])}"
+    )
 
 
 def _model_panel(model: _Model, name: str, gt, title: str) -> Panel:
@@ -63,8 +65,15 @@ def _model_panel(model: _Model, name: str, gt, title: str) -> Panel:
     if gt is not None and rec.get("errors") is not None:
         det = _scored(polys)
         err = rec["errors"]
-        return Panel(title, gt=gt[name].polygons(), det=det, gt_fill=err["missed"], det_fill=err["false_positive"],
-                     gt_split=err["split"], det_merged=err["merged"])
+        return Panel(
+            title,
+            gt=gt[name].polygons(),
+            det=det,
+            gt_fill=err["missed"],
+            det_fill=err["false_positive"],
+            gt_split=err["split"],
+            det_merged=err["merged"],
+        )
     flagged = {f: rec[f] for f in ("tiny", "huge", "extreme_aspect") if rec[f]}
     return Panel(title, det=polys, det_flagged=flagged)
 

@@ -7,8 +7,8 @@ counts only (no I/O), and are tested on constructed boxes.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -105,9 +105,18 @@ def image_flags(polys: Sequence[np.ndarray], size: tuple[int, int] | None, rules
     `aspect` of each polygon with 3+ points (`measured`: their indices), for the plots.
     `huge` is None when `size` is None.
     """
-    out = {"boxes": len(polys), "tiny": [], "huge": [] if size else None, "extreme_aspect": [],
-           "under_4_points": [], "over_cap": max(0, len(polys) - MAX_DETECTIONS),
-           "measured": [], "width": [], "height": [], "aspect": []}
+    out = {
+        "boxes": len(polys),
+        "tiny": [],
+        "huge": [] if size else None,
+        "extreme_aspect": [],
+        "under_4_points": [],
+        "over_cap": max(0, len(polys) - MAX_DETECTIONS),
+        "measured": [],
+        "width": [],
+        "height": [],
+        "aspect": [],
+    }
     img_area = size[0] * size[1] if size else 0
     img_side = max(size) if size else 0
     for i, poly in enumerate(polys):
@@ -195,8 +204,11 @@ def error_types(gt: Sequence[np.ndarray], det: Sequence[np.ndarray], rules: Rule
 
     missed = [i for i in range(len(g_geo)) if not reaches(in_gt[i], g_geo[i], d_geo)]
     # A box over a whole receipt is mostly background, yet it is a merge, not a false positive.
-    false_pos = [j for j in range(len(d_geo))
-                 if not reaches(in_det[:, j], d_geo[j], g_geo) and not (in_gt[:, j] >= rules.overlap).any()]
+    false_pos = [
+        j
+        for j in range(len(d_geo))
+        if not reaches(in_det[:, j], d_geo[j], g_geo) and not (in_gt[:, j] >= rules.overlap).any()
+    ]
     return {
         "missed": missed,
         "missed_small": [i for i in missed if min(box_geometry(gt[i])[:2]) < rules.small_text_px],

@@ -7,9 +7,9 @@ function `compare` that the package re-exports.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -60,9 +60,17 @@ def _agreement(a: _Model, b: _Model, images: Sequence[str]) -> dict[str, float]:
     return {n: 1.0 if not pa[n] and not pb[n] else float(result.per_image[n]["hmean"]) for n in images}
 
 
-def compare(paths: Sequence[str | Path], *, gt_path: str | Path | None = None, images_dir: str | Path | None = None,
-            names: Sequence[str] | None = None, out_dir: str | Path, top: int = 8,
-            rules: Rules | None = None, plots: bool = True) -> CompareReport:
+def compare(
+    paths: Sequence[str | Path],
+    *,
+    gt_path: str | Path | None = None,
+    images_dir: str | Path | None = None,
+    names: Sequence[str] | None = None,
+    out_dir: str | Path,
+    top: int = 8,
+    rules: Rules | None = None,
+    plots: bool = True,
+) -> CompareReport:
     """Compare two or more prediction files image by image; the first is the reference.
 
     Per image: boxes and their difference to the reference, and with GT the H-Mean and its
@@ -96,18 +104,28 @@ def compare(paths: Sequence[str | Path], *, gt_path: str | Path | None = None, i
         _clean_stale(out_dir, "disagree", set(files.values()))
 
     summary = {
-        "inputs": {"predictions": [str(p) for p in paths], "names": model_names,
-                   "ground_truth": None if gt_path is None else str(gt_path),
-                   "images": None if images_dir is None else str(images_dir)},
+        "inputs": {
+            "predictions": [str(p) for p in paths],
+            "names": model_names,
+            "ground_truth": None if gt_path is None else str(gt_path),
+            "images": None if images_dir is None else str(images_dir),
+        },
         "reference": models[0].name,
         "images": len(images),
         "models": {m.name: m.summary() for m in models},
         "differences": _differences(models, per_image, gt),
-        "most_disagreeing": [{"rank": i, "image": n, "disagreement": per_image[n]["disagreement"],
-                              "boxes": per_image[n]["boxes"], "hmean": per_image[n].get("hmean"),
-                              "agreement": per_image[n]["agreement"],
-                              "overlay": _name(files.get(f"disagree_{i:02d}"))}
-                             for i, n in enumerate(ranked, start=1)],
+        "most_disagreeing": [
+            {
+                "rank": i,
+                "image": n,
+                "disagreement": per_image[n]["disagreement"],
+                "boxes": per_image[n]["boxes"],
+                "hmean": per_image[n].get("hmean"),
+                "agreement": per_image[n]["agreement"],
+                "overlay": _name(files.get(f"disagree_{i:02d}")),
+            }
+            for i, n in enumerate(ranked, start=1)
+        ],
         "disagreement_by": "hmean_spread" if gt is not None else "agreement",
         "rules": {"values": asdict(rules), "definitions": rules.describe()},
         "per_image": per_image,
@@ -120,13 +138,16 @@ def _per_image(models: Sequence[_Model], images: Sequence[str], gt) -> dict[str,
     """Per image: each model's boxes and (with GT) H-Mean, their differences to the reference
     (the first model), the agreement of each pair, and the disagreement images are ranked by."""
     ref = models[0]
-    pairs = [(a, b) for i, a in enumerate(models) for b in models[i + 1:]]
+    pairs = [(a, b) for i, a in enumerate(models) for b in models[i + 1 :]]
     agreement = {f"{a.name} ~ {b.name}": _agreement(a, b, images) for a, b in pairs}
     per_image = {}
     for img in images:
         boxes = {m.name: m.images[img]["boxes"] for m in models}
-        rec = {"boxes": boxes, "box_diff": {m.name: boxes[m.name] - boxes[ref.name] for m in models[1:]},
-               "agreement": {k: v[img] for k, v in agreement.items()}}
+        rec = {
+            "boxes": boxes,
+            "box_diff": {m.name: boxes[m.name] - boxes[ref.name] for m in models[1:]},
+            "agreement": {k: v[img] for k, v in agreement.items()},
+        }
         rec["disagreement"] = 1.0 - min(rec["agreement"].values())
         if gt is not None and img in gt:
             h = {m.name: m.images[img]["metric"]["hmean"] for m in models}
@@ -142,14 +163,26 @@ def _rank_disagreements(per_image: Mapping[str, dict], images: Sequence[str], gt
     """The `top` images by disagreement; ties go to the lower worst-pair agreement, then the
     larger box count difference, then the name. With GT, only the images it covers."""
     candidates = [n for n in images if gt is None or n in gt]
-    return sorted(candidates, key=lambda n: (-per_image[n]["disagreement"],
-                                             -(1.0 - min(per_image[n]["agreement"].values())),
-                                             -max(abs(d) for d in per_image[n]["box_diff"].values()), n))[:top]
+    return sorted(
+        candidates,
+        key=lambda n: (
+            -per_image[n]["disagreement"],
+            -(1.0 - min(per_image[n]["agreement"].values())),
+            -max(abs(d) for d in per_image[n]["box_diff"].values()),
+            n,
+        ),
+    )[:top]
 
 
-def _draw_disagreements(models: Sequence[_Model], gt, per_image: Mapping[str, dict], ranked: Sequence[str],
-                        out_dir: Path, images_dir: str | Path | None,
-                        sizes: Mapping[str, tuple[int, int]]) -> dict[str, Path]:
+def _draw_disagreements(
+    models: Sequence[_Model],
+    gt,
+    per_image: Mapping[str, dict],
+    ranked: Sequence[str],
+    out_dir: Path,
+    images_dir: str | Path | None,
+    sizes: Mapping[str, tuple[int, int]],
+) -> dict[str, Path]:
     """One overlay per most disagreeing image: the models side by side."""
     files = {}
     for rank, img in enumerate(ranked, start=1):
@@ -176,13 +209,21 @@ def _differences(models: Sequence[_Model], per_image: Mapping[str, dict], gt) ->
     out = {}
     for m in models[1:]:
         diffs = np.array([r["box_diff"][m.name] for r in per_image.values()], dtype=np.float64)
-        d = {"more_boxes": int((diffs > 0).sum()), "fewer_boxes": int((diffs < 0).sum()),
-             "same_boxes": int((diffs == 0).sum()), "mean_box_diff": float(diffs.mean()),
-             "mean_abs_box_diff": float(np.abs(diffs).mean())}
+        d = {
+            "more_boxes": int((diffs > 0).sum()),
+            "fewer_boxes": int((diffs < 0).sum()),
+            "same_boxes": int((diffs == 0).sum()),
+            "mean_box_diff": float(diffs.mean()),
+            "mean_abs_box_diff": float(np.abs(diffs).mean()),
+        }
         if gt is not None:
             hd = np.array([r["hmean_diff"][m.name] for r in per_image.values() if "hmean_diff" in r])
-            d.update(better=int((hd > 1e-9).sum()), worse=int((hd < -1e-9).sum()), same=int((abs(hd) <= 1e-9).sum()),
-                     mean_hmean_diff=float(hd.mean()) if len(hd) else 0.0)
+            d.update(
+                better=int((hd > 1e-9).sum()),
+                worse=int((hd < -1e-9).sum()),
+                same=int((abs(hd) <= 1e-9).sum()),
+                mean_hmean_diff=float(hd.mean()) if len(hd) else 0.0,
+            )
         out[m.name] = d
     return out
 
@@ -193,13 +234,19 @@ def _compare_plots(models, gt, images, per_image, ranked, out_dir: Path) -> dict
     counts = {m.name: [m.images[n]["boxes"] for n in images] for m in models}
     gt_counts = [len(gt[n].words) for n in gt] if gt is not None else None
     edges = _int_histogram([c for cs in counts.values() for c in cs] + (gt_counts or []))[1]
-    files = {"compare_boxes": plots.compare_boxes(out_dir / "compare_boxes_per_image.png", counts, edges,
-                                                  gt_counts=gt_counts)}
+    files = {
+        "compare_boxes": plots.compare_boxes(
+            out_dir / "compare_boxes_per_image.png", counts, edges, gt_counts=gt_counts
+        )
+    }
     scored = [n for n in images if gt is None or n in gt]
-    hmeans = ({m.name: [per_image[n]["hmean"][m.name] for n in scored] for m in models}
-              if gt is not None else None)
+    hmeans = {m.name: [per_image[n]["hmean"][m.name] for n in scored] for m in models} if gt is not None else None
     labels = {scored.index(n): n for n in ranked[:5]}
     files["compare_per_image"] = plots.compare_per_image(
-        out_dir / "compare_per_image.png", models[0].name,
-        {m.name: [m.images[n]["boxes"] for n in scored] for m in models}, hmeans, labels)
+        out_dir / "compare_per_image.png",
+        models[0].name,
+        {m.name: [m.images[n]["boxes"] for n in scored] for m in models},
+        hmeans,
+        labels,
+    )
     return files

@@ -8,9 +8,9 @@ One colour code everywhere: ground truth green, predictions red.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -22,8 +22,15 @@ from matplotlib.patches import Patch
 from ..formats import atomic_path
 from ._rules import count_limits
 
-__all__ = ["Panel", "box_geometry", "boxes_per_image", "compare_boxes", "compare_per_image", "hmean_per_image",
-           "overlay"]
+__all__ = [
+    "Panel",
+    "box_geometry",
+    "boxes_per_image",
+    "compare_boxes",
+    "compare_per_image",
+    "hmean_per_image",
+    "overlay",
+]
 
 GT = "#1a9641"
 DET = "#d7191c"
@@ -50,8 +57,16 @@ def _save(fig: Figure, path: str | Path) -> Path:
 # ----------------------------------------------------------------------------- distributions
 
 
-def boxes_per_image(path, counts: Sequence[int], edges: Sequence[float], *, median: float, few_below: float,
-                    many_above: float, gt_counts: Sequence[int] | None = None) -> Path:
+def boxes_per_image(
+    path,
+    counts: Sequence[int],
+    edges: Sequence[float],
+    *,
+    median: float,
+    few_below: float,
+    many_above: float,
+    gt_counts: Sequence[int] | None = None,
+) -> Path:
     """Histogram of boxes per image, the median and the too-few / too-many zones shaded."""
     fig = _figure(7.5, 4.0)
     ax = fig.add_subplot()
@@ -75,31 +90,61 @@ def boxes_per_image(path, counts: Sequence[int], edges: Sequence[float], *, medi
     return _save(fig, path)
 
 
-def box_geometry(path, width: Sequence[float], height: Sequence[float], flags: Mapping[str, np.ndarray], *,
-                 tiny_px: float, aspect_min: float, aspect_max: float,
-                 gt_width: Sequence[float] | None = None, gt_height: Sequence[float] | None = None) -> Path:
+def box_geometry(
+    path,
+    width: Sequence[float],
+    height: Sequence[float],
+    flags: Mapping[str, np.ndarray],
+    *,
+    tiny_px: float,
+    aspect_min: float,
+    aspect_max: float,
+    gt_width: Sequence[float] | None = None,
+    gt_height: Sequence[float] | None = None,
+) -> Path:
     """Min-area-rectangle width vs height (log-log) with flagged boxes, and the aspect histogram."""
     w = np.clip(np.asarray(width, float), 0.5, None)
     h = np.clip(np.asarray(height, float), 0.5, None)
     fig = _figure(12.0, 4.8)
     ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1]})
     if gt_width is not None:
-        ax.scatter(np.clip(gt_width, 0.5, None), np.clip(gt_height, 0.5, None), s=5, color=GT, alpha=0.25,
-                   lw=0, label="ground truth")
+        ax.scatter(
+            np.clip(gt_width, 0.5, None),
+            np.clip(gt_height, 0.5, None),
+            s=5,
+            color=GT,
+            alpha=0.25,
+            lw=0,
+            label="ground truth",
+        )
     ax.scatter(w, h, s=5, color=DET, alpha=0.35, lw=0, label=f"predictions ({len(w)})")
     for flag, mask in flags.items():
         mask = np.asarray(mask, bool)
         if mask.any():
-            ax.scatter(w[mask], h[mask], s=22, facecolors="none", edgecolors=FLAG_COLORS[flag], linewidths=1.2,
-                       label=f"{FLAG_LABELS[flag]} ({int(mask.sum())})")
+            ax.scatter(
+                w[mask],
+                h[mask],
+                s=22,
+                facecolors="none",
+                edgecolors=FLAG_COLORS[flag],
+                linewidths=1.2,
+                label=f"{FLAG_LABELS[flag]} ({int(mask.sum())})",
+            )
     lo = max(0.4, min(float(w.min(initial=tiny_px)), float(h.min(initial=tiny_px)), tiny_px) / 2)
     hi = max(float(w.max(initial=1)), float(h.max(initial=1)), 10 * tiny_px) * 1.6
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
-    ax.fill_between([lo, tiny_px], lo, tiny_px, color=FLAG_COLORS["tiny"], alpha=0.12, lw=0,
-                    label=f"tiny zone (both sides <= {tiny_px:g} px)")
+    ax.fill_between(
+        [lo, tiny_px],
+        lo,
+        tiny_px,
+        color=FLAG_COLORS["tiny"],
+        alpha=0.12,
+        lw=0,
+        label=f"tiny zone (both sides <= {tiny_px:g} px)",
+    )
     xs = np.array([lo, hi])
     for ratio in (aspect_max, aspect_min):  # lines of constant width / height
         ax.plot(xs, xs / ratio, color=FLAG_COLORS["extreme_aspect"], linestyle=":", linewidth=1)
@@ -112,14 +157,17 @@ def box_geometry(path, width: Sequence[float], height: Sequence[float], flags: M
     ax.legend(fontsize=8, loc="upper left", markerscale=1.5)
 
     aspect = w / h
-    all_ar = np.concatenate([aspect, np.clip(gt_width, 0.5, None) / np.clip(gt_height, 0.5, None)]) \
-        if gt_width is not None else aspect
+    all_ar = (
+        np.concatenate([aspect, np.clip(gt_width, 0.5, None) / np.clip(gt_height, 0.5, None)])
+        if gt_width is not None
+        else aspect
+    )
     a_lo = min(float(all_ar.min(initial=1)), aspect_min) / 1.5
     a_hi = max(float(all_ar.max(initial=1)), aspect_max) * 1.5
     bins = np.geomspace(a_lo, a_hi, 50)
     ax2.hist(aspect, bins=bins, color=DET, alpha=0.75, label="predictions")
     if gt_width is not None:
-        ax2.hist(all_ar[len(aspect):], bins=bins, histtype="step", color=GT, linewidth=2, label="ground truth")
+        ax2.hist(all_ar[len(aspect) :], bins=bins, histtype="step", color=GT, linewidth=2, label="ground truth")
     for x in (aspect_min, aspect_max):
         ax2.axvline(x, color=FLAG_COLORS["extreme_aspect"], linestyle="--", linewidth=1)
     ax2.axvspan(a_lo, aspect_min, color=FLAG_COLORS["extreme_aspect"], alpha=0.08, lw=0)
@@ -133,8 +181,15 @@ def box_geometry(path, width: Sequence[float], height: Sequence[float], flags: M
     return _save(fig, path)
 
 
-def hmean_per_image(path, precision: Sequence[float], recall: Sequence[float], hmean: Sequence[float], *,
-                    macro: float, labels: Mapping[int, str] | None = None) -> Path:
+def hmean_per_image(
+    path,
+    precision: Sequence[float],
+    recall: Sequence[float],
+    hmean: Sequence[float],
+    *,
+    macro: float,
+    labels: Mapping[int, str] | None = None,
+) -> Path:
     """Histogram of per-image H-Mean, and precision vs recall per image (`labels`: index -> name)."""
     fig = _figure(12.0, 4.6)
     ax, ax2 = fig.subplots(1, 2)
@@ -207,8 +262,9 @@ def _view(panels: Sequence[Panel], w: int, h: int) -> tuple[float, float, float,
     return float(x0), float(y0), float(x1), float(y1)
 
 
-def overlay(path, panels: Sequence[Panel], *, size: tuple[int, int], image: np.ndarray | None = None,
-            title: str = "") -> Path:
+def overlay(
+    path, panels: Sequence[Panel], *, size: tuple[int, int], image: np.ndarray | None = None, title: str = ""
+) -> Path:
     """Draw each panel over the image (grey, lightened) or a blank canvas of `size` (w, h).
 
     When the boxes cover a small part of the image the view zooms onto them (the panel
@@ -234,8 +290,7 @@ def overlay(path, panels: Sequence[Panel], *, size: tuple[int, int], image: np.n
         _polys(ax, panel.gt, facecolors="none", edgecolors=GT, linewidths=1.4)
         _polys(ax, panel.det, facecolors="none", edgecolors=DET, linewidths=0.9)
         _polys(ax, panel.gt, set(panel.gt_split), facecolors="none", edgecolors=GT, linewidths=2.4, linestyles="--")
-        _polys(ax, panel.det, set(panel.det_merged), facecolors="none", edgecolors=DET, linewidths=2.4,
-               linestyles="--")
+        _polys(ax, panel.det, set(panel.det_merged), facecolors="none", edgecolors=DET, linewidths=2.4, linestyles="--")
         for flag, idx in panel.det_flagged.items():
             _polys(ax, panel.det, set(idx), facecolors="none", edgecolors=FLAG_COLORS[flag], linewidths=2.2)
             if len(idx):
@@ -259,11 +314,17 @@ def overlay(path, panels: Sequence[Panel], *, size: tuple[int, int], image: np.n
         ax.set_yticks([])
         zoom_note = f"\n(zoomed to x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f} of {size[0]}x{size[1]})" if zoomed else ""
         ax.set_title(panel.title + zoom_note, fontsize=9)
-    order = [k for k in ("gt", "det", "missed", "fp", "split", "merged", "tiny", "huge", "extreme_aspect")
-             if k in handles]
+    order = [
+        k for k in ("gt", "det", "missed", "fp", "split", "merged", "tiny", "huge", "extreme_aspect") if k in handles
+    ]
     if order:
-        fig.legend(handles=[handles[k] for k in order], loc="outside lower center", ncol=min(len(order), 4),
-                   fontsize=8, frameon=False)
+        fig.legend(
+            handles=[handles[k] for k in order],
+            loc="outside lower center",
+            ncol=min(len(order), 4),
+            fontsize=8,
+            frameon=False,
+        )
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
@@ -272,8 +333,9 @@ def overlay(path, panels: Sequence[Panel], *, size: tuple[int, int], image: np.n
 # ----------------------------------------------------------------------------- compare
 
 
-def compare_boxes(path, counts: Mapping[str, Sequence[int]], edges: Sequence[float], *,
-                  gt_counts: Sequence[int] | None = None) -> Path:
+def compare_boxes(
+    path, counts: Mapping[str, Sequence[int]], edges: Sequence[float], *, gt_counts: Sequence[int] | None = None
+) -> Path:
     """Boxes per image of every model as step histograms on the same bins."""
     fig = _figure(7.5, 4.0)
     ax = fig.add_subplot()
@@ -288,9 +350,13 @@ def compare_boxes(path, counts: Mapping[str, Sequence[int]], edges: Sequence[flo
     return _save(fig, path)
 
 
-def compare_per_image(path, ref: str, counts: Mapping[str, Sequence[int]],
-                      hmeans: Mapping[str, Sequence[float]] | None = None,
-                      labels: Mapping[int, str] | None = None) -> Path:
+def compare_per_image(
+    path,
+    ref: str,
+    counts: Mapping[str, Sequence[int]],
+    hmeans: Mapping[str, Sequence[float]] | None = None,
+    labels: Mapping[int, str] | None = None,
+) -> Path:
     """Per image, every other model against the reference: boxes, and H-Mean with GT."""
     panels = 2 if hmeans else 1
     fig = _figure(5.6 * panels, 5.0)

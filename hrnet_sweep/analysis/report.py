@@ -67,9 +67,14 @@ def _analysis_plots(model: _Model, gt, rules: Rules, out_dir: Path, worst: list[
     gt_counts = [len(gt[n].words) for n in gt] if gt is not None else None
     edges = _int_histogram(list(counts.values()) + (gt_counts or []))[1]  # one set of bins for both
     files["boxes_per_image"] = plots.boxes_per_image(
-        out_dir / "boxes_per_image.png", list(counts.values()), edges,
-        median=box["median"], few_below=model.outliers["few_below"], many_above=model.outliers["many_above"],
-        gt_counts=gt_counts)
+        out_dir / "boxes_per_image.png",
+        list(counts.values()),
+        edges,
+        median=box["median"],
+        few_below=model.outliers["few_below"],
+        many_above=model.outliers["many_above"],
+        gt_counts=gt_counts,
+    )
     width = [w for r in model.images.values() for w in r["width"]]
     height = [h for r in model.images.values() for h in r["height"]]
     masks: dict[str, list[bool]] = {f: [] for f in ("tiny", "huge", "extreme_aspect")}
@@ -79,21 +84,41 @@ def _analysis_plots(model: _Model, gt, rules: Rules, out_dir: Path, worst: list[
             mask += [k in hit for k in r["measured"]]
     gt_geo = np.array([box_geometry(p)[:2] for a in (gt or {}).values() for p in a.polygons()]).reshape(-1, 2)
     files["box_geometry"] = plots.box_geometry(
-        out_dir / "box_geometry.png", width, height, {f: np.array(m, bool) for f, m in masks.items()},
-        tiny_px=rules.tiny_px, aspect_min=rules.aspect_min, aspect_max=rules.aspect_max,
-        gt_width=gt_geo[:, 0] if gt is not None else None, gt_height=gt_geo[:, 1] if gt is not None else None)
+        out_dir / "box_geometry.png",
+        width,
+        height,
+        {f: np.array(m, bool) for f, m in masks.items()},
+        tiny_px=rules.tiny_px,
+        aspect_min=rules.aspect_min,
+        aspect_max=rules.aspect_max,
+        gt_width=gt_geo[:, 0] if gt is not None else None,
+        gt_height=gt_geo[:, 1] if gt is not None else None,
+    )
     if model.metric is not None:
         scored = [n for n in model.images if model.images[n].get("metric")]
         ms = [model.images[n]["metric"] for n in scored]
         labels = {scored.index(n): n for n in worst[:5]}
         files["hmean_per_image"] = plots.hmean_per_image(
-            out_dir / "hmean_per_image.png", [m["precision"] for m in ms], [m["recall"] for m in ms],
-            [m["hmean"] for m in ms], macro=model.metric["hmean"], labels=labels)
+            out_dir / "hmean_per_image.png",
+            [m["precision"] for m in ms],
+            [m["recall"] for m in ms],
+            [m["hmean"] for m in ms],
+            macro=model.metric["hmean"],
+            labels=labels,
+        )
     return files
 
 
-def analyze(pred_path: str | Path, *, gt_path: str | Path | None = None, images_dir: str | Path | None = None,
-            out_dir: str | Path, worst: int = 8, rules: Rules | None = None, plots: bool = True) -> AnalysisReport:
+def analyze(
+    pred_path: str | Path,
+    *,
+    gt_path: str | Path | None = None,
+    images_dir: str | Path | None = None,
+    out_dir: str | Path,
+    worst: int = 8,
+    rules: Rules | None = None,
+    plots: bool = True,
+) -> AnalysisReport:
     """Analyse one prediction JSON or submission CSV and write the report into `out_dir`.
 
     Args:
@@ -129,12 +154,17 @@ def analyze(pred_path: str | Path, *, gt_path: str | Path | None = None, images_
         _clean_stale(out_dir, prefix, set(files.values()))
 
     summary = {
-        "inputs": {"predictions": str(pred_path), "ground_truth": None if gt_path is None else str(gt_path),
-                   "images": None if images_dir is None else str(images_dir)},
+        "inputs": {
+            "predictions": str(pred_path),
+            "ground_truth": None if gt_path is None else str(gt_path),
+            "images": None if images_dir is None else str(images_dir),
+        },
         "images": _image_counts(names, loaded, gt, sizes),
         **model.summary(),
-        "worst": [dict(model.image_record(n), rank=i, image=n, overlay=_name(files.get(f"{prefix}_{i:02d}")))
-                  for i, n in enumerate(worst_names, start=1)],
+        "worst": [
+            dict(model.image_record(n), rank=i, image=n, overlay=_name(files.get(f"{prefix}_{i:02d}")))
+            for i, n in enumerate(worst_names, start=1)
+        ],
         "worst_by": "hmean" if gt is not None else "flags",
         "rules": {"values": asdict(rules), "definitions": rules.describe()},
         "per_image": {n: model.image_record(n) for n in names},
@@ -143,21 +173,34 @@ def analyze(pred_path: str | Path, *, gt_path: str | Path | None = None, images_
     return AnalysisReport(out_dir, summary, _write_report(out_dir, summary, files, md))
 
 
-def _draw_worst(model: _Model, gt, worst_names: list[str], prefix: str, out_dir: Path,
-                images_dir: str | Path | None, sizes: dict[str, tuple[int, int]]) -> dict[str, Path]:
+def _draw_worst(
+    model: _Model,
+    gt,
+    worst_names: list[str],
+    prefix: str,
+    out_dir: Path,
+    images_dir: str | Path | None,
+    sizes: dict[str, tuple[int, int]],
+) -> dict[str, Path]:
     """One overlay per worst image (`prefix` "worst", with GT) or most flagged one ("flagged")."""
     files = {}
     for rank, name in enumerate(worst_names, start=1):
         rec = model.images[name]
         if gt is not None:
-            head = (f"worst {rank}/{len(worst_names)}: {name}  ·  GT {len(gt[name].words)}  ·  "
-                    f"detections {rec['boxes']}")
+            head = f"worst {rank}/{len(worst_names)}: {name}  ·  GT {len(gt[name].words)}  ·  detections {rec['boxes']}"
             panel = _model_panel(model, name, gt, _error_line(rec))
         else:
-            head = (f"flagged {rank}/{len(worst_names)}: {name}  ·  {rec['boxes']} boxes "
-                    f"(median {model.outliers['median']:g})")
-            panel = _model_panel(model, name, None, ", ".join(
-                f"{f.replace('_', ' ')} {len(rec[f])}" for f in ("tiny", "huge", "extreme_aspect") if rec[f]) or " ")
+            head = (
+                f"flagged {rank}/{len(worst_names)}: {name}  ·  {rec['boxes']} boxes "
+                f"(median {model.outliers['median']:g})"
+            )
+            panel = _model_panel(
+                model,
+                name,
+                None,
+                ", ".join(f"{f.replace('_', ' ')} {len(rec[f])}" for f in ("tiny", "huge", "extreme_aspect") if rec[f])
+                or " ",
+            )
         png = out_dir / f"{prefix}_{rank:02d}_{_safe(name)}.png"
         files[f"{prefix}_{rank:02d}"] = _draw(png, [panel], name, images_dir, sizes, head)
     return files

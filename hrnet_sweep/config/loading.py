@@ -13,8 +13,9 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, Union
+from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -44,12 +45,13 @@ LEAF_KEYS: dict[str, Any] = _fields(Config)
 
 def _unknown_key_message(key: str, value: Any, where: str) -> str:
     parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    siblings = sorted(k[len(parent):].split(".")[0] for k in LEAF_KEYS if k.startswith(parent))
+    siblings = sorted(k[len(parent) :].split(".")[0] for k in LEAF_KEYS if k.startswith(parent))
     close = difflib.get_close_matches(key, LEAF_KEYS, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     scope = f"under '{parent[:-1]}'" if parent and any(k.startswith(parent) for k in LEAF_KEYS) else "at the top level"
-    allowed = ", ".join(dict.fromkeys(siblings)) if siblings else ", ".join(
-        dict.fromkeys(k.split(".")[0] for k in LEAF_KEYS))
+    allowed = (
+        ", ".join(dict.fromkeys(siblings)) if siblings else ", ".join(dict.fromkeys(k.split(".")[0] for k in LEAF_KEYS))
+    )
     return f"{where}unknown key '{key}' (value {value!r}){hint} Allowed keys {scope}: {allowed}"
 
 
@@ -107,7 +109,9 @@ def preset_path(name: str) -> Path:
     shipped = PRESET_DIR / f"{name}.yaml"
     if shipped.is_file():
         return shipped
-    raise ConfigError(f"preset {name!r} not found; shipped presets: {', '.join(list_presets())}, or give a path to a YAML file")
+    raise ConfigError(
+        f"preset {name!r} not found; shipped presets: {', '.join(list_presets())}, or give a path to a YAML file"
+    )
 
 
 def list_presets() -> list[str]:
@@ -193,7 +197,8 @@ def _build(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Config:
 
 
 NUMBER_KEYS: dict[str, tuple[type, bool, bool]] = {
-    k: rule for k, info in LEAF_KEYS.items() if (rule := number_rule(info.annotation)) is not None}
+    k: rule for k, info in LEAF_KEYS.items() if (rule := number_rule(info.annotation)) is not None
+}
 """Every key that holds numbers -> (int or float, also takes text, is a tuple)."""
 
 

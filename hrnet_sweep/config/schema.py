@@ -10,13 +10,12 @@ import importlib.util
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..constants import DATA_ROOT_ENV, METRIC
-
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
 DEFAULT_PRESET = "hrnet_w18_small_cpu"
@@ -57,10 +56,14 @@ class PostprocessConfig(_Node):
     use_polygon: bool = True
     max_candidates: int = Field(500, ge=1)
     min_size: int = Field(3, ge=0, description="original-image pixels (see hrnet_sweep.dbnet.postprocess)")
-    tune_on_val: bool = Field(True, description="search thresh, box_thresh, unclip_ratio and the mode at every "
-                              "validation epoch; val/hmean at the best, val/hmean_fixed at the values above")
-    tune_workers: int = Field(1, ge=0, description="processes running that search beside training; 0 = in the "
-                              "training process")
+    tune_on_val: bool = Field(
+        True,
+        description="search thresh, box_thresh, unclip_ratio and the mode at every "
+        "validation epoch; val/hmean at the best, val/hmean_fixed at the values above",
+    )
+    tune_workers: int = Field(
+        1, ge=0, description="processes running that search beside training; 0 = in the training process"
+    )
 
 
 class DecoderConfig(_Node):
@@ -78,8 +81,8 @@ class LossConfig(_Node):
 
 class ModelsConfig(_Node):
     name: str = "hrnet_w44"
-    pretrained: Union[bool, str] = True
-    out_indices: Union[tuple[int, ...], None] = None
+    pretrained: bool | str = True
+    out_indices: tuple[int, ...] | None = None
     decoder: DecoderConfig = DecoderConfig()
     loss: LossConfig = LossConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -139,33 +142,37 @@ class TargetsConfig(_Node):
 
 
 class DataConfig(_Node):
-    root: Union[str, None] = Field(None, description=f"data root; default ${DATA_ROOT_ENV} or ./data")
+    root: str | None = Field(None, description=f"data root; default ${DATA_ROOT_ENV} or ./data")
     train_json: str = "train.json"
-    val_json: Union[str, None] = "val.json"
+    val_json: str | None = "val.json"
     train_images: str = "images"
-    val_images: Union[str, None] = None
+    val_images: str | None = None
     image_height: int = Field(1280, ge=32)
     image_width: int = Field(1280, ge=32)
     batch_size: int = Field(2, ge=1)
     auto_batch_size: bool = Field(
-        False, description="on CUDA, replace batch_size at run start by the largest batch that fits "
-        "(up to 64, 10% memory headroom); on the CPU batch_size stays")
+        False,
+        description="on CUDA, replace batch_size at run start by the largest batch that fits "
+        "(up to 64, 10% memory headroom); on the CPU batch_size stays",
+    )
     num_workers: int = Field(4, ge=0)
     pin_memory: bool = Field(True, description="page-locked batches for asynchronous copies (CUDA only)")
     persistent_workers: bool = Field(True, description="keep data workers alive between epochs")
     prefetch_factor: int = Field(2, ge=1, description="batches each worker prepares ahead")
-    fold: Union[int, None] = Field(0, ge=0, description="validation fold; null = train_json -> val_json")
+    fold: int | None = Field(0, ge=0, description="validation fold; null = train_json -> val_json")
     num_folds: int = Field(5, ge=2)
     fold_seed: int = 42
-    scale_wd_with_batch: Union[int, None] = Field(
-        0, ge=0, description="reference batch: weight_decay *= (batch_size / ref) ** 0.5; "
-        "0 (or null) = off; sweeps write 0, as wandb agent passes null on as the text 'None'"
+    scale_wd_with_batch: int | None = Field(
+        0,
+        ge=0,
+        description="reference batch: weight_decay *= (batch_size / ref) ** 0.5; "
+        "0 (or null) = off; sweeps write 0, as wandb agent passes null on as the text 'None'",
     )
     augment: AugmentConfig = AugmentConfig()
     targets: TargetsConfig = TargetsConfig()
 
     @model_validator(mode="after")
-    def _check(self) -> "DataConfig":
+    def _check(self) -> DataConfig:
         if self.fold is not None and self.fold >= self.num_folds:
             raise ValueError(f"fold={self.fold} must be < num_folds={self.num_folds}")
         if self.image_height % 32 or self.image_width % 32:
@@ -189,25 +196,32 @@ class TrainerConfig(_Node):
     max_epochs: int = Field(20, ge=1)
     precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
-    devices: Union[int, str] = 1
+    devices: int | str = 1
     accumulate_grad_batches: int = Field(1, ge=1)
-    gradient_clip_val: Union[float, None] = Field(None, ge=0)
+    gradient_clip_val: float | None = Field(None, ge=0)
     channels_last: bool = True
     compile: bool = False
     compile_scope: Literal["regional", "full"] = Field(
-        "regional", description="with compile=true: HRNet's repeated blocks, decoder and heads, compiled for "
-        "training (seconds); or the whole network as one graph (minutes for hrnet_w44)")
+        "regional",
+        description="with compile=true: HRNet's repeated blocks, decoder and heads, compiled for "
+        "training (seconds); or the whole network as one graph (minutes for hrnet_w44)",
+    )
     compile_mode: Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead"] = Field(
-        "default", description="torch.compile mode on CUDA; reduce-overhead = CUDA graphs (static shapes)")
-    compile_cache_dir: Union[str, None] = Field(
-        None, description="compiled kernels, shared by the runs of a sweep; default $HRNET_SWEEP_COMPILE_CACHE "
-        "or <output_dir>/.compile_cache/<sweep id>")
+        "default", description="torch.compile mode on CUDA; reduce-overhead = CUDA graphs (static shapes)"
+    )
+    compile_cache_dir: str | None = Field(
+        None,
+        description="compiled kernels, shared by the runs of a sweep; default $HRNET_SWEEP_COMPILE_CACHE "
+        "or <output_dir>/.compile_cache/<sweep id>",
+    )
     matmul_precision: Literal["highest", "high", "medium"] = Field(
-        "high", description="float32 matrix products on CUDA: high = TF32 (convolutions use TF32 already)")
+        "high", description="float32 matrix products on CUDA: high = TF32 (convolutions use TF32 already)"
+    )
     activation_checkpointing: bool = Field(
-        False, description="recompute HRNet block activations in backward: less memory, ~1/3 more compute")
-    limit_train_batches: Union[int, float] = 1.0
-    limit_val_batches: Union[int, float] = 1.0
+        False, description="recompute HRNet block activations in backward: less memory, ~1/3 more compute"
+    )
+    limit_train_batches: int | float = 1.0
+    limit_val_batches: int | float = 1.0
     check_val_every_n_epoch: int = Field(1, ge=1)
     log_every_n_steps: int = Field(10, ge=1)
     deterministic: bool = False
@@ -240,12 +254,15 @@ class CallbacksConfig(_Node):
 
 class LoggingConfig(_Node):
     project: str = "hrnet-sweep"
-    entity: Union[str, None] = None
-    group: Union[str, None] = None
+    entity: str | None = None
+    group: str | None = None
     tags: tuple[str, ...] = ()
     tensorboard: bool = True
-    val_images: int = Field(4, ge=0, description="validation images drawn with their detections each validation "
-                            "epoch (TensorBoard, W&B); 0 = none")
+    val_images: int = Field(
+        4,
+        ge=0,
+        description="validation images drawn with their detections each validation epoch (TensorBoard, W&B); 0 = none",
+    )
 
 
 # ----------------------------------------------------------------------------- root
@@ -253,13 +270,13 @@ class LoggingConfig(_Node):
 
 class Config(_Node):
     preset: str = DEFAULT_PRESET
-    base: Union[str, None] = Field(None, description="preset this one extends (presets only)")
+    base: str | None = Field(None, description="preset this one extends (presets only)")
     seed: int = 42
-    run_name: Union[str, None] = None
+    run_name: str | None = None
     output_dir: str = "outputs"
     wandb: bool = False
-    resume_from_checkpoint: Union[str, None] = None
-    ckpt_path: Union[str, None] = Field(None, description="weights to start from (no optimizer state)")
+    resume_from_checkpoint: str | None = None
+    ckpt_path: str | None = Field(None, description="weights to start from (no optimizer state)")
     models: ModelsConfig = ModelsConfig()
     data: DataConfig = DataConfig()
     trainer: TrainerConfig = TrainerConfig()

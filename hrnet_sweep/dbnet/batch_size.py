@@ -24,14 +24,19 @@ def synthetic_batch(n: int, height: int, width: int, device: torch.device | str,
     """A training batch as the data loader delivers it (uint8 NHWC image, float maps)."""
     g = torch.Generator().manual_seed(seed)
     gt = (torch.rand(n, height, width, generator=g) > 0.85).float()
-    batch = {"image": torch.randint(0, 256, (n, height, width, 3), dtype=torch.uint8, generator=g),
-             "prob_map": gt, "prob_mask": torch.ones_like(gt),
-             "thresh_map": 0.3 + 0.4 * torch.rand(n, height, width, generator=g), "thresh_mask": torch.ones_like(gt)}
+    batch = {
+        "image": torch.randint(0, 256, (n, height, width, 3), dtype=torch.uint8, generator=g),
+        "prob_map": gt,
+        "prob_mask": torch.ones_like(gt),
+        "thresh_map": 0.3 + 0.4 * torch.rand(n, height, width, generator=g),
+        "thresh_mask": torch.ones_like(gt),
+    }
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def train_step(model, loss_fn, optimizer, *, precision: str, device_type: str,
-               channels_last: bool) -> Callable[[dict], torch.Tensor]:
+def train_step(
+    model, loss_fn, optimizer, *, precision: str, device_type: str, channels_last: bool
+) -> Callable[[dict], torch.Tensor]:
     """One optimizer step as Lightning runs it for `trainer.precision`: autocast around
     forward and loss, gradients cleared after the forward (as Lightning's closure does, so
     the last step's gradients and this step's activations coexist), GradScaler for 16-mixed."""
@@ -80,8 +85,9 @@ def largest_batch(fits: Callable[[int], bool], *, start: int = 1, limit: int = A
     return lo
 
 
-def find_largest_batch(cfg, *, limit: int = AUTO_BATCH_LIMIT, headroom: float = HEADROOM,
-                       device: torch.device | str = "cuda") -> int:
+def find_largest_batch(
+    cfg, *, limit: int = AUTO_BATCH_LIMIT, headroom: float = HEADROOM, device: torch.device | str = "cuda"
+) -> int:
     """Largest batch whose training step peaks under (1 - headroom) of the GPU's memory,
     for the model, precision, channels_last and activation checkpointing of `cfg`
     (eager: compiled regions use no more memory than eager ones)."""
@@ -106,8 +112,9 @@ def _search(cfg, limit: int, headroom: float, device: torch.device) -> int:
     if t.activation_checkpointing:
         apply_activation_checkpointing(model)
     opt = build_optimizer(model.parameters(), cfg.models.optimizer, cfg.models.optimizer.weight_decay)
-    step = train_step(model, build_loss(cfg), opt, precision=t.precision, device_type=device.type,
-                      channels_last=t.channels_last)
+    step = train_step(
+        model, build_loss(cfg), opt, precision=t.precision, device_type=device.type, channels_last=t.channels_last
+    )
     budget = (1 - headroom) * torch.cuda.get_device_properties(device).total_memory
 
     def fits(n: int) -> bool:
@@ -124,8 +131,13 @@ def _search(cfg, limit: int, headroom: float, device: torch.device) -> int:
         batch = None
         opt.zero_grad(set_to_none=True)
         peak = torch.cuda.max_memory_allocated(device)
-        log.info("batch %d: %s (peak %.1f GiB of %.1f GiB allowed)", n, "fits" if ok and peak <= budget else "too big",
-                 peak / 2**30, budget / 2**30)
+        log.info(
+            "batch %d: %s (peak %.1f GiB of %.1f GiB allowed)",
+            n,
+            "fits" if ok and peak <= budget else "too big",
+            peak / 2**30,
+            budget / 2**30,
+        )
         return ok and peak <= budget
 
     return largest_batch(fits, start=cfg.data.batch_size, limit=limit)
@@ -140,8 +152,9 @@ def resolve_batch_size(cfg):
     if not cfg.data.auto_batch_size:
         return cfg
     if not torch.cuda.is_available() or cfg.trainer.accelerator == "cpu":
-        log.info("data.auto_batch_size: no CUDA GPU; training with the preset's data.batch_size=%d",
-                 cfg.data.batch_size)
+        log.info(
+            "data.auto_batch_size: no CUDA GPU; training with the preset's data.batch_size=%d", cfg.data.batch_size
+        )
         return cfg
     n = find_largest_batch(cfg)
     log.info("data.auto_batch_size: data.batch_size=%d (largest that fits, at most %d)", n, AUTO_BATCH_LIMIT)

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -259,15 +260,33 @@ def build_transforms(
         border = dict(border_mode=cv2.BORDER_CONSTANT, fill=0)
         optional = [
             (aug.hflip, lambda p: A.HorizontalFlip(p=p)),
-            (aug.rotate_p if aug.rotate > 0 else 0.0, lambda p: A.Rotate(limit=(-aug.rotate, aug.rotate), **border, p=p)),
-            (aug.affine_p, lambda p: A.Affine(scale=tuple(aug.scale), translate_percent=(-_TRANSLATE, _TRANSLATE),
-                                              keep_ratio=True, **border, p=p)),
-            (aug.color_p, lambda p: A.OneOf([
-                A.RandomBrightnessContrast(_BRIGHTNESS_CONTRAST, _BRIGHTNESS_CONTRAST, p=1 - _FULL_COLOR_SHARE),
-                A.ColorJitter(**_COLOR, p=_FULL_COLOR_SHARE)], p=p)),
+            (
+                aug.rotate_p if aug.rotate > 0 else 0.0,
+                lambda p: A.Rotate(limit=(-aug.rotate, aug.rotate), **border, p=p),
+            ),
+            (
+                aug.affine_p,
+                lambda p: A.Affine(
+                    scale=tuple(aug.scale), translate_percent=(-_TRANSLATE, _TRANSLATE), keep_ratio=True, **border, p=p
+                ),
+            ),
+            (
+                aug.color_p,
+                lambda p: A.OneOf(
+                    [
+                        A.RandomBrightnessContrast(_BRIGHTNESS_CONTRAST, _BRIGHTNESS_CONTRAST, p=1 - _FULL_COLOR_SHARE),
+                        A.ColorJitter(**_COLOR, p=_FULL_COLOR_SHARE),
+                    ],
+                    p=p,
+                ),
+            ),
             (aug.noise_p, lambda p: _GrayNoise(std_range=_NOISE_STD, p=p)),
-            (aug.blur_p, lambda p: A.OneOf([A.GaussianBlur(blur_limit=_BLUR_KERNEL),
-                                            A.MotionBlur(blur_limit=_BLUR_KERNEL)], p=p)),
+            (
+                aug.blur_p,
+                lambda p: A.OneOf(
+                    [A.GaussianBlur(blur_limit=_BLUR_KERNEL), A.MotionBlur(blur_limit=_BLUR_KERNEL)], p=p
+                ),
+            ),
         ]
         steps += [make(p) for p, make in optional if p > 0]  # a p=0 step only costs time
     steps.append(
@@ -369,8 +388,14 @@ class DetectionDataset(torch.utils.data.Dataset):
         if ann.width and ann.height and (ann.width, ann.height) != (w0, h0) and name not in self._size_warned:
             # Most often an EXIF rotation the annotator did not see: the polygons may be off.
             self._size_warned.add(name)
-            log.warning("%s: annotation says img_w=%d img_h=%d, the image is %dx%d after EXIF orientation",
-                        self.image_dir / name, ann.width, ann.height, w0, h0)
+            log.warning(
+                "%s: annotation says img_w=%d img_h=%d, the image is %dx%d after EXIF orientation",
+                self.image_dir / name,
+                ann.width,
+                ann.height,
+                w0,
+                h0,
+            )
         original = [clamp_polygon(p, w0, h0) for p in ann.polygons()]
         drawn = [p for p, word in zip(original, ann.words) if word.has_area]
         inp, moved = self.transforms(image, drawn)
@@ -397,6 +422,8 @@ def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if not batch:
         raise ValueError("collate got an empty batch")
     return {
-        key: default_collate([s[key] for s in batch]) if isinstance(batch[0][key], torch.Tensor) else [s[key] for s in batch]
+        key: default_collate([s[key] for s in batch])
+        if isinstance(batch[0][key], torch.Tensor)
+        else [s[key] for s in batch]
         for key in batch[0]
     }

@@ -13,9 +13,9 @@ the caller passes other settings (a retrain's preset, `predict --set`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -64,12 +64,20 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loa
     tuned = ckpt.get(CHECKPOINT_KEY)
     if tuned:
         cfg.models.postprocess = PostprocessConfig.model_validate(
-            {**cfg.models.postprocess.model_dump(), **{k: tuned[k] for k in PARAMS}})
-        log.info("%s: post-processing tuned at validation (H-Mean %.4f): %s", path, tuned.get("hmean", float("nan")),
-                 {k: tuned[k] for k in PARAMS})
+            {**cfg.models.postprocess.model_dump(), **{k: tuned[k] for k in PARAMS}}
+        )
+        log.info(
+            "%s: post-processing tuned at validation (H-Mean %.4f): %s",
+            path,
+            tuned.get("hmean", float("nan")),
+            {k: tuned[k] for k in PARAMS},
+        )
     model = build_model(cfg)
-    state = {k.removeprefix("model.").removeprefix("_orig_mod."): v for k, v in ckpt["state_dict"].items()
-             if k.startswith("model.")}
+    state = {
+        k.removeprefix("model.").removeprefix("_orig_mod."): v
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith("model.")
+    }
     model.load_state_dict(state)
     model.eval().to(device)
     return LoadedModel(model, cfg, str(path), dict(tuned) if tuned else None)
@@ -163,8 +171,9 @@ def predict(
     models = [load_checkpoint(c, dev) for c in checkpoints]
     pp = postprocess or models[0].cfg.models.postprocess
     preds: dict[str, list[tuple[np.ndarray, float]]] = {}
-    for name, prob in probability_maps(models, image_dir, weights=weights, tta_flip=tta_flip, device=dev,
-                                       progress=progress):
+    for name, prob in probability_maps(
+        models, image_dir, weights=weights, tta_flip=tta_flip, device=dev, progress=progress
+    ):
         polys, scores = postprocess_map(prob, pp)
         preds[name] = list(zip(polys, scores))
     if out_json:

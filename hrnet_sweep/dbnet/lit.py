@@ -34,8 +34,12 @@ from ..config import OptimizerConfig, PostprocessConfig, SchedulerConfig
 from ..constants import METRIC, VAL_PRECISION, VAL_RECALL
 
 VAL_HMEAN_FIXED = "val/hmean_fixed"
-VAL_PP_KEYS = {"thresh": "val/pp_thresh", "box_thresh": "val/pp_box_thresh", "unclip_ratio": "val/pp_unclip_ratio",
-               "use_polygon": "val/pp_polygon"}
+VAL_PP_KEYS = {
+    "thresh": "val/pp_thresh",
+    "box_thresh": "val/pp_box_thresh",
+    "unclip_ratio": "val/pp_unclip_ratio",
+    "use_polygon": "val/pp_polygon",
+}
 """Logged with tune_on_val: the chosen setting (use_polygon as 1.0 / 0.0)."""
 
 
@@ -57,16 +61,24 @@ def build_scheduler(optimizer, sch_cfg, lr: float, total_steps: int) -> dict | N
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=sch_cfg.T_max, eta_min=sch_cfg.eta_min)
         if sch_cfg.warmup_epochs:
             warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=sch_cfg.warmup_epochs)
-            cosine = torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, cosine], milestones=[sch_cfg.warmup_epochs])
+            cosine = torch.optim.lr_scheduler.SequentialLR(
+                optimizer, [warm, cosine], milestones=[sch_cfg.warmup_epochs]
+            )
         return {"scheduler": cosine, "interval": "epoch"}
     if sch_cfg.name == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=max(total_steps, 2), pct_start=sch_cfg.pct_start,
-            div_factor=sch_cfg.div_factor, final_div_factor=sch_cfg.final_div_factor,
+            optimizer,
+            max_lr=lr,
+            total_steps=max(total_steps, 2),
+            pct_start=sch_cfg.pct_start,
+            div_factor=sch_cfg.div_factor,
+            final_div_factor=sch_cfg.final_div_factor,
         )
         return {"scheduler": sched, "interval": "step"}
     if sch_cfg.name == "plateau":
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=sch_cfg.factor, patience=sch_cfg.patience)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=sch_cfg.factor, patience=sch_cfg.patience
+        )
         return {"scheduler": sched, "interval": "epoch", "monitor": METRIC}
     return None
 
@@ -87,10 +99,20 @@ class DBNetModule(pl.LightningModule):
         config: the resolved config as a dict, stored in the checkpoint for `predict`.
     """
 
-    def __init__(self, model: torch.nn.Module, loss: torch.nn.Module, *, optimizer: OptimizerConfig,
-                 scheduler: SchedulerConfig, postprocess: PostprocessConfig, batch_size: int,
-                 scale_wd_with_batch: int | None = 0, val_images: int = 0, channels_last: bool = False,
-                 config: dict | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss: torch.nn.Module,
+        *,
+        optimizer: OptimizerConfig,
+        scheduler: SchedulerConfig,
+        postprocess: PostprocessConfig,
+        batch_size: int,
+        scale_wd_with_batch: int | None = 0,
+        val_images: int = 0,
+        channels_last: bool = False,
+        config: dict | None = None,
+    ):
         super().__init__()
         self.model = model
         self.loss = loss
@@ -116,10 +138,16 @@ class DBNetModule(pl.LightningModule):
     def from_config(cls, model: torch.nn.Module, loss: torch.nn.Module, cfg, **overrides) -> DBNetModule:
         """The module for a resolved `Config`: its sub-configs and numbers, and the config
         itself for the checkpoint; `overrides` replace any of the keyword arguments."""
-        kwargs = dict(optimizer=cfg.models.optimizer, scheduler=cfg.models.scheduler,
-                      postprocess=cfg.models.postprocess, batch_size=cfg.data.batch_size,
-                      scale_wd_with_batch=cfg.data.scale_wd_with_batch, val_images=cfg.logging.val_images,
-                      channels_last=cfg.trainer.channels_last, config=cfg.to_dict())
+        kwargs = dict(
+            optimizer=cfg.models.optimizer,
+            scheduler=cfg.models.scheduler,
+            postprocess=cfg.models.postprocess,
+            batch_size=cfg.data.batch_size,
+            scale_wd_with_batch=cfg.data.scale_wd_with_batch,
+            val_images=cfg.logging.val_images,
+            channels_last=cfg.trainer.channels_last,
+            config=cfg.to_dict(),
+        )
         return cls(model, loss, **{**kwargs, **overrides})
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
@@ -254,8 +282,12 @@ class DBNetModule(pl.LightningModule):
             else:
                 import wandb
 
-                logger.experiment.log({"val/predictions": [wandb.Image(img, caption=name) for name, img in drawn],
-                                       "trainer/global_step": self.global_step})
+                logger.experiment.log(
+                    {
+                        "val/predictions": [wandb.Image(img, caption=name) for name, img in drawn],
+                        "trainer/global_step": self.global_step,
+                    }
+                )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from .validation import CHECKPOINT_KEY
@@ -281,10 +313,12 @@ class DBNetModule(pl.LightningModule):
                 (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on norms and biases
         optimizer = build_optimizer(
             [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-            self.optimizer_cfg, wd,
+            self.optimizer_cfg,
+            wd,
         )
-        sched = build_scheduler(optimizer, self.scheduler_cfg, self.optimizer_cfg.lr,
-                                int(self.trainer.estimated_stepping_batches))
+        sched = build_scheduler(
+            optimizer, self.scheduler_cfg, self.optimizer_cfg.lr, int(self.trainer.estimated_stepping_batches)
+        )
         if sched is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": sched}

@@ -10,8 +10,9 @@ from torch import nn
 _EPS = 1e-6
 
 
-def balanced_bce_ohem(logits: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, ratio: float = 3.0,
-                      min_negatives: int = 512) -> torch.Tensor:
+def balanced_bce_ohem(
+    logits: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, ratio: float = 3.0, min_negatives: int = 512
+) -> torch.Tensor:
     """BCE over all positives and the hardest `ratio` x as many negatives.
 
     On a batch with no text at all, the `min_negatives` hardest negatives still count, so
@@ -45,8 +46,9 @@ def dice_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch
 class DBLoss(nn.Module):
     """Weighted sum of the three DBNet terms; returns the total and each part."""
 
-    def __init__(self, prob_weight: float = 5.0, thresh_weight: float = 10.0, binary_weight: float = 1.0,
-                 ohem_ratio: float = 3.0):
+    def __init__(
+        self, prob_weight: float = 5.0, thresh_weight: float = 10.0, binary_weight: float = 1.0, ohem_ratio: float = 3.0
+    ):
         super().__init__()
         self.prob_weight = prob_weight
         self.thresh_weight = thresh_weight

@@ -6,8 +6,8 @@ Nothing here hard-codes a channel count: the backbone's `feature_info` gives the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import timm
 import torch
@@ -20,10 +20,14 @@ STRIDES = (4, 8, 16, 32)
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
-def create_backbone(name: str, pretrained: bool | str, out_indices: Sequence[int] | None = None) -> tuple[nn.Module, list[int], list[int]]:
+def create_backbone(
+    name: str, pretrained: bool | str, out_indices: Sequence[int] | None = None
+) -> tuple[nn.Module, list[int], list[int]]:
     """A timm `features_only` backbone and the indices of its stride 4, 8, 16, 32 features.
 
     Args:
@@ -54,13 +58,17 @@ def create_backbone(name: str, pretrained: bool | str, out_indices: Sequence[int
     channels = backbone.feature_info.channels()
     if out_indices is not None:
         if len(reductions) != 4:
-            raise ConfigError(f"models.out_indices={list(out_indices)}: DBNet needs 4 feature levels, got {len(reductions)}")
+            raise ConfigError(
+                f"models.out_indices={list(out_indices)}: DBNet needs 4 feature levels, got {len(reductions)}"
+            )
         return backbone, list(range(4)), list(channels)
     picked = []
     for stride in STRIDES:
         matches = [i for i, r in enumerate(reductions) if r == stride]
         if not matches:
-            raise ConfigError(f"models.name={name!r}: no feature at stride {stride} (strides {reductions}); set models.out_indices")
+            raise ConfigError(
+                f"models.name={name!r}: no feature at stride {stride} (strides {reductions}); set models.out_indices"
+            )
         picked.append(matches[-1])
     return backbone, picked, [channels[i] for i in picked]
 
@@ -82,8 +90,10 @@ class FPNDecoder(nn.Module):
         for i in range(len(lat) - 2, -1, -1):  # top-down
             lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
         size = lat[0].shape[-2:]
-        outs = [F.interpolate(s(x), size=size, mode="nearest") if i else s(x)
-                for i, (s, x) in enumerate(zip(self.smooth, lat))]
+        outs = [
+            F.interpolate(s(x), size=size, mode="nearest") if i else s(x)
+            for i, (s, x) in enumerate(zip(self.smooth, lat))
+        ]
         fused = torch.cat(outs[::-1], dim=1)  # deepest first, as in DBNet
         if self.asf is not None:
             fused = self.asf(fused, n=len(outs))

@@ -63,8 +63,18 @@ import pyclipper
 
 from ..config import PostprocessConfig
 
-__all__ = ["EPSILON_RATIO", "MapFrame", "detect", "find_contours", "map_frame", "postprocess", "resize_prob_to_image",
-           "score_candidates", "to_image", "unclip_candidates"]
+__all__ = [
+    "EPSILON_RATIO",
+    "MapFrame",
+    "detect",
+    "find_contours",
+    "map_frame",
+    "postprocess",
+    "resize_prob_to_image",
+    "score_candidates",
+    "to_image",
+    "unclip_candidates",
+]
 
 EPSILON_RATIO = 0.002
 """approxPolyDP tolerance in polygon mode, times the contour's perimeter."""
@@ -72,8 +82,13 @@ EPSILON_RATIO = 0.002
 _PP = PostprocessConfig()  # the defaults of `postprocess`: one place, the config
 
 
-def detect(prob: np.ndarray, pp: PostprocessConfig, *, content_size: tuple[int, int] | None = None,
-           image_size: tuple[int, int] | None = None) -> tuple[list[np.ndarray], list[float]]:
+def detect(
+    prob: np.ndarray,
+    pp: PostprocessConfig,
+    *,
+    content_size: tuple[int, int] | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> tuple[list[np.ndarray], list[float]]:
     """Detect text in one probability map with the settings of `pp`.
 
     Args:
@@ -88,9 +103,17 @@ def detect(prob: np.ndarray, pp: PostprocessConfig, *, content_size: tuple[int, 
         polygons, float32 (K, 2) x, y in original image pixels (K = 4 in box mode), and
         their scores.
     """
-    return postprocess(prob, thresh=pp.thresh, box_thresh=pp.box_thresh, unclip_ratio=pp.unclip_ratio,
-                       use_polygon=pp.use_polygon, max_candidates=pp.max_candidates, min_size=pp.min_size,
-                       content_size=content_size, image_size=image_size)
+    return postprocess(
+        prob,
+        thresh=pp.thresh,
+        box_thresh=pp.box_thresh,
+        unclip_ratio=pp.unclip_ratio,
+        use_polygon=pp.use_polygon,
+        max_candidates=pp.max_candidates,
+        min_size=pp.min_size,
+        content_size=content_size,
+        image_size=image_size,
+    )
 
 
 def postprocess(
@@ -163,8 +186,9 @@ class MapFrame:
         return min_size * self.scale, (min_size + 2) * self.scale
 
 
-def map_frame(prob: np.ndarray, content_size: tuple[int, int] | None = None,
-              image_size: tuple[int, int] | None = None) -> MapFrame:
+def map_frame(
+    prob: np.ndarray, content_size: tuple[int, int] | None = None, image_size: tuple[int, int] | None = None
+) -> MapFrame:
     """Check the sizes, crop the content and read the map as float32 probabilities."""
     prob = _check_map(prob)
     height, width = prob.shape
@@ -187,8 +211,9 @@ def find_contours(pred: np.ndarray, thresh: float, max_candidates: int) -> list[
     return list(contours[: max(int(max_candidates), 0)])
 
 
-def score_candidates(pred: np.ndarray, contours, *, use_polygon: bool,
-                     min_side: float) -> list[tuple[np.ndarray, float, float]]:
+def score_candidates(
+    pred: np.ndarray, contours, *, use_polygon: bool, min_side: float
+) -> list[tuple[np.ndarray, float, float]]:
     """(shape to unclip, score, its area / perimeter) per contour that passes the filters
     before the unclip; `min_side` in map pixels (box mode only, as in the public code)."""
     out = []
@@ -215,8 +240,9 @@ def score_candidates(pred: np.ndarray, contours, *, use_polygon: bool,
     return out
 
 
-def unclip_candidates(cands, *, unclip_ratio: float, min_side: float,
-                      use_polygon: bool) -> list[tuple[np.ndarray, float]]:
+def unclip_candidates(
+    cands, *, unclip_ratio: float, min_side: float, use_polygon: bool
+) -> list[tuple[np.ndarray, float]]:
     """(expanded shape, score) of each candidate offset by D = A * unclip_ratio / L that
     passes the filters after the unclip; `min_side` in map pixels."""
     out = []

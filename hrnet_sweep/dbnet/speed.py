@@ -71,8 +71,11 @@ def compile_cache_dir(cfg) -> Path:
     """`trainer.compile_cache_dir`, else $HRNET_SWEEP_COMPILE_CACHE, else an already set
     $TORCHINDUCTOR_CACHE_DIR, else `<output_dir>/.compile_cache/<W&B sweep id or default>`:
     one folder per sweep, so every run after the first loads its kernels from it."""
-    for value in (cfg.trainer.compile_cache_dir, os.environ.get(COMPILE_CACHE_ENV),
-                  os.environ.get("TORCHINDUCTOR_CACHE_DIR")):
+    for value in (
+        cfg.trainer.compile_cache_dir,
+        os.environ.get(COMPILE_CACHE_ENV),
+        os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
+    ):
         if value:
             return Path(value).expanduser()
     return Path(cfg.output_dir) / ".compile_cache" / (os.environ.get("WANDB_SWEEP_ID") or "default")
@@ -117,8 +120,9 @@ def compile_regions(model: nn.Module) -> list[nn.Module]:
     return [*blocks, model.decoder, model.prob_head, model.thresh_head]
 
 
-def compile_model(model: nn.Module, *, scope: str = "regional", mode: str = "default", backend: str = "inductor",
-                  cuda: bool = True) -> list[nn.Module]:
+def compile_model(
+    model: nn.Module, *, scope: str = "regional", mode: str = "default", backend: str = "inductor", cuda: bool = True
+) -> list[nn.Module]:
     """Compile `model` in place for training; return the compiled modules.
 
     `regional`: each of `compile_regions` is compiled while the model trains and runs
@@ -187,8 +191,10 @@ def apply_activation_checkpointing(model: nn.Module) -> list[nn.Module]:
     blocks = _hrnet_blocks(model.backbone)
     if not blocks:
         name = type(model.backbone).__name__
-        raise ConfigError(f"trainer.activation_checkpointing=true is implemented for HRNet backbones "
-                          f"(models.name=hrnet_*); this backbone is {name}")
+        raise ConfigError(
+            f"trainer.activation_checkpointing=true is implemented for HRNet backbones "
+            f"(models.name=hrnet_*); this backbone is {name}"
+        )
     for block in blocks:
         _checkpoint_forward(block)
     return blocks
@@ -241,8 +247,13 @@ def prepare_model(model: nn.Module, cfg, backends: Backends | None = None, *, ba
     cuda = backends.cuda if backends is not None else torch.cuda.is_available()
     if t.compile:
         regions = compile_model(model, scope=t.compile_scope, mode=t.compile_mode, backend=backend, cuda=cuda)
-        log.info("trainer.compile: %d %s region(s), mode %s, cache %s", len(regions), t.compile_scope,
-                 t.compile_mode, backends.compile_cache if backends else os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
+        log.info(
+            "trainer.compile: %d %s region(s), mode %s, cache %s",
+            len(regions),
+            t.compile_scope,
+            t.compile_mode,
+            backends.compile_cache if backends else os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
+        )
     if t.activation_checkpointing:
         blocks = apply_activation_checkpointing(model)
         log.info("trainer.activation_checkpointing: %d backbone blocks recomputed in the backward pass", len(blocks))

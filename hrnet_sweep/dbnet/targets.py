@@ -36,7 +36,8 @@ of cv2 passes. The border map starts at thresh_min and is scaled inside the wind
 from __future__ import annotations
 
 import threading
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -197,8 +198,7 @@ def _measure(polygons: Sequence[np.ndarray], width: int, height: int) -> _Geomet
     )
 
 
-def _public_code_order(points: np.ndarray, following: np.ndarray, starts: np.ndarray,
-                       stops: np.ndarray) -> np.ndarray:
+def _public_code_order(points: np.ndarray, following: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     """The stacked points with each polygon whose signed area sum (x' - x)(y' + y) / 2 is
     positive reversed (counter-clockwise on screen), as the public code's
     `validate_polygons` reverses them before drawing."""

@@ -34,9 +34,10 @@ import multiprocessing
 import os
 import time
 import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +45,22 @@ from ..config import PostprocessConfig
 from ..errors import UserError
 from .postprocess import find_contours, map_frame, score_candidates, to_image, unclip_candidates
 
-__all__ = ["CHECKPOINT_KEY", "PARAMS", "VAL_GRID", "Grid", "SearchResult", "Setting", "ValidationSearch", "detections",
-           "draw_detections", "image_scores", "rank", "refine_settings", "score_settings", "tune_postprocess"]
+__all__ = [
+    "CHECKPOINT_KEY",
+    "PARAMS",
+    "VAL_GRID",
+    "Grid",
+    "SearchResult",
+    "Setting",
+    "ValidationSearch",
+    "detections",
+    "draw_detections",
+    "image_scores",
+    "rank",
+    "refine_settings",
+    "score_settings",
+    "tune_postprocess",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +84,12 @@ class Setting:
         return cls(*(get(k) for k in PARAMS))
 
     def as_dict(self) -> dict:
-        return {"thresh": self.thresh, "box_thresh": self.box_thresh, "unclip_ratio": self.unclip_ratio,
-                "use_polygon": self.use_polygon}
+        return {
+            "thresh": self.thresh,
+            "box_thresh": self.box_thresh,
+            "unclip_ratio": self.unclip_ratio,
+            "use_polygon": self.use_polygon,
+        }
 
 
 @dataclass(frozen=True)
@@ -96,8 +115,13 @@ class Grid:
             raise UserError(f"grid unclip_ratio={bad[0]}: allowed value > 0")
 
     def settings(self) -> list[Setting]:
-        return [Setting(t, b, u, p) for p in self.use_polygon for t in self.thresh for u in self.unclip_ratio
-                for b in self.box_thresh]
+        return [
+            Setting(t, b, u, p)
+            for p in self.use_polygon
+            for t in self.thresh
+            for u in self.unclip_ratio
+            for b in self.box_thresh
+        ]
 
 
 VAL_GRID = Grid(thresh=(0.2, 0.3, 0.4, 0.5), box_thresh=(0.3, 0.5, 0.7), unclip_ratio=(1.5, 2.0))
@@ -122,10 +146,13 @@ def refine_settings(grid: Grid, rows: Sequence[Mapping[str, Any]]) -> list[Setti
     if not grid.refine or not rows:
         return []
     best = Setting.of(rank(rows)[0])
-    fine = Grid(thresh=_half_steps(grid.thresh, best.thresh, 0, 1),
-                box_thresh=_half_steps(grid.box_thresh, best.box_thresh, 0, 1),
-                unclip_ratio=_half_steps(grid.unclip_ratio, best.unclip_ratio, 0, math.inf),
-                use_polygon=(best.use_polygon,), refine=False)
+    fine = Grid(
+        thresh=_half_steps(grid.thresh, best.thresh, 0, 1),
+        box_thresh=_half_steps(grid.box_thresh, best.box_thresh, 0, 1),
+        unclip_ratio=_half_steps(grid.unclip_ratio, best.unclip_ratio, 0, math.inf),
+        use_polygon=(best.use_polygon,),
+        refine=False,
+    )
     seen = {Setting.of(r) for r in rows}
     return [s for s in fine.settings() if s not in seen]
 
@@ -133,9 +160,14 @@ def refine_settings(grid: Grid, rows: Sequence[Mapping[str, Any]]) -> list[Setti
 def rank(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Best first by macro H-Mean; ties: the setting closest to the DB paper's defaults,
     then polygons."""
-    return sorted((dict(r) for r in rows), key=lambda r: (
-        -round(r["hmean"], 9), abs(r["thresh"] - 0.3) + abs(r["box_thresh"] - 0.6) + abs(r["unclip_ratio"] - 1.5),
-        not r["use_polygon"]))
+    return sorted(
+        (dict(r) for r in rows),
+        key=lambda r: (
+            -round(r["hmean"], 9),
+            abs(r["thresh"] - 0.3) + abs(r["box_thresh"] - 0.6) + abs(r["unclip_ratio"] - 1.5),
+            not r["use_polygon"],
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -153,8 +185,9 @@ def _load_map(m: Any) -> np.ndarray:
     return np.asarray(m)
 
 
-def detections(source: Any, image_size: tuple[int, int] | None, settings: Sequence[Setting],
-               fixed: Mapping[str, Any]) -> Iterator[tuple[int, list[np.ndarray]]]:
+def detections(
+    source: Any, image_size: tuple[int, int] | None, settings: Sequence[Setting], fixed: Mapping[str, Any]
+) -> Iterator[tuple[int, list[np.ndarray]]]:
     """(index of the setting, its polygons in original pixels) for every setting: what
     `dbnet.postprocess.detect` gives with it, the stages shared (see the module doc).
 
@@ -166,13 +199,17 @@ def detections(source: Any, image_size: tuple[int, int] | None, settings: Sequen
     plan: dict[float, dict[bool, dict[float, list[tuple[int, float]]]]] = {}
     for i, s in enumerate(settings):
         plan.setdefault(s.thresh, {}).setdefault(s.use_polygon, {}).setdefault(s.unclip_ratio, []).append(
-            (i, s.box_thresh))
+            (i, s.box_thresh)
+        )
     for thresh, modes in plan.items():
         contours = find_contours(frame.pred, thresh, max_candidates)
         for use_polygon, unclips in modes.items():
             lowest = min(b for group in unclips.values() for _, b in group)
-            cands = [c for c in score_candidates(frame.pred, contours, use_polygon=use_polygon, min_side=before)
-                     if c[1] >= lowest]
+            cands = [
+                c
+                for c in score_candidates(frame.pred, contours, use_polygon=use_polygon, min_side=before)
+                if c[1] >= lowest
+            ]
             for unclip, group in unclips.items():
                 found = unclip_candidates(cands, unclip_ratio=unclip, min_side=after, use_polygon=use_polygon)
                 polys, scores = to_image(found, frame, use_polygon=use_polygon)
@@ -180,8 +217,13 @@ def detections(source: Any, image_size: tuple[int, int] | None, settings: Sequen
                     yield i, [p for p, sc in zip(polys, scores) if sc >= b]
 
 
-def image_scores(source: Any, image_size: tuple[int, int] | None, gt: Sequence[np.ndarray],
-                 settings: Sequence[Setting], fixed: Mapping[str, Any]) -> np.ndarray:
+def image_scores(
+    source: Any,
+    image_size: tuple[int, int] | None,
+    gt: Sequence[np.ndarray],
+    settings: Sequence[Setting],
+    fixed: Mapping[str, Any],
+) -> np.ndarray:
     """(len(settings), 3) precision, recall, H-Mean of one image under each setting (see
     `detections`); settings that keep the same polygons are scored once."""
     from ..metric import evaluate_image
@@ -214,14 +256,17 @@ def _timed_chunk(items: Sequence[tuple], settings: Sequence[Setting], fixed: Map
 
 def _rows(settings: Sequence[Setting], sums: np.ndarray, n: int, stage: str | None = None) -> list[dict]:
     extra = {"stage": stage} if stage else {}
-    return [{**s.as_dict(), "precision": float(p / n), "recall": float(r / n), "hmean": float(h / n), **extra}
-            for s, (p, r, h) in zip(settings, sums)]
+    return [
+        {**s.as_dict(), "precision": float(p / n), "recall": float(r / n), "hmean": float(h / n), **extra}
+        for s, (p, r, h) in zip(settings, sums)
+    ]
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
     # spawn: a fork of a process with torch / OpenCV thread pools can hang in the child
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
-                               initargs=(os.getpid(),))
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start, initargs=(os.getpid(),)
+    )
 
 
 def _worker_start(parent: int) -> None:
@@ -240,8 +285,9 @@ def _ready() -> bool:
     return True
 
 
-def score_settings(items: Sequence[tuple], settings: Sequence[Setting], *, fixed: Mapping[str, Any] | None = None,
-                   workers: int = 1) -> list[dict]:
+def score_settings(
+    items: Sequence[tuple], settings: Sequence[Setting], *, fixed: Mapping[str, Any] | None = None, workers: int = 1
+) -> list[dict]:
     """Macro precision / recall / H-Mean of every setting over `items` (see `score_chunk`)."""
     fixed = dict(fixed or {})
     items = list(items)
@@ -257,9 +303,15 @@ def score_settings(items: Sequence[tuple], settings: Sequence[Setting], *, fixed
     return _rows(settings, sums, len(items))
 
 
-def tune_postprocess(maps: Mapping[str, Any], gts: Mapping[str, Sequence[np.ndarray]], grid: Grid | None = None, *,
-                     image_sizes: Mapping[str, tuple[int, int]] | None = None,
-                     fixed: Mapping[str, Any] | None = None, workers: int = 1) -> tuple[dict, list[dict]]:
+def tune_postprocess(
+    maps: Mapping[str, Any],
+    gts: Mapping[str, Sequence[np.ndarray]],
+    grid: Grid | None = None,
+    *,
+    image_sizes: Mapping[str, tuple[int, int]] | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    workers: int = 1,
+) -> tuple[dict, list[dict]]:
     """Search post-processing settings on cached probability maps.
 
     Args:
@@ -377,8 +429,11 @@ class ValidationSearch:
             try:
                 part = part.result()
             except Exception as err:  # a worker killed or out of memory: go on without workers
-                log.warning("post-processing search worker failed (%s: %s); searching in the training process",
-                            type(err).__name__, err)
+                log.warning(
+                    "post-processing search worker failed (%s: %s); searching in the training process",
+                    type(err).__name__,
+                    err,
+                )
                 self.close()
                 self.workers = 0
                 part = None
@@ -397,8 +452,9 @@ class ValidationSearch:
         return {**self.__dict__, "_pool": None, "_parts": []}
 
 
-def draw_detections(image: np.ndarray, gt: Sequence[np.ndarray], pred: Sequence[np.ndarray], *,
-                    max_side: int = 512) -> np.ndarray:
+def draw_detections(
+    image: np.ndarray, gt: Sequence[np.ndarray], pred: Sequence[np.ndarray], *, max_side: int = 512
+) -> np.ndarray:
     """`image` (RGB uint8) shrunk to at most `max_side` pixels, ground truth in green and
     detections in red over it; polygons in the image's pixels."""
     import cv2

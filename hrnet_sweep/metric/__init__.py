@@ -62,16 +62,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ..constants import MAX_DETECTIONS
+from ..numeric import flag
 from ._image import _evaluate_image, evaluate_image
 from ._polygons import _CONVENTIONS, Convention, _Options
 from ._pseudo_chars import pseudo_char_counts
 from ._results import _COUNT_KEYS, EvalResult, ImageResult, _scores
-from ..numeric import flag
 
 __all__ = ["EvalResult", "ImageResult", "evaluate", "evaluate_image", "pseudo_char_counts", "main"]
 
@@ -81,33 +81,47 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- many images
 
 
-def evaluate(gt: Mapping[str, Sequence[np.ndarray]], pred: Mapping[str, Sequence[np.ndarray]], *,
-             pseudo_char_cap: int = 100, area_precision_constraint: float = 0.3,
-             granularity_penalty: float = 1.0, vertical_aspect_ratio_thresh: float = 0.5,
-             max_detections: int | None = MAX_DETECTIONS,
-             convention: Convention = "competition") -> EvalResult:
+def evaluate(
+    gt: Mapping[str, Sequence[np.ndarray]],
+    pred: Mapping[str, Sequence[np.ndarray]],
+    *,
+    pseudo_char_cap: int = 100,
+    area_precision_constraint: float = 0.3,
+    granularity_penalty: float = 1.0,
+    vertical_aspect_ratio_thresh: float = 0.5,
+    max_detections: int | None = MAX_DETECTIONS,
+    convention: Convention = "competition",
+) -> EvalResult:
     """CLEval detection scores over the images of `gt`.
 
     An image of `gt` missing from `pred` has no detections (it scores 0, as in the
     competition); images only in `pred` are ignored (listed in `ignored_images`). The
     macro scores average the per-image scores; with no images they are 0.
     """
-    opts = _Options.make(pseudo_char_cap=pseudo_char_cap, area_precision_constraint=area_precision_constraint,
-                         granularity_penalty=granularity_penalty,
-                         vertical_aspect_ratio_thresh=vertical_aspect_ratio_thresh,
-                         max_detections=max_detections, convention=convention)
+    opts = _Options.make(
+        pseudo_char_cap=pseudo_char_cap,
+        area_precision_constraint=area_precision_constraint,
+        granularity_penalty=granularity_penalty,
+        vertical_aspect_ratio_thresh=vertical_aspect_ratio_thresh,
+        max_detections=max_detections,
+        convention=convention,
+    )
     per_image = {name: _evaluate_image(polys, pred.get(name, ()), opts).to_dict() for name, polys in gt.items()}
     ignored = [name for name in pred if name not in gt]
     if ignored:
-        log.warning("%d prediction image(s) not in the ground truth are ignored, e.g. %s",
-                    len(ignored), ", ".join(map(repr, ignored[:3])))
+        log.warning(
+            "%d prediction image(s) not in the ground truth are ignored, e.g. %s",
+            len(ignored),
+            ", ".join(map(repr, ignored[:3])),
+        )
     rows = list(per_image.values())
     macro = {key: float(np.mean([r[key] for r in rows])) if rows else 0.0 for key in ("precision", "recall", "hmean")}
     sums = {key: int(sum(r[key] for r in rows)) for key in _COUNT_KEYS}
     sums["gran_recall"] = float(sum(r["gran_recall"] for r in rows))
     sums["gran_precision"] = float(sum(r["gran_precision"] for r in rows))
-    p, r, h = _scores(sums["num_char_tp"], sums["gran_recall"], sums["gran_precision"],
-                      sums["num_char_gt"], sums["num_char_det"])
+    p, r, h = _scores(
+        sums["num_char_tp"], sums["gran_recall"], sums["gran_precision"], sums["num_char_gt"], sums["num_char_det"]
+    )
     micro = {"precision": p, "recall": r, "hmean": h, "num_images": len(rows), **sums}
     return EvalResult(macro["precision"], macro["recall"], macro["hmean"], micro, per_image, ignored)
 
@@ -117,19 +131,23 @@ def evaluate(gt: Mapping[str, Sequence[np.ndarray]], pred: Mapping[str, Sequence
 
 def _table(result: EvalResult, worst: int = 5) -> str:
     m = result.micro
-    lines = [f"images: {m['num_images']}" + (f" ({len(result.ignored_images)} prediction-only image(s) ignored)"
-                                            if result.ignored_images else ""),
-             f"{'':8}{'precision':>10}{'recall':>10}{'hmean':>10}",
-             f"{'macro':8}{result.precision:10.4f}{result.recall:10.4f}{result.hmean:10.4f}",
-             f"{'micro':8}{m['precision']:10.4f}{m['recall']:10.4f}{m['hmean']:10.4f}"]
+    lines = [
+        f"images: {m['num_images']}"
+        + (f" ({len(result.ignored_images)} prediction-only image(s) ignored)" if result.ignored_images else ""),
+        f"{'':8}{'precision':>10}{'recall':>10}{'hmean':>10}",
+        f"{'macro':8}{result.precision:10.4f}{result.recall:10.4f}{result.hmean:10.4f}",
+        f"{'micro':8}{m['precision']:10.4f}{m['recall']:10.4f}{m['hmean']:10.4f}",
+    ]
     ranked = sorted(result.per_image.items(), key=lambda kv: (kv[1]["hmean"], kv[0]))[:worst]
     if ranked:
         width = max(len(name) for name, _ in ranked)
         lines.append(f"worst {len(ranked)} image(s) by hmean:")
         lines.append(f"  {'image':<{width}}{'hmean':>8}{'prec':>8}{'recall':>8}{'gt':>6}{'det':>6}")
         for name, r in ranked:
-            lines.append(f"  {name:<{width}}{r['hmean']:8.4f}{r['precision']:8.4f}{r['recall']:8.4f}"
-                         f"{r['num_gt']:6d}{r['num_det']:6d}")
+            lines.append(
+                f"  {name:<{width}}{r['hmean']:8.4f}{r['precision']:8.4f}{r['recall']:8.4f}"
+                f"{r['num_gt']:6d}{r['num_det']:6d}"
+            )
     return "\n".join(lines)
 
 
@@ -140,15 +158,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from .. import formats
 
-    parser = argparse.ArgumentParser(prog="hrnet_sweep eval",
-                                     description="CLEval detection-only precision / recall / H-Mean.")
+    parser = argparse.ArgumentParser(
+        prog="hrnet_sweep eval", description="CLEval detection-only precision / recall / H-Mean."
+    )
     parser.add_argument("--gt", required=True, help="ground-truth annotation JSON")
     parser.add_argument("--pred", required=True, help="prediction JSON or submission CSV")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
-    parser.add_argument("--cap", type=flag(int, ge=1), default=100,
-                        help="pseudo character cap (default 100; the cleval package uses 10)")
-    parser.add_argument("--convention", choices=_CONVENTIONS, default="competition",
-                        help="'competition' (default) or the 'cleval' package's quadrilateral rules")
+    parser.add_argument(
+        "--cap",
+        type=flag(int, ge=1),
+        default=100,
+        help="pseudo character cap (default 100; the cleval package uses 10)",
+    )
+    parser.add_argument(
+        "--convention",
+        choices=_CONVENTIONS,
+        default="competition",
+        help="'competition' (default) or the 'cleval' package's quadrilateral rules",
+    )
     args = parser.parse_args(argv)
     if args.cap < 1:
         parser.error(f"--cap {args.cap}: must be an integer >= 1")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -13,20 +13,30 @@ from ._pseudo_chars import _fp_counts, _gt_counts, _pcc_cleval, _pcc_competition
 from ._results import ImageResult, _scores
 
 
-def evaluate_image(gt_polys: Sequence[np.ndarray], det_polys: Sequence[np.ndarray], *,
-                   pseudo_char_cap: int = 100, area_precision_constraint: float = 0.3,
-                   granularity_penalty: float = 1.0, vertical_aspect_ratio_thresh: float = 0.5,
-                   max_detections: int | None = MAX_DETECTIONS,
-                   convention: Convention = "competition") -> ImageResult:
+def evaluate_image(
+    gt_polys: Sequence[np.ndarray],
+    det_polys: Sequence[np.ndarray],
+    *,
+    pseudo_char_cap: int = 100,
+    area_precision_constraint: float = 0.3,
+    granularity_penalty: float = 1.0,
+    vertical_aspect_ratio_thresh: float = 0.5,
+    max_detections: int | None = MAX_DETECTIONS,
+    convention: Convention = "competition",
+) -> ImageResult:
     """CLEval detection scores of one image; polygons are (K, 2) arrays of pixels.
 
     Detections past `max_detections` are dropped, then polygons with fewer than 4 points
     are skipped (GT and detections). See `hrnet_sweep.metric` for the conventions.
     """
-    opts = _Options.make(pseudo_char_cap=pseudo_char_cap, area_precision_constraint=area_precision_constraint,
-                         granularity_penalty=granularity_penalty,
-                         vertical_aspect_ratio_thresh=vertical_aspect_ratio_thresh,
-                         max_detections=max_detections, convention=convention)
+    opts = _Options.make(
+        pseudo_char_cap=pseudo_char_cap,
+        area_precision_constraint=area_precision_constraint,
+        granularity_penalty=granularity_penalty,
+        vertical_aspect_ratio_thresh=vertical_aspect_ratio_thresh,
+        max_detections=max_detections,
+        convention=convention,
+    )
     return _evaluate_image(gt_polys, det_polys, opts)
 
 
@@ -46,23 +56,29 @@ def _evaluate_image(gt_polys, det_polys, opts: _Options) -> ImageResult:
     # candidate pairs: GT envelope (polygon and PCCs) against detection boxes
     g = d = np.zeros(0, dtype=np.int64)
     if n and m:
-        gb = np.concatenate([np.minimum(G.ints.min(1), np.minimum.reduceat(pcc, pcc_start, axis=1)),
-                             np.maximum(G.ints.max(1), np.maximum.reduceat(pcc, pcc_start, axis=1))])
+        gb = np.concatenate(
+            [
+                np.minimum(G.ints.min(1), np.minimum.reduceat(pcc, pcc_start, axis=1)),
+                np.maximum(G.ints.max(1), np.maximum.reduceat(pcc, pcc_start, axis=1)),
+            ]
+        )
         db = np.concatenate([D.ints.min(1), D.ints.max(1)])
         g, d = _candidate_pairs(gb, db)
 
     # area precision |G & D| / |D| on the integer polygons, kept as float32 like CLEval
     inter = np.zeros(len(g))
     if len(g):
-        overlap = ((np.minimum(gb[2, g], db[2, d]) > np.maximum(gb[0, g], db[0, d]))
-                   & (np.minimum(gb[3, g], db[3, d]) > np.maximum(gb[1, g], db[1, d])))
+        overlap = (np.minimum(gb[2, g], db[2, d]) > np.maximum(gb[0, g], db[0, d])) & (
+            np.minimum(gb[3, g], db[3, d]) > np.maximum(gb[1, g], db[1, d])
+        )
         og, od = _convex_orientation(G.ints, G.k), _convex_orientation(D.ints, D.k)
         fast = overlap & (og[g] != 0) & (od[d] != 0)
         slow = overlap & ~fast
         if fast.any():
             gf, df = g[fast], d[fast]
-            inter[fast] = _convex_pair_areas(G.ints[:, :, gf], og[gf].astype(float),
-                                             D.ints[:, :, df], od[df].astype(float))
+            inter[fast] = _convex_pair_areas(
+                G.ints[:, :, gf], og[gf].astype(float), D.ints[:, :, df], od[df].astype(float)
+            )
         if slow.any():
             inter[slow] = _shapely_pair_areas(G, D, g[slow], d[slow])
     det_area = _shoelace_area(D.ints)
@@ -99,7 +115,18 @@ def _evaluate_image(gt_polys, det_polys, opts: _Options) -> ImageResult:
     num_char_det = num_char_det_matched + num_char_fp
     precision, recall, hmean = _scores(tp, gran_r, gran_p, num_char_gt, num_char_det)
     return ImageResult(
-        precision=precision, recall=recall, hmean=hmean, num_gt=n, num_det=m,
-        num_char_gt=num_char_gt, num_char_det=num_char_det, num_char_tp=tp, num_char_fp=num_char_fp,
-        gran_recall=gran_r, gran_precision=gran_p, num_splitted=int((per_gt > 1).sum()),
-        num_merged=int((per_det > 1).sum()), num_char_overlapped=num_char_det_matched - tp)
+        precision=precision,
+        recall=recall,
+        hmean=hmean,
+        num_gt=n,
+        num_det=m,
+        num_char_gt=num_char_gt,
+        num_char_det=num_char_det,
+        num_char_tp=tp,
+        num_char_fp=num_char_fp,
+        gran_recall=gran_r,
+        gran_precision=gran_p,
+        num_splitted=int((per_gt > 1).sum()),
+        num_merged=int((per_det > 1).sum()),
+        num_char_overlapped=num_char_det_matched - tp,
+    )

@@ -38,7 +38,10 @@ def _convex_pair_areas(A: np.ndarray, oA: np.ndarray, B: np.ndarray, oB: np.ndar
     """
     P = A.shape[2]
     K = max(A.shape[1], B.shape[1])
-    pad = lambda R: R if R.shape[1] == K else np.concatenate([R, np.repeat(R[:, -1:], K - R.shape[1], axis=1)], 1)
+
+    def pad(R):
+        return R if R.shape[1] == K else np.concatenate([R, np.repeat(R[:, -1:], K - R.shape[1], axis=1)], 1)
+
     A, B = pad(A), pad(B)
     origin = A[:, :1]  # local coordinates: exact for integers, better conditioned
     S = np.concatenate([A - origin, B - origin], axis=2)  # edges to clip ...

@@ -27,8 +27,16 @@ class _Options:
     convention: str
 
     @classmethod
-    def make(cls, *, pseudo_char_cap=100, area_precision_constraint=0.3, granularity_penalty=1.0,
-             vertical_aspect_ratio_thresh=0.5, max_detections=MAX_DETECTIONS, convention="competition"):
+    def make(
+        cls,
+        *,
+        pseudo_char_cap=100,
+        area_precision_constraint=0.3,
+        granularity_penalty=1.0,
+        vertical_aspect_ratio_thresh=0.5,
+        max_detections=MAX_DETECTIONS,
+        convention="competition",
+    ):
         if convention not in _CONVENTIONS:
             raise ValueError(f"convention={convention!r} is not one of {_CONVENTIONS}")
         integer = isinstance(pseudo_char_cap, (int, np.integer)) and not isinstance(pseudo_char_cap, bool)
@@ -40,8 +48,14 @@ class _Options:
             raise ValueError(f"granularity_penalty={granularity_penalty!r} must be >= 0")
         if max_detections is not None and (not isinstance(max_detections, (int, np.integer)) or max_detections < 0):
             raise ValueError(f"max_detections={max_detections!r} must be an integer >= 0 or None")
-        return cls(int(pseudo_char_cap), float(area_precision_constraint), float(granularity_penalty),
-                   float(vertical_aspect_ratio_thresh), max_detections, convention)
+        return cls(
+            int(pseudo_char_cap),
+            float(area_precision_constraint),
+            float(granularity_penalty),
+            float(vertical_aspect_ratio_thresh),
+            max_detections,
+            convention,
+        )
 
 
 # ----------------------------------------------------------------------------- polygons
@@ -62,12 +76,13 @@ class _Polys:
     def n(self) -> int:
         return len(self.k)
 
-    def take(self, idx: np.ndarray) -> "_Polys":
+    def take(self, idx: np.ndarray) -> _Polys:
         return _Polys(self.raw[:, :, idx], self.ints[:, :, idx], self.k[idx])
 
 
-def _pack(polys, limit: int | None = None, *, convention: str = "competition", what: str = "GT",
-          round_points: bool = False) -> _Polys:
+def _pack(
+    polys, limit: int | None = None, *, convention: str = "competition", what: str = "GT", round_points: bool = False
+) -> _Polys:
     """Validate and pad (K, 2) polygons; those with fewer than 4 points or non-finite
     coordinates are skipped (the competition skips short ones). `round_points` rounds
     the float64 points to integers (`formats.integer_points`), as the competition rounds GT."""
@@ -97,10 +112,11 @@ def _pack(polys, limit: int | None = None, *, convention: str = "competition", w
         arr = np.empty((len(kept), int(k.max()) if len(k) else 4, 2))
         for i, a in enumerate(kept):
             arr[i, : len(a)] = a
-            arr[i, len(a):] = a[-1]
+            arr[i, len(a) :] = a[-1]
     if convention == "cleval" and (k != 4).any():
-        raise ValueError(f"a {what} polygon has {int(k[k != 4][0])} points; "
-                         "convention='cleval' takes quadrilaterals only")
+        raise ValueError(
+            f"a {what} polygon has {int(k[k != 4][0])} points; convention='cleval' takes quadrilaterals only"
+        )
     if len(arr) == 0:
         arr = np.zeros((0, 4, 2))
     raw = np.ascontiguousarray(arr.transpose(2, 1, 0))

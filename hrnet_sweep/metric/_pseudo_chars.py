@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -43,7 +43,7 @@ def _min_area_rect_sides(points: np.ndarray) -> tuple[float, float]:
     best = None
     for p0, p1 in zip(hull, hull[1:]):
         dx, dy = p1[0] - p0[0], p1[1] - p0[1]  # float32; ** 2 rounds unlike dx * dx
-        norm = math.sqrt(dx ** 2 + dy ** 2)
+        norm = math.sqrt(dx**2 + dy**2)
         u = np.array([float(dx) / norm, float(dy) / norm])
         o = np.array([-u[1], u[0]])
         along = [np.dot(u, p) for p in hull64]
@@ -114,8 +114,9 @@ def _fp_counts(polys: _Polys, opts: _Options) -> np.ndarray:
     return _competition_ratio_counts(polys, opts.cap, fp=True)
 
 
-def pseudo_char_counts(polygons: Sequence[np.ndarray], *, cap: int = 100,
-                       convention: Convention = "competition") -> np.ndarray:
+def pseudo_char_counts(
+    polygons: Sequence[np.ndarray], *, cap: int = 100, convention: Convention = "competition"
+) -> np.ndarray:
     """Pseudo character count of each polygon as a GT box (points used as given, not rounded)."""
     opts = _Options.make(pseudo_char_cap=cap, convention=convention)
     polys = _pack(polygons, convention=convention)

@@ -28,8 +28,17 @@ class ImageResult:
         return asdict(self)
 
 
-_COUNT_KEYS = ("num_gt", "num_det", "num_char_gt", "num_char_det", "num_char_tp", "num_char_fp",
-               "num_splitted", "num_merged", "num_char_overlapped")
+_COUNT_KEYS = (
+    "num_gt",
+    "num_det",
+    "num_char_gt",
+    "num_char_det",
+    "num_char_tp",
+    "num_char_fp",
+    "num_splitted",
+    "num_merged",
+    "num_char_overlapped",
+)
 
 
 @dataclass
@@ -51,8 +60,13 @@ class EvalResult:
     ignored_images: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"precision": self.precision, "recall": self.recall, "hmean": self.hmean,
-                "micro": self.micro, "per_image": self.per_image}
+        return {
+            "precision": self.precision,
+            "recall": self.recall,
+            "hmean": self.hmean,
+            "micro": self.micro,
+            "per_image": self.per_image,
+        }
 
 
 def _scores(tp: float, gran_r: float, gran_p: float, n_gt: int, n_det: int) -> tuple[float, float, float]:

@@ -21,10 +21,11 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..constants import METRIC
 from ..errors import UserError
@@ -39,7 +40,6 @@ __all__ = ["SweepRuns", "export_preset", "exported_params", "load_runs", "local_
 
 NOT_EXPORTED = ("preset", "base", "run_name", "output_dir", "resume_from_checkpoint", "wandb", "data.root")
 """Sweep parameters that describe where or how a run ran, not what it learned with."""
-
 
 
 # ----------------------------------------------------------------------------- sources
@@ -92,13 +92,22 @@ def _transient(err: BaseException) -> bool:
     if isinstance(err, TRANSIENT):
         return True
     name = type(err).__name__
-    if name in ("CommError", "ReadTimeout", "ConnectTimeout", "ConnectionError", "Timeout", "HTTPError",
-                "ChunkedEncodingError", "ServiceUnavailable"):
+    if name in (
+        "CommError",
+        "ReadTimeout",
+        "ConnectTimeout",
+        "ConnectionError",
+        "Timeout",
+        "HTTPError",
+        "ChunkedEncodingError",
+        "ServiceUnavailable",
+    ):
         return True
     text = str(err).lower()
     # "did not respond in time": wandb's service timeout, raised as AuthenticationError at connect
-    return any(s in text for s in ("timed out", "timeout", "did not respond", "429", "500", "502", "503", "504",
-                                   "connection"))
+    return any(
+        s in text for s in ("timed out", "timeout", "did not respond", "429", "500", "502", "503", "504", "connection")
+    )
 
 
 def _retry(fn: Callable[[], Any], what: str, *, retries: int, backoff: float, sleep: Callable[[float], None]) -> Any:
@@ -111,15 +120,18 @@ def _retry(fn: Callable[[], Any], what: str, *, retries: int, backoff: float, sl
             if not _transient(err):
                 raise UserError(f"W&B: {what} failed: {type(err).__name__}: {err}") from None
             if attempt > retries:
-                raise UserError(f"W&B: {what} failed after {attempt} attempts: {type(err).__name__}: {err}. "
-                                "Check the network (or WANDB_BASE_URL) and try again") from None
+                raise UserError(
+                    f"W&B: {what} failed after {attempt} attempts: {type(err).__name__}: {err}. "
+                    "Check the network (or WANDB_BASE_URL) and try again"
+                ) from None
             sleep(backoff * 2 ** (attempt - 1))
 
 
 def _default_api(timeout: float):
     # wandb.Api() prompts for a key when none is configured: fail clearly instead
-    require_credentials("reading a W&B sweep (a local sweep is read from its folder: hrnet_sweep best "
-                        "outputs/sweeps/<id>)")
+    require_credentials(
+        "reading a W&B sweep (a local sweep is read from its folder: hrnet_sweep best outputs/sweeps/<id>)"
+    )
     import wandb
 
     return wandb.Api(timeout=int(math.ceil(timeout)))
@@ -135,15 +147,26 @@ def _wandb_record(run, metric: str) -> RunRecord:
     if summary is None:
         summary = dict(getattr(run, "summary", {}) or {})
     return RunRecord(
-        id=str(run.id), state=str(run.state), config=dict(run.config or {}), history=[r.get(metric) for r in rows],
-        summary=dict(summary or {}), name=getattr(run, "name", None),
+        id=str(run.id),
+        state=str(run.state),
+        config=dict(run.config or {}),
+        history=[r.get(metric) for r in rows],
+        summary=dict(summary or {}),
+        name=getattr(run, "name", None),
         epochs=[int(e) for e in epochs] if all(isinstance(e, (int, float)) for e in epochs) else None,
     )
 
 
-def wandb_runs(path: str, *, api_factory: Callable[[float], Any] | None = None, timeout: float = 30.0,
-               retries: int = 3, backoff: float = 2.0, deadline: float | None = None,
-               sleep: Callable[[float], None] = time.sleep) -> SweepRuns:
+def wandb_runs(
+    path: str,
+    *,
+    api_factory: Callable[[float], Any] | None = None,
+    timeout: float = 30.0,
+    retries: int = 3,
+    backoff: float = 2.0,
+    deadline: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SweepRuns:
     """Read a W&B sweep's runs through the public API.
 
     Args:
@@ -165,24 +188,36 @@ def wandb_runs(path: str, *, api_factory: Callable[[float], Any] | None = None, 
             kw = dict(retries=retries, backoff=backoff, sleep=sleep)
             api = _retry(lambda: factory(timeout), "connecting", **kw)
             sweep = _retry(lambda: api.sweep(path), f"reading sweep {path}", **kw)
-            names, default = _sweep_parameters(_retry(lambda: dict(sweep.config or {}), "reading the sweep config", **kw))
+            names, default = _sweep_parameters(
+                _retry(lambda: dict(sweep.config or {}), "reading the sweep config", **kw)
+            )
             m = (sweep.config or {}).get("metric") or {}
             box["metric"], box["goal"] = m.get("name", metric), m.get("goal", "maximize")
             runs = _retry(lambda: list(sweep.runs), f"listing the runs of {path}", **kw)
-            box["result"] = SweepRuns(path, "wandb", [
-                _retry(lambda r=r: _wandb_record(r, metric), f"reading run {getattr(r, 'id', '?')}", **kw)
-                for r in runs
-            ], names, default, box["metric"], box["goal"])
+            box["result"] = SweepRuns(
+                path,
+                "wandb",
+                [
+                    _retry(lambda r=r: _wandb_record(r, metric), f"reading run {getattr(r, 'id', '?')}", **kw)
+                    for r in runs
+                ],
+                names,
+                default,
+                box["metric"],
+                box["goal"],
+            )
         except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
             box["error"] = err
 
-    limit = deadline if deadline is not None else (timeout + backoff * 2 ** retries) * (retries + 1) + 60
+    limit = deadline if deadline is not None else (timeout + backoff * 2**retries) * (retries + 1) + 60
     t = threading.Thread(target=work, name="wandb-read", daemon=True)
     t.start()
     t.join(limit)
     if t.is_alive():
-        raise UserError(f"W&B did not answer within {limit:.0f} s while reading {path}; check the network "
-                        "(or WANDB_BASE_URL) and try again")
+        raise UserError(
+            f"W&B did not answer within {limit:.0f} s while reading {path}; check the network "
+            "(or WANDB_BASE_URL) and try again"
+        )
     if "error" in box:
         err = box["error"]
         if isinstance(err, UserError):
@@ -212,16 +247,28 @@ def local_runs(ref: str | os.PathLike, *, sweeps_root: str | os.PathLike | None 
     sweep = LocalSweep.open(ref, sweeps_root=sweeps_root or DEFAULT_SWEEPS_ROOT)
     spec = sweep.spec
     if (spec.metric_name or METRIC) != METRIC or spec.metric_goal != "maximize":
-        raise UserError(f"sweep {ref} optimises {spec.metric_name} ({spec.metric_goal}); "
-                        f"`best` ranks by {METRIC} (maximize)")
+        raise UserError(
+            f"sweep {ref} optimises {spec.metric_name} ({spec.metric_goal}); `best` ranks by {METRIC} (maximize)"
+        )
     preset = spec.parameters.get("preset")
     records = [
-        RunRecord(id=r.run_id, state=r.state, config=dict(r.params), history=list(r.history),
-                  epochs=_epochs(r.control_dir, len(r.history)), run_dir=r.run_dir)
+        RunRecord(
+            id=r.run_id,
+            state=r.state,
+            config=dict(r.params),
+            history=list(r.history),
+            epochs=_epochs(r.control_dir, len(r.history)),
+            run_dir=r.run_dir,
+        )
         for r in sweep.runs()
     ]
-    return SweepRuns(str(sweep.root), "local", records, list(spec.parameters),
-                     str(preset.value) if preset is not None and preset.kind == "value" else None)
+    return SweepRuns(
+        str(sweep.root),
+        "local",
+        records,
+        list(spec.parameters),
+        str(preset.value) if preset is not None and preset.kind == "value" else None,
+    )
 
 
 def load_runs(ref: str, **wandb_kwargs: Any) -> SweepRuns:
@@ -233,8 +280,10 @@ def load_runs(ref: str, **wandb_kwargs: Any) -> SweepRuns:
         return local_runs(ref)
     if is_sweep_path(ref):
         return wandb_runs(ref, **wandb_kwargs)
-    raise UserError(f"sweep {ref!r}: not a local sweep folder (holding sweep.json), not a local sweep id under "
-                    f"{DEFAULT_SWEEPS_ROOT}, and not an entity/project/sweep_id W&B path")
+    raise UserError(
+        f"sweep {ref!r}: not a local sweep folder (holding sweep.json), not a local sweep id under "
+        f"{DEFAULT_SWEEPS_ROOT}, and not an entity/project/sweep_id W&B path"
+    )
 
 
 # ----------------------------------------------------------------------------- export
@@ -271,8 +320,9 @@ def exported_params(run: RunRecord, parameters: Sequence[str]) -> dict[str, Any]
     return out
 
 
-def export_preset(out: str | os.PathLike, sweep: SweepRuns, winner: RankedRun, *, force: bool = False,
-                  now: datetime | None = None) -> Path:
+def export_preset(
+    out: str | os.PathLike, sweep: SweepRuns, winner: RankedRun, *, force: bool = False, now: datetime | None = None
+) -> Path:
     """Write the winning run as a preset that `hrnet_sweep train preset=OUT` accepts.
 
     The file is validated (loaded through the config) before it replaces anything.
@@ -298,8 +348,12 @@ def export_preset(out: str | os.PathLike, sweep: SweepRuns, winner: RankedRun, *
         "epoch": winner.epoch,
         "last": None if winner.last is None else round(winner.last, 6),
         "date": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
-        "folds": {"train_json": cfg.data.train_json, "fold": cfg.data.fold, "num_folds": cfg.data.num_folds,
-                  "fold_seed": cfg.data.fold_seed},
+        "folds": {
+            "train_json": cfg.data.train_json,
+            "fold": cfg.data.fold,
+            "num_folds": cfg.data.num_folds,
+            "fold_seed": cfg.data.fold_seed,
+        },
     }
     if run.run_dir:
         provenance["run_dir"] = str(run.run_dir)
@@ -329,13 +383,21 @@ def print_table(sweep: SweepRuns, ranking: Ranking, top: int, console=None) -> N
     console = console or Console()
     fixed = {k for k in sweep.parameters if len({repr(_lookup(r.run.config, k)) for r in ranking.ranked}) <= 1}
     keys = [k for k in sweep.parameters if k not in fixed and k not in ("run_name", "output_dir")]
-    table = Table(title=f"{sweep.ref}: top {min(top, len(ranking.ranked))} of {len(ranking.ranked)} finished runs "
-                        f"by best {METRIC}")
+    table = Table(
+        title=f"{sweep.ref}: top {min(top, len(ranking.ranked))} of {len(ranking.ranked)} finished runs "
+        f"by best {METRIC}"
+    )
     for col in ("#", "run", f"best {METRIC}", "epoch", "last", *map(_short_key, keys)):
         table.add_column(col, justify="right" if col not in ("run",) else "left")
     for i, r in enumerate(ranking.ranked[:top], 1):
-        table.add_row(str(i), r.run.name or r.run.id, f"{r.best:.4f}", "-" if r.epoch is None else str(r.epoch),
-                      "-" if r.last is None else f"{r.last:.4f}", *(_fmt(_lookup(r.run.config, k)) for k in keys))
+        table.add_row(
+            str(i),
+            r.run.name or r.run.id,
+            f"{r.best:.4f}",
+            "-" if r.epoch is None else str(r.epoch),
+            "-" if r.last is None else f"{r.last:.4f}",
+            *(_fmt(_lookup(r.run.config, k)) for k in keys),
+        )
     console.print(table)
     counts = ranking.counts()
     if counts:
@@ -343,9 +405,13 @@ def print_table(sweep: SweepRuns, ranking: Ranking, top: int, console=None) -> N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="hrnet_sweep best", description=(
-        "Rank the finished runs of a sweep by their best logged val/hmean and optionally export the winner "
-        "as a preset."))
+    ap = argparse.ArgumentParser(
+        prog="hrnet_sweep best",
+        description=(
+            "Rank the finished runs of a sweep by their best logged val/hmean and optionally export the winner "
+            "as a preset."
+        ),
+    )
     ap.add_argument("sweep", help="entity/project/sweep_id (W&B), or a local sweep folder or id")
     ap.add_argument("--export", metavar="PRESET.yaml", help="write the best run as a preset")
     ap.add_argument("--top", type=flag(int, ge=1), default=10, help="rows of the table (default 10)")

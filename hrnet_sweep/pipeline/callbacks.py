@@ -43,8 +43,12 @@ class RunControl(pl.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not pl_module.last_val:
             return
-        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **pl_module.last_val,
-               "time": round(time.time(), 3)}
+        row = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            **pl_module.last_val,
+            "time": round(time.time(), 3),
+        }
         pl_module.last_val = {}
         for folder in filter(None, (self.run_dir, self.control_dir)):
             append_history(folder, row)

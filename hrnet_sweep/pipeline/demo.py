@@ -21,17 +21,17 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import yaml
 
 from ..children import child_env
 from ..constants import DATA_ROOT_ENV, METRIC
-from ..ranking import order_runs
 from ..errors import UserError
 from ..numeric import flag
+from ..ranking import order_runs
 
 __all__ = ["Budget", "DEFAULT", "FAST", "main", "run_demo"]
 
@@ -57,8 +57,12 @@ class Budget:
     batch_size: int = 2
     agents: int = 2
     folds: tuple[int, ...] = (0, 1)
-    tune_grid: tuple[str, ...] = ("thresh=0.2,0.3,0.4", "box_thresh=0.3,0.5,0.6", "unclip_ratio=1.5,2.0",
-                                  "mode=polygon,box")
+    tune_grid: tuple[str, ...] = (
+        "thresh=0.2,0.3,0.4",
+        "box_thresh=0.3,0.5,0.6",
+        "unclip_ratio=1.5,2.0",
+        "mode=polygon,box",
+    )
 
 
 # Measured on a 2-core CPU (320x256 inputs, 48 training receipts, 16-epoch runs): from
@@ -72,18 +76,34 @@ class Budget:
 # never did: the demo searches 5e-4 to 1e-3. 48 held-out receipts: on 16 the fold vs
 # ensemble comparison was noise (the ensemble beat the better fold by 0.002-0.005 on three
 # sets of 48, and lost to it by 0.001-0.003 on two sets of 16).
-DEFAULT = Budget(train_images=60, test_images=48, canvas=(240, 320), text_scale=2.0, image_size=(320, 256),
-                 epochs=10, run_cap=4, lr=(5e-4, 1e-3))
-FAST = Budget(train_images=20, test_images=4, canvas=(240, 320), text_scale=2.0, image_size=(128, 128), epochs=1,
-              run_cap=2, lr=(5e-4, 1e-3),
-              tune_grid=("thresh=0.2,0.3", "box_thresh=0.3,0.5", "unclip_ratio=1.5", "mode=polygon"))
+DEFAULT = Budget(
+    train_images=60,
+    test_images=48,
+    canvas=(240, 320),
+    text_scale=2.0,
+    image_size=(320, 256),
+    epochs=10,
+    run_cap=4,
+    lr=(5e-4, 1e-3),
+)
+FAST = Budget(
+    train_images=20,
+    test_images=4,
+    canvas=(240, 320),
+    text_scale=2.0,
+    image_size=(128, 128),
+    epochs=1,
+    run_cap=2,
+    lr=(5e-4, 1e-3),
+    tune_grid=("thresh=0.2,0.3", "box_thresh=0.3,0.5", "unclip_ratio=1.5", "mode=polygon"),
+)
 
 
 class _Clock:
     def __init__(self, say: Callable[[str], None]):
         self.say, self.t0, self.stages = say, time.monotonic(), {}
 
-    def stage(self, name: str, what: str) -> "_Stage":
+    def stage(self, name: str, what: str) -> _Stage:
         return _Stage(self, name, what)
 
 
@@ -129,8 +149,10 @@ def _sweep_yaml(budget: Budget, path: Path) -> Path:
         lr["min"], lr["max"] = lo, hi
     doc["run_cap"] = budget.run_cap
     doc["description"] = f"{doc.get('description', '')} (hrnet_sweep demo budget)"
-    text = (f"# Written by hrnet_sweep demo from {DEMO_SWEEP.name}: its search space, with the demo's fixed sizes.\n"
-            + yaml.safe_dump(doc, sort_keys=False))
+    text = (
+        f"# Written by hrnet_sweep demo from {DEMO_SWEEP.name}: its search space, with the demo's fixed sizes.\n"
+        + yaml.safe_dump(doc, sort_keys=False)
+    )
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -151,9 +173,12 @@ def _watch_sweep(root: Path, stop: threading.Event, say: Callable[[str], None], 
         ranked = order_runs(runs)
         best = ranked[0] if ranked else None
         epochs = ", ".join(f"{r.run_id}: epoch {len(r.history)}" for r in runs if r.state == "running")
-        line = (f"   sweep: {len(runs)} run(s) " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-                + (f"; best {METRIC} so far {best.best:.4f} ({best.run_id})" if best else "")
-                + (f"; running {epochs}" if epochs else ""))
+        line = (
+            f"   sweep: {len(runs)} run(s) "
+            + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            + (f"; best {METRIC} so far {best.best:.4f} ({best.run_id})" if best else "")
+            + (f"; running {epochs}" if epochs else "")
+        )
         if line != last:
             say(line)
             last = line
@@ -162,10 +187,10 @@ def _watch_sweep(root: Path, stop: threading.Event, say: Callable[[str], None], 
 def _fold_vs_ensemble(target, test_dir: Path, gt_json: Path, *, tta: bool) -> dict[str, dict]:
     """H-Mean of every fold alone and of their probability-map average, one inference
     per fold and image, with the retrain's tuned post-processing."""
-    from .ensemble import fold_and_ensemble_maps
+    from ..dbnet.inference import load_checkpoint, postprocess_map
     from ..formats import integer_points, load_annotations
     from ..metric import evaluate
-    from ..dbnet.inference import load_checkpoint, postprocess_map
+    from .ensemble import fold_and_ensemble_maps
 
     folds = target.finished_folds()
     models = [load_checkpoint(c) for _, c, _ in folds]
@@ -181,8 +206,12 @@ def _fold_vs_ensemble(target, test_dir: Path, gt_json: Path, *, tta: bool) -> di
     for label, p in preds.items():
         # integer points, as the submission CSV holds them: the H-Mean `hrnet_sweep eval` gives
         r = evaluate(gt, {n: [integer_points(poly) for poly in polys] for n, polys in p.items()})
-        out[label] = {"hmean": r.hmean, "precision": r.precision, "recall": r.recall,
-                      "detections": sum(len(v) for v in p.values())}
+        out[label] = {
+            "hmean": r.hmean,
+            "precision": r.precision,
+            "recall": r.recall,
+            "detections": sum(len(v) for v in p.values()),
+        }
     return out
 
 
@@ -212,12 +241,30 @@ def _make_data(budget: Budget, data: Path, test: Path, seed: int, say: Callable[
     from ..synth import generate
 
     w, h = budget.canvas
-    generate(data, num_images=budget.train_images, seed=seed, width=w, height=h, text_scale=budget.text_scale,
-             splits={"train": budget.train_images}, progress=False)
-    generate(test, num_images=budget.test_images, seed=seed + 1, width=w, height=h,
-             text_scale=budget.text_scale, splits={"test": budget.test_images}, progress=False)
-    say(f"   {data / 'train.json'} ({budget.train_images} images), held out: {test / 'test.json'} "
-        f"({budget.test_images} images, seed {seed + 1})")
+    generate(
+        data,
+        num_images=budget.train_images,
+        seed=seed,
+        width=w,
+        height=h,
+        text_scale=budget.text_scale,
+        splits={"train": budget.train_images},
+        progress=False,
+    )
+    generate(
+        test,
+        num_images=budget.test_images,
+        seed=seed + 1,
+        width=w,
+        height=h,
+        text_scale=budget.text_scale,
+        splits={"test": budget.test_images},
+        progress=False,
+    )
+    say(
+        f"   {data / 'train.json'} ({budget.train_images} images), held out: {test / 'test.json'} "
+        f"({budget.test_images} images, seed {seed + 1})"
+    )
 
 
 def _run_sweep(budget: Budget, out: Path, say: Callable[[str], None]) -> Path:
@@ -233,9 +280,18 @@ def _run_sweep(budget: Budget, out: Path, say: Callable[[str], None]) -> Path:
     watcher = threading.Thread(target=_watch_sweep, args=(sweep.root, stop, say), daemon=True)
     watcher.start()
     try:
-        result = run_agents(str(sweep.root), mode="local", gpus=[], agents=budget.agents, stagger_s=2.0,
-                            max_restarts=1, log_dir=sweep.root / "agents", env=env, cwd=str(out),
-                            out=lambda s: say(f"   {s}"))
+        result = run_agents(
+            str(sweep.root),
+            mode="local",
+            gpus=[],
+            agents=budget.agents,
+            stagger_s=2.0,
+            max_restarts=1,
+            log_dir=sweep.root / "agents",
+            env=env,
+            cwd=str(out),
+            out=lambda s: say(f"   {s}"),
+        )
     finally:
         stop.set()
     if result.interrupted is not None:
@@ -252,19 +308,28 @@ def _export_best(sweep_root: Path, out: Path, say: Callable[[str], None]):
     ranking = rank_runs(runs.runs)
     print_table(runs, ranking, 5)
     if ranking.best is None:
-        raise UserError(f"no sweep run finished with a finite {METRIC}; see {sweep_root / 'agents'} and "
-                        f"{sweep_root / 'runs'}")
+        raise UserError(
+            f"no sweep run finished with a finite {METRIC}; see {sweep_root / 'agents'} and {sweep_root / 'runs'}"
+        )
     preset = export_preset(out / "best.yaml", runs, ranking.best, force=True)
-    say(f"   exported {preset} (run {ranking.best.run.id}, best {METRIC} {ranking.best.best:.4f} "
-        f"at epoch {ranking.best.epoch})")
+    say(
+        f"   exported {preset} (run {ranking.best.run.id}, best {METRIC} {ranking.best.best:.4f} "
+        f"at epoch {ranking.best.epoch})"
+    )
     return preset, ranking.best
 
 
 def _retrain(preset: Path, budget: Budget, retrain: Path, say: Callable[[str], None]) -> None:
     from .kfold import run_kfold
 
-    summary = run_kfold(str(preset), list(budget.folds), gpus=[], out=retrain, cpu_jobs=len(budget.folds),
-                        printer=lambda s: say(f"   {s}"))
+    summary = run_kfold(
+        str(preset),
+        list(budget.folds),
+        gpus=[],
+        out=retrain,
+        cpu_jobs=len(budget.folds),
+        printer=lambda s: say(f"   {s}"),
+    )
     bad = [k for k, f in summary["folds"].items() if f.get("state") != "finished"]
     if bad:
         raise UserError(f"folds {bad} did not finish; see the fold logs in {retrain}")
@@ -282,10 +347,18 @@ def _tune(retrain: Path, budget: Budget, say: Callable[[str], None]) -> tuple[di
     grid = parse_grid(list(budget.tune_grid), Grid(refine=True))
     pp = target.cfg.models.postprocess
     fixed = {"max_candidates": pp.max_candidates, "min_size": pp.min_size}
-    best, table = tune_postprocess(cache.paths, cache.gts, grid, image_sizes=cache.sizes, fixed=fixed,
-                                   workers=min(2, os.cpu_count() or 1))
-    baseline = next((r for r in table if (r["thresh"], r["box_thresh"], r["unclip_ratio"], r["use_polygon"])
-                     == (pp.thresh, pp.box_thresh, pp.unclip_ratio, pp.use_polygon)), None)
+    best, table = tune_postprocess(
+        cache.paths, cache.gts, grid, image_sizes=cache.sizes, fixed=fixed, workers=min(2, os.cpu_count() or 1)
+    )
+    baseline = next(
+        (
+            r
+            for r in table
+            if (r["thresh"], r["box_thresh"], r["unclip_ratio"], r["use_polygon"])
+            == (pp.thresh, pp.box_thresh, pp.unclip_ratio, pp.use_polygon)
+        ),
+        None,
+    )
     print_tune(table, baseline, 5)
     for path in apply_tuned_postprocess(target, best, baseline, table):
         say(f"   wrote {path}")
@@ -296,15 +369,21 @@ def _predict(preset: Path, test: Path, csv: Path) -> None:
     from ..submission import main as validate_main
     from .predict import main as predict_main
 
-    rc = predict_main([str(preset), "--images", str(test / "images"), "--out", str(csv), "--gt",
-                       str(test / "test.json")])
+    rc = predict_main(
+        [str(preset), "--images", str(test / "images"), "--out", str(csv), "--gt", str(test / "test.json")]
+    )
     valid = validate_main([str(csv), "--images", str(test / "images")]) == 0
     if rc != 0 or not valid:
         raise UserError(f"{csv} is not a valid submission")
 
 
-def run_demo(out: str | os.PathLike = "outputs/demo", *, budget: Budget = DEFAULT, seed: int = 0,
-             say: Callable[[str], None] | None = None) -> dict:
+def run_demo(
+    out: str | os.PathLike = "outputs/demo",
+    *,
+    budget: Budget = DEFAULT,
+    seed: int = 0,
+    say: Callable[[str], None] | None = None,
+) -> dict:
     """Run the demo pipeline; return its summary (also written to `<out>/demo.json`)."""
     from ..formats import atomic_write_json
     from .ensemble import resolve_retrain
@@ -317,9 +396,11 @@ def run_demo(out: str | os.PathLike = "outputs/demo", *, budget: Budget = DEFAUL
     os.environ[DATA_ROOT_ENV] = str(data)  # every training process reads its data from here
     os.environ.setdefault("WANDB_SILENT", "true")
     say(f"hrnet_sweep demo: synthetic receipts, CPU, offline; outputs in {out}")
-    say(f"budget: {budget.train_images} training + {budget.test_images} held-out test receipts, "
+    say(
+        f"budget: {budget.train_images} training + {budget.test_images} held-out test receipts, "
         f"{budget.image_size[0]}x{budget.image_size[1]} px, {budget.epochs} epochs, {budget.run_cap} sweep runs on "
-        f"{budget.agents} agents, folds {list(budget.folds)}")
+        f"{budget.agents} agents, folds {list(budget.folds)}"
+    )
     with clock.stage("synth", "render synthetic receipts (train + held-out test)"):
         _make_data(budget, data, test, seed, say)
     with clock.stage("sweep", f"sweep on the embedded engine: {budget.run_cap} runs, {budget.agents} agents"):
@@ -337,12 +418,24 @@ def run_demo(out: str | os.PathLike = "outputs/demo", *, budget: Budget = DEFAUL
         _print_results(rows, f"held-out synthetic receipts ({budget.test_images} images, with their GT)", say)
     total = time.monotonic() - clock.t0
     doc = {
-        "state": "finished", "seconds": round(total, 1), "stages": clock.stages, "budget": asdict(budget),
-        "results": rows, "best_run": {"id": winner.run.id, "best": winner.best, "epoch": winner.epoch},
+        "state": "finished",
+        "seconds": round(total, 1),
+        "stages": clock.stages,
+        "budget": asdict(budget),
+        "results": rows,
+        "best_run": {"id": winner.run.id, "best": winner.best, "epoch": winner.epoch},
         "postprocess": {k: best[k] for k in ("thresh", "box_thresh", "unclip_ratio", "use_polygon")},
-        "outputs": {"data": str(data), "test": str(test), "sweep": str(sweep_root), "preset": str(preset),
-                    "retrain": str(retrain), "summary": str(retrain / "kfold_summary.json"),
-                    "oof_maps": str(oof), "submission": str(csv), "predictions": str(csv.with_suffix(".json"))},
+        "outputs": {
+            "data": str(data),
+            "test": str(test),
+            "sweep": str(sweep_root),
+            "preset": str(preset),
+            "retrain": str(retrain),
+            "summary": str(retrain / "kfold_summary.json"),
+            "oof_maps": str(oof),
+            "submission": str(csv),
+            "predictions": str(csv.with_suffix(".json")),
+        },
     }
     atomic_write_json(out / MARKER, doc, indent=2)
     _print_outputs(doc, total, sweep_root, preset, say)
@@ -350,8 +443,11 @@ def run_demo(out: str | os.PathLike = "outputs/demo", *, budget: Budget = DEFAUL
 
 
 def _print_outputs(doc: dict, total: float, sweep_root: Path, preset: Path, say: Callable[[str], None]) -> None:
-    say(f"\ndemo finished in {total / 60:.1f} min ("
-        + ", ".join(f"{k} {v:.0f} s" for k, v in doc["stages"].items()) + ")")
+    say(
+        f"\ndemo finished in {total / 60:.1f} min ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in doc["stages"].items())
+        + ")"
+    )
     say("outputs:")
     for k, v in doc["outputs"].items():
         say(f"  {k:<12} {v}")
@@ -359,10 +455,15 @@ def _print_outputs(doc: dict, total: float, sweep_root: Path, preset: Path, say:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="hrnet_sweep demo", description=(
-        "Run the whole workflow on synthetic receipts on this machine: no W&B account, no GPU, no download."))
-    ap.add_argument("--out", default="outputs/demo", help="demo folder (default outputs/demo; replaced if it "
-                    "holds an earlier demo)")
+    ap = argparse.ArgumentParser(
+        prog="hrnet_sweep demo",
+        description=(
+            "Run the whole workflow on synthetic receipts on this machine: no W&B account, no GPU, no download."
+        ),
+    )
+    ap.add_argument(
+        "--out", default="outputs/demo", help="demo folder (default outputs/demo; replaced if it holds an earlier demo)"
+    )
     ap.add_argument("--fast", action="store_true", help="a few-minute smoke run (tiny sizes; low H-Mean)")
     ap.add_argument("--seed", type=flag(int), default=0)
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))

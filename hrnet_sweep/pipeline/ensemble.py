@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,8 +66,10 @@ class Retrain:
             ckpt = f.get("best_ckpt")
             if f.get("state") != "finished" or not ckpt or not Path(ckpt).is_file():
                 if folds is not None:
-                    raise UserError(f"fold {k} of {self.root} is {f.get('state')} without a best checkpoint; "
-                                    f"finish it with: hrnet_sweep kfold {self.preset}")
+                    raise UserError(
+                        f"fold {k} of {self.root} is {f.get('state')} without a best checkpoint; "
+                        f"finish it with: hrnet_sweep kfold {self.preset}"
+                    )
                 continue
             out.append((k, Path(ckpt), f.get("best")))
         if folds is not None:
@@ -81,8 +84,8 @@ class Retrain:
 def _summary_for_preset(preset: str) -> Path | None:
     from ..config import load_config
     from .kfold import retrain_dir
-    from .retrain import SUMMARY_FILE
     from .presets import preset_ref
+    from .retrain import SUMMARY_FILE
 
     ref = preset_ref(preset)
     cfg = load_config([f"preset={ref}"])
@@ -112,9 +115,11 @@ def resolve_retrain(target: str | os.PathLike) -> Retrain:
     else:
         summary_path = _summary_for_preset(str(target))
         if summary_path is None:
-            raise UserError(f"no k-fold retrain found for preset {target} (looked for {SUMMARY_FILE} next to it and "
-                            f"in <output_dir>/<preset name>-kfold); run hrnet_sweep kfold {target}, or pass the "
-                            "retrain folder")
+            raise UserError(
+                f"no k-fold retrain found for preset {target} (looked for {SUMMARY_FILE} next to it and "
+                f"in <output_dir>/<preset name>-kfold); run hrnet_sweep kfold {target}, or pass the "
+                "retrain folder"
+            )
     doc, root = load_summary(summary_path)
     preset = doc["preset"]
     notes = []
@@ -173,13 +178,14 @@ def to_uint8(prob: np.ndarray, max_side: int | None) -> np.ndarray:
     return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
 
 
-def cache_oof_maps(target: Retrain, *, max_side: int = 1024, device: str | None = None, tta_flip: bool = False,
-                   progress: bool = True) -> OOFCache:
+def cache_oof_maps(
+    target: Retrain, *, max_side: int = 1024, device: str | None = None, tta_flip: bool = False, progress: bool = True
+) -> OOFCache:
     """Each finished fold's best checkpoint on its own validation images, cached once."""
+    from ..dbnet.inference import load_checkpoint, pick_device, probability_maps
     from ..folds import read_manifest
     from ..formats import atomic_write_json, clamp_polygon, load_annotations, read_json
     from ..runfolder import MANIFEST_FILE
-    from ..dbnet.inference import load_checkpoint, pick_device, probability_maps
 
     cfg = target.cfg
     folder = target.root / OOF_DIR
@@ -187,8 +193,13 @@ def cache_oof_maps(target: Retrain, *, max_side: int = 1024, device: str | None 
     index = read_json(index_path) if index_path.is_file() else {}
     if index.get("max_side") != max_side or index.get("tta_flip") != tta_flip:
         index = {}
-    index = {"version": 1, "max_side": max_side, "tta_flip": tta_flip, "folds": index.get("folds", {}),
-             "images": index.get("images", {})}
+    index = {
+        "version": 1,
+        "max_side": max_side,
+        "tta_flip": tta_flip,
+        "folds": index.get("folds", {}),
+        "images": index.get("images", {}),
+    }
     manifest = read_manifest(target.root / MANIFEST_FILE)
     train_json = cfg.data.resolved_root() / cfg.data.train_json
     ann = load_annotations(train_json)
@@ -198,14 +209,16 @@ def cache_oof_maps(target: Retrain, *, max_side: int = 1024, device: str | None 
     for k, ckpt, _ in folds:
         names = manifest.fold_names(k)
         entry = index["folds"].get(str(k))
-        cached = entry and entry.get("stamp") == _stamp(ckpt) and all(
-            (folder / index["images"].get(n, {}).get("file", "-")).is_file() for n in names)
+        cached = (
+            entry
+            and entry.get("stamp") == _stamp(ckpt)
+            and all((folder / index["images"].get(n, {}).get("file", "-")).is_file() for n in names)
+        )
         if cached:
             continue
         print(f"out-of-fold maps: fold {k}, {len(names)} images, {ckpt.name}", flush=True)
         model = load_checkpoint(ckpt, dev)
-        for name, prob in probability_maps([model], image_dir, names, tta_flip=tta_flip, device=dev,
-                                           progress=progress):
+        for name, prob in probability_maps([model], image_dir, names, tta_flip=tta_flip, device=dev, progress=progress):
             rel = f"fold{k}/{Path(name).stem}.png"
             _save_png(folder / rel, to_uint8(prob, max_side))
             index["images"][name] = {"fold": k, "size": list(prob.shape), "file": rel}
@@ -225,16 +238,25 @@ def cache_oof_maps(target: Retrain, *, max_side: int = 1024, device: str | None 
 # ----------------------------------------------------------------------------- fold vs ensemble
 
 
-def fold_and_ensemble_maps(models: Sequence[Any], image_dir: str | os.PathLike, names: Sequence[str] | None = None,
-                           *, weights: Sequence[float] | None = None, tta_flip: bool = False, device: Any = "cpu",
-                           progress: bool = False) -> Iterator[tuple[str, list[np.ndarray], np.ndarray]]:
+def fold_and_ensemble_maps(
+    models: Sequence[Any],
+    image_dir: str | os.PathLike,
+    names: Sequence[str] | None = None,
+    *,
+    weights: Sequence[float] | None = None,
+    tta_flip: bool = False,
+    device: Any = "cpu",
+    progress: bool = False,
+) -> Iterator[tuple[str, list[np.ndarray], np.ndarray]]:
     """Per image: each model's map and their (weighted) average, each model run once."""
     from ..dbnet.inference import probability_maps
 
     w = np.asarray(weights if weights is not None else [1.0] * len(models), np.float64)
     w = w / w.sum()
-    streams = [probability_maps([m], image_dir, names, tta_flip=tta_flip, device=device, progress=progress and i == 0)
-               for i, m in enumerate(models)]
+    streams = [
+        probability_maps([m], image_dir, names, tta_flip=tta_flip, device=device, progress=progress and i == 0)
+        for i, m in enumerate(models)
+    ]
     for items in zip(*streams):
         name = items[0][0]
         maps = [prob for _, prob in items]

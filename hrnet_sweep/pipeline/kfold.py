@@ -28,10 +28,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..children import child_env, kill_group, start
 from ..constants import METRIC
@@ -40,7 +41,13 @@ from ..numeric import flag, number_text
 from ..runfolder import MANIFEST_FILE, HistoryTail, clear_status, finite, read_status
 from .presets import preset_ref
 from .retrain import (
-    SUMMARY_FILE, FoldResult, check_sweep_split, load_summary, print_table, same_split, split_manifest, write_summary,
+    FoldResult,
+    check_sweep_split,
+    load_summary,
+    print_table,
+    same_split,
+    split_manifest,
+    write_summary,
 )
 
 __all__ = ["fold_command", "main", "parse_folds", "retrain_dir", "run_kfold"]
@@ -77,12 +84,22 @@ def retrain_dir(preset: str, cfg, out: str | os.PathLike | None = None) -> Path:
     return Path(cfg.output_dir) / f"{Path(preset).stem}-kfold"
 
 
-def fold_command(preset: str, fold: int, root: Path, extra: Sequence[str], *,
-                 python: str = sys.executable) -> list[str]:
+def fold_command(
+    preset: str, fold: int, root: Path, extra: Sequence[str], *, python: str = sys.executable
+) -> list[str]:
     """The training command of one fold (what a sweep agent would run)."""
-    return [python, "-m", "hrnet_sweep.train", f"preset={preset}", *extra, f"data.fold={fold}",
-            f"output_dir={root.parent}", f"run_name={root.name}/fold{fold}", "resume_from_checkpoint=auto",
-            f"logging.group={root.name}"]
+    return [
+        python,
+        "-m",
+        "hrnet_sweep.train",
+        f"preset={preset}",
+        *extra,
+        f"data.fold={fold}",
+        f"output_dir={root.parent}",
+        f"run_name={root.name}/fold{fold}",
+        "resume_from_checkpoint=auto",
+        f"logging.group={root.name}",
+    ]
 
 
 # ----------------------------------------------------------------------------- running
@@ -109,9 +126,16 @@ def _print_progress(job: _Job, out: Callable[[str], None]) -> None:
 
 
 def _fold_result(fold: int, run_dir: Path, status: Mapping[str, Any], **extra: Any) -> FoldResult:
-    return FoldResult(fold, extra.pop("state", None) or status.get("state"), str(run_dir), best=status.get("best"),
-                      best_epoch=status.get("best_epoch"), best_ckpt=status.get("best_ckpt"),
-                      last_ckpt=status.get("last_ckpt"), **extra)
+    return FoldResult(
+        fold,
+        extra.pop("state", None) or status.get("state"),
+        str(run_dir),
+        best=status.get("best"),
+        best_epoch=status.get("best_epoch"),
+        best_ckpt=status.get("best_ckpt"),
+        last_ckpt=status.get("last_ckpt"),
+        **extra,
+    )
 
 
 def _finish(job: _Job, rc: int, manifest: Path) -> FoldResult:
@@ -119,9 +143,17 @@ def _finish(job: _Job, rc: int, manifest: Path) -> FoldResult:
     state = status.get("state") or ("crashed" if rc else "finished")
     if rc and state == "finished":
         state = "failed"
-    r = _fold_result(job.fold, job.run_dir, status, state=state,
-                     reason=status.get("reason") or (f"exit code {rc}; see {job.log}" if rc else None), exit_code=rc,
-                     seconds=round(time.monotonic() - job.started, 1), log=str(job.log), gpu=job.gpu)
+    r = _fold_result(
+        job.fold,
+        job.run_dir,
+        status,
+        state=state,
+        reason=status.get("reason") or (f"exit code {rc}; see {job.log}" if rc else None),
+        exit_code=rc,
+        seconds=round(time.monotonic() - job.started, 1),
+        log=str(job.log),
+        gpu=job.gpu,
+    )
     fold_manifest = job.run_dir / MANIFEST_FILE
     if fold_manifest.is_file():
         why = same_split(manifest, fold_manifest)
@@ -181,8 +213,10 @@ def _launch(rt: _Retrain, job: _Job, gpu: str | None) -> None:
     job.started = time.monotonic()
     job.tail = HistoryTail(job.run_dir, skip_existing=True)
     on = f"GPU {gpu}" if gpu is not None else "CPU"
-    rt.say(f"fold {job.fold}: {'resuming from last.ckpt' if resume else 'started'} on {on} "
-           f"(pid {job.proc.pid}, log {job.log})")
+    rt.say(
+        f"fold {job.fold}: {'resuming from last.ckpt' if resume else 'started'} on {on} "
+        f"(pid {job.proc.pid}, log {job.log})"
+    )
 
 
 def _stop_running(rt: _Retrain, running: Mapping[int, _Job], results: dict[int, FoldResult]) -> None:
@@ -200,8 +234,9 @@ def _stop_running(rt: _Retrain, running: Mapping[int, _Job], results: dict[int, 
         results[job.fold] = _finish(job, job.proc.returncode, rt.manifest)
 
 
-def _run_queue(rt: _Retrain, queue: list[_Job], slots: Sequence[str | None], results: dict[int, FoldResult],
-               poll_s: float) -> None:
+def _run_queue(
+    rt: _Retrain, queue: list[_Job], slots: Sequence[str | None], results: dict[int, FoldResult], poll_s: float
+) -> None:
     """Run the queued folds, one per slot at a time; on Ctrl-C stop them and re-raise."""
     running: dict[int, _Job] = {}
     free = list(range(len(slots)))
@@ -222,8 +257,10 @@ def _run_queue(rt: _Retrain, queue: list[_Job], slots: Sequence[str | None], res
                 del running[slot]
                 free.append(slot)
                 best = "n/a" if r.best is None else f"{r.best:.4f} (epoch {r.best_epoch})"
-                rt.say(f"fold {job.fold}: {r.state} in {r.seconds:.0f} s, best {METRIC} {best}"
-                       + (f"; {r.reason}" if r.state != "finished" and r.reason else ""))
+                rt.say(
+                    f"fold {job.fold}: {r.state} in {r.seconds:.0f} s, best {METRIC} {best}"
+                    + (f"; {r.reason}" if r.state != "finished" and r.reason else "")
+                )
                 rt.write_summary(results)
     except KeyboardInterrupt:
         _stop_running(rt, running, results)
@@ -238,15 +275,29 @@ def _slots(gpus: Sequence[str] | None, cpu_jobs: int) -> tuple[list[str | None],
         raise UserError(f"--cpu-jobs {cpu_jobs} must be >= 1")
     slots: list[str | None] = list(detect_gpus() if gpus is None else gpus) or [None] * cpu_jobs
     threads = None if slots[0] is not None or cpu_jobs == 1 else max(1, (os.cpu_count() or 1) // cpu_jobs)
-    where = (f"{len(slots)} GPU(s) {', '.join(slots)}" if slots[0] is not None else
-             "the CPU, one fold at a time" if cpu_jobs == 1 else f"the CPU, {cpu_jobs} folds at a time")
+    where = (
+        f"{len(slots)} GPU(s) {', '.join(slots)}"
+        if slots[0] is not None
+        else "the CPU, one fold at a time"
+        if cpu_jobs == 1
+        else f"the CPU, {cpu_jobs} folds at a time"
+    )
     return slots, threads, where
 
 
-def run_kfold(preset: str, folds: Sequence[int] | str | None = None, *, gpus: Sequence[str] | None = None,
-              out: str | os.PathLike | None = None, extra: Sequence[str] = (), poll_s: float = 1.0,
-              python: str = sys.executable, printer: Callable[[str], None] | None = None,
-              env: Mapping[str, str] | None = None, cpu_jobs: int = 1) -> dict:
+def run_kfold(
+    preset: str,
+    folds: Sequence[int] | str | None = None,
+    *,
+    gpus: Sequence[str] | None = None,
+    out: str | os.PathLike | None = None,
+    extra: Sequence[str] = (),
+    poll_s: float = 1.0,
+    python: str = sys.executable,
+    printer: Callable[[str], None] | None = None,
+    env: Mapping[str, str] | None = None,
+    cpu_jobs: int = 1,
+) -> dict:
     """Train the folds of `preset`; return the summary (also in `<retrain>/kfold_summary.json`).
 
     Args:
@@ -268,15 +319,18 @@ def run_kfold(preset: str, folds: Sequence[int] | str | None = None, *, gpus: Se
     preset = preset_ref(preset)
     cfg = load_config([f"preset={preset}", *extra])
     if cfg.data.fold is None:
-        raise ConfigError("data.fold=null is train/val mode; kfold needs fold mode (data.num_folds folds of train_json)")
+        raise ConfigError(
+            "data.fold=null is train/val mode; kfold needs fold mode (data.num_folds folds of train_json)"
+        )
     fold_list = folds if isinstance(folds, (list, tuple)) else parse_folds(folds, cfg.data.num_folds)
     fold_list = parse_folds(",".join(map(str, fold_list)), cfg.data.num_folds)
     slots, threads, where = _slots(gpus, cpu_jobs)
     root = retrain_dir(preset, cfg, out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     manifest = split_manifest(cfg, root)
-    rt = _Retrain(preset, cfg, root, manifest, extra, check_sweep_split(preset, cfg, manifest), python, env,
-                  threads, say)
+    rt = _Retrain(
+        preset, cfg, root, manifest, extra, check_sweep_split(preset, cfg, manifest), python, env, threads, say
+    )
     say(f"k-fold retrain {root.name}: folds {fold_list} of {cfg.data.num_folds} on {where}; {rt.split_note}")
     say(f"  folder {root}")
     results: dict[int, FoldResult] = {}
@@ -300,18 +354,30 @@ def run_kfold(preset: str, folds: Sequence[int] | str | None = None, *, gpus: Se
 def main(argv: Sequence[str] | None = None) -> int:
     from ..sweep.launcher import parse_gpus
 
-    ap = argparse.ArgumentParser(prog="hrnet_sweep kfold", description=(
-        "Retrain every fold of a preset (one fold per GPU, resumable, finished folds skipped) and record each "
-        "fold's best checkpoint and score in <retrain>/kfold_summary.json."))
+    ap = argparse.ArgumentParser(
+        prog="hrnet_sweep kfold",
+        description=(
+            "Retrain every fold of a preset (one fold per GPU, resumable, finished folds skipped) and record each "
+            "fold's best checkpoint and score in <retrain>/kfold_summary.json."
+        ),
+    )
     ap.add_argument("preset", help="preset name or YAML (e.g. from hrnet_sweep best --export)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="extra overrides for every fold")
     ap.add_argument("--folds", default=None, help="folds to train, e.g. 0-4 or 0,2 (default: all)")
     ap.add_argument("--gpus", help="GPU ids, e.g. 0,1 (default: all visible; 'cpu' = CPU)")
     ap.add_argument("--out", help="retrain folder (default <output_dir>/<preset name>-kfold)")
-    ap.add_argument("--cpu-jobs", type=flag(int, ge=1), default=1, help="without GPUs: folds trained at once (default 1)")
+    ap.add_argument(
+        "--cpu-jobs", type=flag(int, ge=1), default=1, help="without GPUs: folds trained at once (default 1)"
+    )
     args = ap.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    doc = run_kfold(args.preset, args.folds, gpus=parse_gpus(args.gpus) if args.gpus is not None else None,
-                    out=args.out, extra=args.overrides, cpu_jobs=args.cpu_jobs)
+    doc = run_kfold(
+        args.preset,
+        args.folds,
+        gpus=parse_gpus(args.gpus) if args.gpus is not None else None,
+        out=args.out,
+        extra=args.overrides,
+        cpu_jobs=args.cpu_jobs,
+    )
     bad = [k for k, f in doc["folds"].items() if f.get("state") != "finished"]
     if bad:
         print(f"folds not finished: {', '.join(bad)}; run the same command again to resume them", file=sys.stderr)

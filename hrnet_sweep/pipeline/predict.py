@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..dbnet import inference
 from ..errors import UserError
@@ -42,14 +42,20 @@ def _check_outputs(args: argparse.Namespace) -> str:
 
 def _check_weights(weights: Sequence[float] | None, n: int) -> None:
     if weights is not None and (len(weights) != n or sum(weights) <= 0):
-        raise UserError(f"--weights {' '.join(f'{w:g}' for w in weights)}: need {n} weight(s), one per "
-                        "checkpoint / fold, >= 0 with a positive sum")
+        raise UserError(
+            f"--weights {' '.join(f'{w:g}' for w in weights)}: need {n} weight(s), one per "
+            "checkpoint / fold, >= 0 with a positive sum"
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="hrnet_sweep predict", description=(
-        "Fold ensemble -> prediction JSON + submission CSV. TARGET is the preset given to kfold (its retrain is "
-        "found), the retrain folder, its kfold_summary.json, or one or more .ckpt files."))
+    ap = argparse.ArgumentParser(
+        prog="hrnet_sweep predict",
+        description=(
+            "Fold ensemble -> prediction JSON + submission CSV. TARGET is the preset given to kfold (its retrain is "
+            "found), the retrain folder, its kfold_summary.json, or one or more .ckpt files."
+        ),
+    )
     ap.add_argument("targets", nargs="+", help="preset, retrain folder, kfold_summary.json, or .ckpt files")
     ap.add_argument("--images", required=True, help="folder of test images")
     ap.add_argument("--out", required=True, help="submission CSV to write")
@@ -59,8 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--folds", help="folds of the retrain to use, e.g. 0,2 (default: every finished fold)")
     ap.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     ap.add_argument("--no-overwrite", action="store_true", help="refuse to replace existing outputs")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="post-processing overrides, e.g. models.postprocess.box_thresh=0.5")
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="post-processing overrides, e.g. models.postprocess.box_thresh=0.5",
+    )
     ap.add_argument("--gt", help="annotation JSON of the test images: print the H-Mean")
     return ap
 
@@ -81,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError("--folds selects folds of a retrain; with .ckpt files, list the ones to use")
         _check_weights(args.weights, len(checkpoints))
         cfg = inference.load_checkpoint(checkpoints[0]).cfg
-        print(f"ensemble of {len(checkpoints)} checkpoint(s)" if len(checkpoints) > 1 else f"checkpoint {checkpoints[0]}")
+        print(
+            f"ensemble of {len(checkpoints)} checkpoint(s)" if len(checkpoints) > 1 else f"checkpoint {checkpoints[0]}"
+        )
     else:
         if len(args.targets) != 1:
             raise UserError("give one preset / retrain folder, or only .ckpt files")
@@ -91,24 +104,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         folds = target.finished_folds(chosen)
         checkpoints = [str(c) for _, c, _ in folds]
         _check_weights(args.weights, len(checkpoints))
-        print(f"retrain {target.root}: folds {[k for k, _, _ in folds]} "
-              f"(best {', '.join('-' if b is None else f'{b:.4f}' for _, _, b in folds)})")
+        print(
+            f"retrain {target.root}: folds {[k for k, _, _ in folds]} "
+            f"(best {', '.join('-' if b is None else f'{b:.4f}' for _, _, b in folds)})"
+        )
         for note in target.notes:
             print(f"  {note}")
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     pp = cfg.models.postprocess
-    print(f"post-processing: {'polygon' if pp.use_polygon else 'box'} mode, thresh {pp.thresh}, box_thresh "
-          f"{pp.box_thresh}, unclip_ratio {pp.unclip_ratio}; TTA {args.tta}", flush=True)
-    preds = inference.predict(checkpoints, args.images, out_csv=args.out, out_json=out_json, postprocess=pp,
-                             weights=args.weights, tta_flip=args.tta == "flip", device=args.device,
-                             overwrite=not args.no_overwrite)
+    print(
+        f"post-processing: {'polygon' if pp.use_polygon else 'box'} mode, thresh {pp.thresh}, box_thresh "
+        f"{pp.box_thresh}, unclip_ratio {pp.unclip_ratio}; TTA {args.tta}",
+        flush=True,
+    )
+    preds = inference.predict(
+        checkpoints,
+        args.images,
+        out_csv=args.out,
+        out_json=out_json,
+        postprocess=pp,
+        weights=args.weights,
+        tta_flip=args.tta == "flip",
+        device=args.device,
+        overwrite=not args.no_overwrite,
+    )
     n = sum(len(v) for v in preds.values())
     print(f"{len(preds)} images, {n} detections -> {args.out} and {out_json}")
     report = validate_submission(args.out, images=args.images)
-    print(f"submission check: {'valid' if report.valid else 'INVALID'} ({len(report.errors)} errors, "
-          f"{len(report.warnings)} warnings; details: hrnet_sweep validate-submission {args.out} --images "
-          f"{args.images})")
+    print(
+        f"submission check: {'valid' if report.valid else 'INVALID'} ({len(report.errors)} errors, "
+        f"{len(report.warnings)} warnings; details: hrnet_sweep validate-submission {args.out} --images "
+        f"{args.images})"
+    )
     if args.gt:
         from ..formats import load_annotations, load_predictions
         from ..metric import evaluate

@@ -14,16 +14,27 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
 from ..errors import ConfigError, UserError
 from ..formats import atomic_write_text, check_writable
 
-__all__ = ["PROVENANCE_MARK", "TUNED_MARK", "base_ref", "check_loads", "nest", "preset_ref", "preset_text",
-           "read_provenance", "write_postprocess", "write_preset"]
+__all__ = [
+    "PROVENANCE_MARK",
+    "TUNED_MARK",
+    "base_ref",
+    "check_loads",
+    "nest",
+    "preset_ref",
+    "preset_text",
+    "read_provenance",
+    "write_postprocess",
+    "write_preset",
+]
 
 PROVENANCE_MARK = "# provenance (hrnet_sweep best):"
 TUNED_MARK = "# tuned post-processing"

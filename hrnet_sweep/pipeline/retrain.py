@@ -13,18 +13,27 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..constants import METRIC
 from ..errors import UserError
 from ..runfolder import MANIFEST_FILE
 from .presets import preset_ref, read_provenance
 
-__all__ = ["SUMMARY_FILE", "FoldResult", "check_sweep_split", "load_summary", "print_table", "same_split",
-           "split_manifest", "write_summary"]
+__all__ = [
+    "SUMMARY_FILE",
+    "FoldResult",
+    "check_sweep_split",
+    "load_summary",
+    "print_table",
+    "same_split",
+    "split_manifest",
+    "write_summary",
+]
 
 SUMMARY_FILE = "kfold_summary.json"
 SUMMARY_VERSION = 1
@@ -47,9 +56,11 @@ def split_manifest(cfg, root: Path) -> Path:
     if path.is_file():
         old = read_manifest(path)
         if not old.matches(train_json, d.num_folds, d.fold_seed) or old.assignment != assignment:
-            raise UserError(f"{root} holds a retrain made with another split ({path}: num_folds={old.num_folds}, "
-                            f"seed={old.seed}, annotations sha256 {old.sha256[:12]}); now data.num_folds="
-                            f"{d.num_folds}, data.fold_seed={d.fold_seed}, {train_json}. Use another --out")
+            raise UserError(
+                f"{root} holds a retrain made with another split ({path}: num_folds={old.num_folds}, "
+                f"seed={old.seed}, annotations sha256 {old.sha256[:12]}); now data.num_folds="
+                f"{d.num_folds}, data.fold_seed={d.fold_seed}, {train_json}. Use another --out"
+            )
         return path
     write_manifest(path, train_json, assignment, d.num_folds, d.fold_seed, word_counts_by_name=counts)
     return path
@@ -81,8 +92,10 @@ def check_sweep_split(preset: str, cfg, manifest: Path) -> str:
     d = cfg.data
     for key, mine in (("num_folds", d.num_folds), ("fold_seed", d.fold_seed), ("train_json", d.train_json)):
         if key in folds and folds[key] != mine:
-            raise UserError(f"the sweep ran with data.{key}={folds[key]!r} but this retrain uses {mine!r}: the folds "
-                            f"would differ from the sweep's; drop the override or export again")
+            raise UserError(
+                f"the sweep ran with data.{key}={folds[key]!r} but this retrain uses {mine!r}: the folds "
+                f"would differ from the sweep's; drop the override or export again"
+            )
     sweep_manifest = folds.get("manifest")
     if sweep_manifest and Path(sweep_manifest).is_file():
         why = same_split(manifest, sweep_manifest)
@@ -123,8 +136,9 @@ def _rel(path: str | None, root: Path) -> str | None:
         return str(p)
 
 
-def write_summary(root: Path, preset: str, extra: Sequence[str], cfg, results: Mapping[int, FoldResult],
-                   split_note: str) -> Path:
+def write_summary(
+    root: Path, preset: str, extra: Sequence[str], cfg, results: Mapping[int, FoldResult], split_note: str
+) -> Path:
     from ..formats import atomic_write_json, read_json
 
     path = root / SUMMARY_FILE

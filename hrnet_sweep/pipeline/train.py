@@ -12,10 +12,10 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
 
 from ..config import Config, apply_overrides, load_config, save_config
 from ..constants import CONTROL_DIR_ENV, METRIC, VAL_PRECISION, VAL_RECALL
@@ -75,8 +75,9 @@ def build_datasets(cfg: Config, run_dir: Path | None = None):
         val_names = [n for n in train_ann if assignment[n] == d.fold]
         val_ann, val_images = train_ann, train_images
         if run_dir is not None:
-            write_manifest(run_dir / MANIFEST_FILE, train_json, assignment, d.num_folds, d.fold_seed,
-                           word_counts_by_name=counts)
+            write_manifest(
+                run_dir / MANIFEST_FILE, train_json, assignment, d.num_folds, d.fold_seed, word_counts_by_name=counts
+            )
     train_ds = DetectionDataset(train_images, train_ann, train_names, train_tf, **tp)
     val_ds = DetectionDataset(val_images, val_ann, val_names, eval_tf, **tp)
     return train_ds, val_ds
@@ -109,9 +110,15 @@ def _loader(ds, cfg: Config, *, shuffle: bool, batch_size: int):
     # Pinned batches let Lightning's copy to the GPU (non_blocking on CUDA) overlap compute;
     # drop_last keeps every training batch one shape (compiled regions, CUDA graphs).
     return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
-        pin_memory=d.pin_memory and torch.cuda.is_available(), persistent_workers=d.persistent_workers and workers > 0,
-        prefetch_factor=d.prefetch_factor if workers > 0 else None, drop_last=shuffle and len(ds) > batch_size,
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=d.pin_memory and torch.cuda.is_available(),
+        persistent_workers=d.persistent_workers and workers > 0,
+        prefetch_factor=d.prefetch_factor if workers > 0 else None,
+        drop_last=shuffle and len(ds) > batch_size,
     )
 
 
@@ -128,8 +135,10 @@ def _wandb_wanted(cfg: Config) -> bool:
 def check_wandb_access() -> None:
     """Before the run starts: W&B logging needs credentials unless it logs offline."""
     if not offline():
-        require_credentials("wandb=true (or a run of a W&B sweep)",
-                            hint="; or log offline with WANDB_MODE=offline (sync later with `wandb sync`)")
+        require_credentials(
+            "wandb=true (or a run of a W&B sweep)",
+            hint="; or log offline with WANDB_MODE=offline (sync later with `wandb sync`)",
+        )
 
 
 def build_loggers(cfg: Config, run_dir: Path, run_name: str) -> list:
@@ -144,8 +153,14 @@ def build_loggers(cfg: Config, run_dir: Path, run_name: str) -> list:
 
         lg = cfg.logging
         wl = WandbLogger(
-            project=lg.project, entity=lg.entity, group=lg.group, tags=list(lg.tags) or None, name=run_name,
-            save_dir=str(run_dir), id=os.environ.get("WANDB_RUN_ID"), config=cfg.to_dict(),
+            project=lg.project,
+            entity=lg.entity,
+            group=lg.group,
+            tags=list(lg.tags) or None,
+            name=run_name,
+            save_dir=str(run_dir),
+            id=os.environ.get("WANDB_RUN_ID"),
+            config=cfg.to_dict(),
         )
         wl.experiment.define_metric(METRIC, summary="max")
         for key in (VAL_PRECISION, VAL_RECALL):
@@ -233,15 +248,29 @@ def run(cfg: Config, *, extra_callbacks: Sequence = ()) -> TrainResult:
             except torch.cuda.OutOfMemoryError as err:
                 bs, acc = cfg.data.batch_size, cfg.trainer.accumulate_grad_batches
                 if attempt == 2 or bs == 1:
-                    result = TrainResult(state="failed", run_dir=str(run_dir),
-                                         reason=f"out of GPU memory at data.batch_size={bs}: {err}".splitlines()[0])
+                    result = TrainResult(
+                        state="failed",
+                        run_dir=str(run_dir),
+                        reason=f"out of GPU memory at data.batch_size={bs}: {err}".splitlines()[0],
+                    )
                     break
-                log.warning("out of GPU memory at data.batch_size=%d; retrying once with batch %d and "
-                            "accumulate_grad_batches %d", bs, bs // 2, acc * 2)
+                log.warning(
+                    "out of GPU memory at data.batch_size=%d; retrying once with batch %d and "
+                    "accumulate_grad_batches %d",
+                    bs,
+                    bs // 2,
+                    acc * 2,
+                )
                 _finish_wandb(1)
                 torch.cuda.empty_cache()
-                cfg = apply_overrides(cfg, {"data.batch_size": bs // 2, "trainer.accumulate_grad_batches": acc * 2,
-                                            "resume_from_checkpoint": "auto"})
+                cfg = apply_overrides(
+                    cfg,
+                    {
+                        "data.batch_size": bs // 2,
+                        "trainer.accumulate_grad_batches": acc * 2,
+                        "resume_from_checkpoint": "auto",
+                    },
+                )
         exit_code = result.exit_code
         return result
     except BaseException as err:  # recorded, then re-raised: the caller decides the exit code
@@ -256,15 +285,13 @@ def run(cfg: Config, *, extra_callbacks: Sequence = ()) -> TrainResult:
 
 
 def _fit(cfg: Config, run_name: str, run_dir: Path, control_dir: Path | None, extra_callbacks: Sequence) -> TrainResult:
+    import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
     from ..dbnet.lit import DBNetModule, NonFiniteLossError
     from ..dbnet.loss import build_loss
     from ..dbnet.model import build_model
     from ..dbnet.speed import configure_backends, prepare_model
-
-    import pytorch_lightning as pl
-
     from ..progress import lightning_progress
     from .callbacks import RunControl, atomic_checkpoint_io
 
@@ -282,23 +309,41 @@ def _fit(cfg: Config, run_name: str, run_dir: Path, control_dir: Path | None, ex
     module = DBNetModule.from_config(model, build_loss(cfg), cfg)
 
     ckpt_cfg = cfg.callbacks.model_checkpoint
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch:02d}", monitor=METRIC, mode="max",
-                           save_top_k=ckpt_cfg.save_top_k, save_last=False, auto_insert_metric_name=False,
-                           # saved after the epoch ends, so a resume starts the next epoch
-                           # instead of re-running this one's validation
-                           save_on_train_epoch_end=True)
+    ckpt = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best-{epoch:02d}",
+        monitor=METRIC,
+        mode="max",
+        save_top_k=ckpt_cfg.save_top_k,
+        save_last=False,
+        auto_insert_metric_name=False,
+        # saved after the epoch ends, so a resume starts the next epoch
+        # instead of re-running this one's validation
+        save_on_train_epoch_end=True,
+    )
     control = RunControl(run_dir, control_dir)
     callbacks = [ckpt, control, *extra_callbacks]
     if ckpt_cfg.save_last:
         # Lightning's save_last writes last.ckpt only when a best checkpoint is written, so after
         # epochs without a new best a kill would resume from the last best epoch. This one writes
         # last.ckpt at every epoch end, after `ckpt` (whose state it then holds).
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                                         enable_version_counter=False, save_on_train_epoch_end=True))
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                enable_version_counter=False,
+                save_on_train_epoch_end=True,
+            )
+        )
     es = cfg.callbacks.early_stopping
     if es.enabled:
-        callbacks.append(EarlyStopping(monitor=METRIC, mode="max", patience=es.patience, min_delta=es.min_delta,
-                                       check_on_train_epoch_end=False))
+        callbacks.append(
+            EarlyStopping(
+                monitor=METRIC, mode="max", patience=es.patience, min_delta=es.min_delta, check_on_train_epoch_end=False
+            )
+        )
     loggers = build_loggers(cfg, run_dir, run_name)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
@@ -306,13 +351,25 @@ def _fit(cfg: Config, run_name: str, run_dir: Path, control_dir: Path | None, ex
     show_bar, progress_callbacks = lightning_progress(t.progress_bar)  # plain lines where stdout is a log file
     callbacks += progress_callbacks
     trainer = pl.Trainer(
-        max_epochs=t.max_epochs, accelerator="gpu" if t.accelerator == "cuda" else t.accelerator, devices=t.devices,
-        precision=t.precision if t.precision != "32" else "32-true", accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val, limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches, check_val_every_n_epoch=t.check_val_every_n_epoch,
-        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, enable_progress_bar=show_bar,
-        num_sanity_val_steps=0, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir),
-        plugins=[atomic_checkpoint_io()], benchmark=backends.cudnn_benchmark, enable_model_summary=False,
+        max_epochs=t.max_epochs,
+        accelerator="gpu" if t.accelerator == "cuda" else t.accelerator,
+        devices=t.devices,
+        precision=t.precision if t.precision != "32" else "32-true",
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        enable_progress_bar=show_bar,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=str(run_dir),
+        plugins=[atomic_checkpoint_io()],
+        benchmark=backends.cudnn_benchmark,
+        enable_model_summary=False,
     )
     train_dl = _loader(train_ds, cfg, shuffle=True, batch_size=cfg.data.batch_size)
     val_dl = _loader(val_ds, cfg, shuffle=False, batch_size=cfg.data.batch_size)
@@ -340,11 +397,15 @@ def _result(cfg: Config, state: str, run_dir: Path, ckpt, control, reason: str |
     best = best_row(history, METRIC)
     last = run_dir / "checkpoints" / "last.ckpt"
     return TrainResult(
-        state=state, run_dir=str(run_dir), reason=reason,
+        state=state,
+        run_dir=str(run_dir),
+        reason=reason,
         best=None if best is None else float(best[METRIC]),
         best_epoch=None if best is None else int(best["epoch"]),
-        best_ckpt=ckpt.best_model_path or None, last_ckpt=str(last) if last.exists() else None,
-        epochs=len(history), history=history,
+        best_ckpt=ckpt.best_model_path or None,
+        last_ckpt=str(last) if last.exists() else None,
+        epochs=len(history),
+        history=history,
     )
 
 
@@ -386,7 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     result = run(cfg)
     best = "n/a" if result.best is None else f"{result.best:.4f} (epoch {result.best_epoch})"
-    print(f"run {result.state}: best {METRIC} {best}; outputs in {result.run_dir}"
-          + (f"; reason: {result.reason}" if result.reason else ""))
+    print(
+        f"run {result.state}: best {METRIC} {best}; outputs in {result.run_dir}"
+        + (f"; reason: {result.reason}" if result.reason else "")
+    )
     return result.exit_code
-

@@ -15,16 +15,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..dbnet.validation import PARAMS, Grid, Setting, score_settings, tune_postprocess
 from ..errors import UserError
 from ..formats import atomic_write_json, read_json
-from .presets import write_postprocess
 from ..numeric import flag, number_text
+from .presets import write_postprocess
 
 if TYPE_CHECKING:
     from .ensemble import Retrain
@@ -37,15 +38,30 @@ TUNE_FILE = "tune_postprocess.json"
 # ----------------------------------------------------------------------------- recording the result
 
 
-def apply_tuned_postprocess(target: Retrain, best: Mapping[str, Any], baseline: Mapping[str, Any] | None,
-                            table: Sequence[Mapping[str, Any]], *, write_preset: bool = True) -> list[Path]:
+def apply_tuned_postprocess(
+    target: Retrain,
+    best: Mapping[str, Any],
+    baseline: Mapping[str, Any] | None,
+    table: Sequence[Mapping[str, Any]],
+    *,
+    write_preset: bool = True,
+) -> list[Path]:
     """Record the tuning: `<retrain>/tune_postprocess.json`, the summary's `postprocess`
     entry and, when the preset is a YAML file, its `models.postprocess.*`."""
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     values = {k: best[k] for k in PARAMS}
-    written = [atomic_write_json(target.root / TUNE_FILE, {
-        "best": dict(best), "baseline": dict(baseline) if baseline else None, "table": list(table), "date": date,
-    }, indent=1)]
+    written = [
+        atomic_write_json(
+            target.root / TUNE_FILE,
+            {
+                "best": dict(best),
+                "baseline": dict(baseline) if baseline else None,
+                "table": list(table),
+                "date": date,
+            },
+            indent=1,
+        )
+    ]
     preset_file = target.preset_file if write_preset else None
     if preset_file is not None:
         was = f", preset's own {baseline['hmean']:.4f}" if baseline else ""
@@ -53,9 +69,13 @@ def apply_tuned_postprocess(target: Retrain, best: Mapping[str, Any], baseline: 
         written.append(write_postprocess(preset_file, values, note))
     if write_preset:
         summary = read_json(target.summary_path)
-        summary["postprocess"] = {"best": values, "hmean": best["hmean"],
-                                  "baseline_hmean": baseline["hmean"] if baseline else None, "date": date,
-                                  "preset": str(preset_file) if preset_file else None}
+        summary["postprocess"] = {
+            "best": values,
+            "hmean": best["hmean"],
+            "baseline_hmean": baseline["hmean"] if baseline else None,
+            "date": date,
+            "preset": str(preset_file) if preset_file else None,
+        }
         written.append(atomic_write_json(target.summary_path, summary, indent=2))
     return written
 
@@ -99,24 +119,43 @@ def print_table(table: Sequence[dict], baseline: dict | None, top: int = 10) -> 
         t.add_column(col, justify="right")
     rows = list(table[:top]) + ([{**baseline, "stage": "preset"}] if baseline else [])
     for i, r in enumerate(rows, 1):
-        t.add_row(str(i) if r.get("stage") != "preset" else "-", "polygon" if r["use_polygon"] else "box",
-                  f"{r['thresh']:.3g}", f"{r['box_thresh']:.3g}", f"{r['unclip_ratio']:.3g}", f"{r['hmean']:.4f}",
-                  f"{r['precision']:.4f}", f"{r['recall']:.4f}", r.get("stage", ""))
+        t.add_row(
+            str(i) if r.get("stage") != "preset" else "-",
+            "polygon" if r["use_polygon"] else "box",
+            f"{r['thresh']:.3g}",
+            f"{r['box_thresh']:.3g}",
+            f"{r['unclip_ratio']:.3g}",
+            f"{r['hmean']:.4f}",
+            f"{r['precision']:.4f}",
+            f"{r['recall']:.4f}",
+            r.get("stage", ""),
+        )
     Console().print(t)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .ensemble import cache_oof_maps, resolve_retrain
 
-    ap = argparse.ArgumentParser(prog="hrnet_sweep tune-postprocess", description=(
-        "Tune thresh, box_thresh, unclip_ratio and box/polygon mode on the retrain's out-of-fold probability "
-        "maps (cached once), then write the best values into the preset."))
+    ap = argparse.ArgumentParser(
+        prog="hrnet_sweep tune-postprocess",
+        description=(
+            "Tune thresh, box_thresh, unclip_ratio and box/polygon mode on the retrain's out-of-fold probability "
+            "maps (cached once), then write the best values into the preset."
+        ),
+    )
     ap.add_argument("target", help="the preset given to kfold, its retrain folder, or a kfold_summary.json")
-    ap.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
-                    help="values to search, e.g. thresh=0.2,0.3 box_thresh=0.5,0.6 unclip_ratio=1.5,2 mode=polygon,box")
+    ap.add_argument(
+        "--grid",
+        nargs="+",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="values to search, e.g. thresh=0.2,0.3 box_thresh=0.5,0.6 unclip_ratio=1.5,2 mode=polygon,box",
+    )
     ap.add_argument("--no-refine", action="store_true", help="coarse grid only")
     ap.add_argument("--workers", type=flag(int, ge=1), default=min(8, os.cpu_count() or 1), help="scoring processes")
-    ap.add_argument("--max-side", type=flag(int, ge=16), default=1024, help="cached maps are at most this many pixels on a side")
+    ap.add_argument(
+        "--max-side", type=flag(int, ge=16), default=1024, help="cached maps are at most this many pixels on a side"
+    )
     ap.add_argument("--device", help="device for computing missing maps (default: cuda if available)")
     ap.add_argument("--no-write", action="store_true", help="only report; do not change the preset")
     ap.add_argument("--top", type=flag(int, ge=1), default=10, help="rows of the table")
@@ -124,21 +163,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     grid = parse_grid(args.grid, Grid(refine=not args.no_refine))
     target = resolve_retrain(args.target)
     cache = cache_oof_maps(target, max_side=args.max_side, device=args.device)
-    print(f"tuning on {len(cache.paths)} out-of-fold maps of folds {cache.folds} ({cache.root}); "
-          f"{len(grid.settings())} coarse settings, {args.workers} worker(s)", flush=True)
+    print(
+        f"tuning on {len(cache.paths)} out-of-fold maps of folds {cache.folds} ({cache.root}); "
+        f"{len(grid.settings())} coarse settings, {args.workers} worker(s)",
+        flush=True,
+    )
     pp = target.cfg.models.postprocess
     fixed = {"max_candidates": pp.max_candidates, "min_size": pp.min_size}
-    best, table = tune_postprocess(cache.paths, cache.gts, grid, image_sizes=cache.sizes, fixed=fixed,
-                                   workers=args.workers)
+    best, table = tune_postprocess(
+        cache.paths, cache.gts, grid, image_sizes=cache.sizes, fixed=fixed, workers=args.workers
+    )
     current = Setting(pp.thresh, pp.box_thresh, pp.unclip_ratio, pp.use_polygon)
     baseline = next((r for r in table if Setting(**{k: r[k] for k in PARAMS}) == current), None)
     if baseline is None:
         items = [(cache.paths[n], cache.sizes.get(n), cache.gts[n]) for n in sorted(cache.gts)]
         baseline = score_settings(items, [current], fixed=fixed, workers=args.workers)[0]
     print_table(table, baseline, args.top)
-    print(f"best: {'polygon' if best['use_polygon'] else 'box'} mode, thresh {best['thresh']}, box_thresh "
-          f"{best['box_thresh']}, unclip_ratio {best['unclip_ratio']}: H-Mean {best['hmean']:.4f} "
-          f"(preset's own setting: {baseline['hmean']:.4f})")
+    print(
+        f"best: {'polygon' if best['use_polygon'] else 'box'} mode, thresh {best['thresh']}, box_thresh "
+        f"{best['box_thresh']}, unclip_ratio {best['unclip_ratio']}: H-Mean {best['hmean']:.4f} "
+        f"(preset's own setting: {baseline['hmean']:.4f})"
+    )
     written = apply_tuned_postprocess(target, best, baseline, table, write_preset=not args.no_write)
     for path in written:
         print(f"wrote {path}")

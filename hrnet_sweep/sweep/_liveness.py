@@ -54,5 +54,10 @@ def pid_alive(pid: int, start: str | None) -> bool:
 def agent_identity(agent: str = "") -> dict:
     """Who runs a trial: enough to tell later whether it is still alive."""
     pid = os.getpid()
-    return {"agent": agent or f"{socket.gethostname()}:{pid}", "host": socket.gethostname(), "pid": pid,
-            "pid_start": _pid_start(pid), "boot_id": boot_id()}
+    return {
+        "agent": agent or f"{socket.gethostname()}:{pid}",
+        "host": socket.gethostname(),
+        "pid": pid,
+        "pid_start": _pid_start(pid),
+        "boot_id": boot_id(),
+    }

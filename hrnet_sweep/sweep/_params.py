@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..config import LEAF_KEYS, NUMBER_KEYS, check_key, checked_number, load_config
 from ..errors import ConfigError
@@ -64,26 +65,36 @@ def yaml11_hint(value: Any) -> str:
     """For text YAML 1.1 did not read as a number (`1e-05`): why, and how to write it."""
     if not isinstance(value, str) or number_text(value) is None:
         return ""
-    return (f" (YAML 1.1, which PyYAML and W&B read, takes {value.strip()} without a dot as text: "
-            f"write {with_dot(value)})")
+    return (
+        f" (YAML 1.1, which PyYAML and W&B read, takes {value.strip()} without a dot as text: write {with_dot(value)})"
+    )
 
 
 def parse_parameters(params: Any, err: _Errors) -> dict[str, ParamSpec]:
     out: dict[str, ParamSpec] = {}
     if not isinstance(params, Mapping) or not params:
-        err.add(("parameters",), "parameters must be a non-empty mapping of config keys, "
-                "e.g. models.optimizer.lr: {distribution: log_uniform_values, min: 1.0e-5, max: 2.0e-4}")
+        err.add(
+            ("parameters",),
+            "parameters must be a non-empty mapping of config keys, "
+            "e.g. models.optimizer.lr: {distribution: log_uniform_values, min: 1.0e-5, max: 2.0e-4}",
+        )
         return out
     for name, body in params.items():
         path = ("parameters", name)
         name = str(name)
         if _LIST_POSITION.search(name):
-            err.add(path, f"parameter '{name}' names a list position; sweep a whole field "
-                    "(e.g. models.optimizer.betas: {values: [[0.9, 0.999], [0.95, 0.999]]}), never an index")
+            err.add(
+                path,
+                f"parameter '{name}' names a list position; sweep a whole field "
+                "(e.g. models.optimizer.betas: {values: [[0.9, 0.999], [0.95, 0.999]]}), never an index",
+            )
             continue
         if isinstance(body, Mapping) and "parameters" in body:
-            err.add(path, f"nested 'parameters' under '{name}' is not supported; name the leaf key with dots "
-                    "(models.optimizer.lr), so the run gets key=value overrides")
+            err.add(
+                path,
+                f"nested 'parameters' under '{name}' is not supported; name the leaf key with dots "
+                "(models.optimizer.lr), so the run gets key=value overrides",
+            )
             continue
         try:
             check_key(name, body)
@@ -91,7 +102,9 @@ def parse_parameters(params: Any, err: _Errors) -> dict[str, ParamSpec]:
             err.add(path, f"parameter {e}")
             continue
         if not isinstance(body, Mapping):
-            err.add(path, f"parameter '{name}' must be a mapping such as {{value: ...}} or {{values: [...]}}, got {body!r}")
+            err.add(
+                path, f"parameter '{name}' must be a mapping such as {{value: ...}} or {{values: [...]}}, got {body!r}"
+            )
             continue
         p = _param(name, body, path, err)
         if p is not None:
@@ -114,14 +127,19 @@ def _param(name: str, body: Mapping[str, Any], path: tuple, err: _Errors) -> Par
     if dist == "categorical" and "probabilities" in body:
         dist = "categorical_w_probabilities"
     if dist not in DISTRIBUTIONS:
-        err.add(path + ("distribution",), f"'{name}': unknown distribution {dist!r}; W&B knows {', '.join(DISTRIBUTIONS)}")
+        err.add(
+            path + ("distribution",), f"'{name}': unknown distribution {dist!r}; W&B knows {', '.join(DISTRIBUTIONS)}"
+        )
         return None
     required, optional = DISTRIBUTIONS[dist]
     allowed = set(required) | set(optional) | {"distribution"}
     bad = [k for k in body if k not in allowed]
     if bad:
-        err.add(path + (bad[0],), f"'{name}': key(s) {', '.join(map(str, bad))} not allowed with distribution "
-                f"{dist}; allowed: {', '.join(sorted(allowed))}")
+        err.add(
+            path + (bad[0],),
+            f"'{name}': key(s) {', '.join(map(str, bad))} not allowed with distribution "
+            f"{dist}; allowed: {', '.join(sorted(allowed))}",
+        )
         return None
     missing = [k for k in required if k not in body]
     if missing:
@@ -152,8 +170,11 @@ def _param(name: str, body: Mapping[str, Any], path: tuple, err: _Errors) -> Par
             return None
         probs = vals.get("probabilities")
         if probs is not None:
-            if (not isinstance(probs, list) or len(probs) != len(values)
-                    or not all(is_number(x) and x >= 0 for x in probs)):
+            if (
+                not isinstance(probs, list)
+                or len(probs) != len(values)
+                or not all(is_number(x) and x >= 0 for x in probs)
+            ):
                 err.add(path + ("probabilities",), f"'{name}': probabilities must be {len(values)} numbers >= 0")
                 return None
             if not math.isclose(sum(probs), 1.0, rel_tol=0, abs_tol=1e-6):
@@ -161,14 +182,29 @@ def _param(name: str, body: Mapping[str, Any], path: tuple, err: _Errors) -> Par
                 return None
         if not _numbers_ok(name, values, path + ("values",), err):
             return None
-        return ParamSpec(name, "values", values=tuple(values), distribution=dist,
-                         probabilities=tuple(probs) if probs is not None else None)
+        return ParamSpec(
+            name,
+            "values",
+            values=tuple(values),
+            distribution=dist,
+            probabilities=tuple(probs) if probs is not None else None,
+        )
     if dist == "constant":
         if not _numbers_ok(name, [vals["value"]], path + ("value",), err):
             return None
         return ParamSpec(name, "value", value=vals["value"], distribution=dist)
-    return ParamSpec(name, "distribution", distribution=dist, min=vals.get("min"), max=vals.get("max"),
-                     q=vals.get("q"), mu=vals.get("mu"), sigma=vals.get("sigma"), a=vals.get("a"), b=vals.get("b"))
+    return ParamSpec(
+        name,
+        "distribution",
+        distribution=dist,
+        min=vals.get("min"),
+        max=vals.get("max"),
+        q=vals.get("q"),
+        mu=vals.get("mu"),
+        sigma=vals.get("sigma"),
+        a=vals.get("a"),
+        b=vals.get("b"),
+    )
 
 
 def _numbers_of_distribution(name: str, dist: str, vals: Mapping[str, Any], path: tuple, err: _Errors) -> bool:
@@ -181,8 +217,11 @@ def _numbers_of_distribution(name: str, dist: str, vals: Mapping[str, Any], path
     if len(err.items) > n_before:
         return False
     if dist in _EXPONENTS and max(abs(vals["min"]), abs(vals["max"])) > _MAX_EXPONENT:
-        err.add(path, f"'{name}': {dist} takes min and max as natural-log exponents; exp of {vals['min']!r} .. "
-                f"{vals['max']!r} overflows (did you mean {dist}_values, which takes the values themselves?)")
+        err.add(
+            path,
+            f"'{name}': {dist} takes min and max as natural-log exponents; exp of {vals['min']!r} .. "
+            f"{vals['max']!r} overflows (did you mean {dist}_values, which takes the values themselves?)",
+        )
         return False
     if dist in ("log_normal", "q_log_normal") and abs(vals["mu"]) > _MAX_EXPONENT:
         err.add(path + ("mu",), f"'{name}': {dist} takes mu as a natural-log exponent; exp({vals['mu']!r}) overflows")
@@ -222,9 +261,12 @@ def check_config_values(spec: SweepSpec, err: _Errors) -> None:
         if name == "preset":
             continue
         ann = LEAF_KEYS[name].annotation
-        if p.kind == "distribution" and ann in (int, Optional[int]) and not p.integer:
-            err.add(("parameters", name), f"'{name}' is an integer but distribution {p.distribution} samples "
-                    "non-integers; use int_uniform, values: [...], or an integer q (q: 1)")
+        if p.kind == "distribution" and ann in (int, Optional[int]) and not p.integer:  # noqa: UP045 - compared with the field's annotation
+            err.add(
+                ("parameters", name),
+                f"'{name}' is an integer but distribution {p.distribution} samples "
+                "non-integers; use int_uniform, values: [...], or an integer q (q: 1)",
+            )
     fixed = {k: v for k, v in spec.fixed().items() if k != "preset"}
     searched = {k: p for k, p in spec.searched().items() if k != "preset"}
     for preset in spec.presets:
@@ -269,4 +311,3 @@ def check_config_values(spec: SweepSpec, err: _Errors) -> None:
 
 def _short(e: ConfigError) -> str:
     return str(e).replace("invalid config:\n  ", "").replace("\n  ", "; ")
-

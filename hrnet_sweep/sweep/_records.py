@@ -7,11 +7,11 @@ its checkpoint files.
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["RUN_STATES", "RunInfo", "RunOutcome", "Suggestion", "checkpoint_files", "delete_files"]
 
@@ -103,4 +103,3 @@ def delete_files(paths: Sequence[Path], *, dry_run: bool = False) -> int:
         except FileNotFoundError:
             continue
     return freed
-

@@ -13,8 +13,9 @@ import json
 import math
 import warnings
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -157,8 +158,9 @@ class _GridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def make_sampler(spec: SweepSpec, space: SearchSpace, *, sweep_id: str,
-                 run_cap: int | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    spec: SweepSpec, space: SearchSpace, *, sweep_id: str, run_cap: int | None = None
+) -> optuna.samplers.BaseSampler:
     """bayes -> TPESampler (multivariate, constant liar); random -> RandomSampler;
     grid -> GridSampler with a seed shared by every agent (its grid order must agree).
 

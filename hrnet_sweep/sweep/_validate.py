@@ -8,8 +8,9 @@ at the first. `sweepfile.parse_sweep` raises on any finding; `check` reports the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ._params import check_config_values, is_int, is_number, parse_parameters
 from .command import DEFAULT_COMMAND, ENVVAR_MACRO, MACROS
@@ -19,8 +20,19 @@ __all__ = ["validate_sweep"]
 
 # W&B top-level keys this project accepts. Others that W&B knows (controller, job,
 # image_uri, scheduler, metrics, apiVersion, kind) have no meaning for the embedded engine.
-_TOP_KEYS = ("method", "metric", "parameters", "early_terminate", "command", "program", "name",
-             "description", "run_cap", "entity", "project")
+_TOP_KEYS = (
+    "method",
+    "metric",
+    "parameters",
+    "early_terminate",
+    "command",
+    "program",
+    "name",
+    "description",
+    "run_cap",
+    "entity",
+    "project",
+)
 _WANDB_ONLY_KEYS = ("controller", "job", "image_uri", "scheduler", "metrics", "apiVersion", "kind")
 _METRIC_KEYS = ("name", "goal", "target")
 _HYPERBAND_KEYS = ("type", "min_iter", "max_iter", "s", "eta", "strict")
@@ -44,8 +56,9 @@ class _Errors:
         self.items.append((key, f"{where}: {message}"))
 
 
-def validate_sweep(doc: Mapping[str, Any], source: str, *, lines: Mapping[tuple, int] | None = None,
-                   check_values: bool = True) -> tuple[SweepSpec | None, list[tuple[str, str]]]:
+def validate_sweep(
+    doc: Mapping[str, Any], source: str, *, lines: Mapping[tuple, int] | None = None, check_values: bool = True
+) -> tuple[SweepSpec | None, list[tuple[str, str]]]:
     """Validate a sweep document; return (spec or None, [(key, message), ...]).
 
     `parse_sweep` raises on any message; `check` reports them as findings. With
@@ -73,8 +86,11 @@ def validate_sweep(doc: Mapping[str, Any], source: str, *, lines: Mapping[tuple,
     if method == "grid":
         for p in params.values():
             if p.kind == "distribution" and p.distribution not in ("int_uniform", "q_uniform"):
-                err.add(("parameters", p.name), f"grid search cannot enumerate distribution '{p.distribution}'; "
-                        "use values: [...] (W&B allows only value, values, int_uniform and q_uniform in a grid)")
+                err.add(
+                    ("parameters", p.name),
+                    f"grid search cannot enumerate distribution '{p.distribution}'; "
+                    "use values: [...] (W&B allows only value, values, int_uniform and q_uniform in a grid)",
+                )
             if p.probabilities is not None:
                 err.add(("parameters", p.name), "grid search does not allow probabilities")
 
@@ -97,10 +113,21 @@ def validate_sweep(doc: Mapping[str, Any], source: str, *, lines: Mapping[tuple,
     if err.items:
         return None, err.items
     spec = SweepSpec(
-        name=str(doc.get("name") or Path(source).stem), method=method, metric_name=metric_name,
-        metric_goal=goal, parameters=params, early_terminate=hyperband, command=command,
-        run_cap=run_cap, source=source, program=program, description=doc.get("description"),
-        metric_target=target, entity=doc.get("entity"), project=doc.get("project"), raw=dict(doc),
+        name=str(doc.get("name") or Path(source).stem),
+        method=method,
+        metric_name=metric_name,
+        metric_goal=goal,
+        parameters=params,
+        early_terminate=hyperband,
+        command=command,
+        run_cap=run_cap,
+        source=source,
+        program=program,
+        description=doc.get("description"),
+        metric_target=target,
+        entity=doc.get("entity"),
+        project=doc.get("project"),
+        raw=dict(doc),
     )
     if check_values:
         check_config_values(spec, err)
@@ -139,8 +166,10 @@ def _hyperband(et: Any, err: _Errors) -> HyperbandSpec | None:
         return None
     bad = [k for k in et if k not in _HYPERBAND_KEYS]
     if bad:
-        err.add(path + (bad[0],), f"unknown early_terminate key(s) {', '.join(map(str, bad))}; "
-                f"allowed: {', '.join(_HYPERBAND_KEYS)}")
+        err.add(
+            path + (bad[0],),
+            f"unknown early_terminate key(s) {', '.join(map(str, bad))}; allowed: {', '.join(_HYPERBAND_KEYS)}",
+        )
     if et.get("type") != "hyperband":
         err.add(path + ("type",), f"early_terminate.type {et.get('type')!r}: W&B supports only hyperband")
         return None
@@ -168,11 +197,15 @@ def _hyperband(et: Any, err: _Errors) -> HyperbandSpec | None:
     if max_iter is not None and s is None:
         err.add(path, "hyperband with max_iter needs s (the number of bands); or give min_iter instead")
         return None
-    spec = HyperbandSpec(min_iter=min_iter, max_iter=max_iter, s=int(s) if s is not None else None,
-                         eta=float(eta), strict=strict)
+    spec = HyperbandSpec(
+        min_iter=min_iter, max_iter=max_iter, s=int(s) if s is not None else None, eta=float(eta), strict=strict
+    )
     if not spec.bands():
-        err.add(path, f"hyperband max_iter={max_iter}, s={s}, eta={eta} gives no band "
-                "(max_iter/eta < 1); increase max_iter or s, or decrease eta")
+        err.add(
+            path,
+            f"hyperband max_iter={max_iter}, s={s}, eta={eta} gives no band "
+            "(max_iter/eta < 1); increase max_iter or s, or decrease eta",
+        )
         return None
     return spec
 
@@ -194,9 +227,16 @@ def _command(command: Any, program: Any, err: _Errors) -> list[str]:
         if item.startswith("${") and item.endswith("}") and not ENVVAR_MACRO.fullmatch(item):
             macro = item[2:-1]
             if macro not in MACROS:
-                err.add(("command",), f"unknown command macro {item}; W&B knows "
-                        + " ".join("${" + m + "}" for m in MACROS) + " and ${envvar:NAME}")
+                err.add(
+                    ("command",),
+                    f"unknown command macro {item}; W&B knows "
+                    + " ".join("${" + m + "}" for m in MACROS)
+                    + " and ${envvar:NAME}",
+                )
             elif macro == "program" and not program:
-                err.add(("command",), "command uses ${program} but the sweep has no program; "
-                        "use: [${env}, ${interpreter}, -m, hrnet_sweep.train, ${args_no_hyphens}]")
+                err.add(
+                    ("command",),
+                    "command uses ${program} but the sweep has no program; "
+                    "use: [${env}, ${interpreter}, -m, hrnet_sweep.train, ${args_no_hyphens}]",
+                )
     return cmd

@@ -25,9 +25,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..children import child_env, kill_group, start
 from ..constants import CONTROL_DIR_ENV
@@ -71,26 +71,35 @@ def _fmt_bytes(n: int) -> str:
 # ----------------------------------------------------------------------------- launching
 
 
-def launch_run(sweep: LocalSweep, sug: Suggestion, *, base_env: Mapping[str, str] | None = None,
-               interpreter: str = sys.executable) -> tuple[subprocess.Popen, list[str]]:
+def launch_run(
+    sweep: LocalSweep, sug: Suggestion, *, base_env: Mapping[str, str] | None = None, interpreter: str = sys.executable
+) -> tuple[subprocess.Popen, list[str]]:
     """Start one run as `wandb agent` would; return the process and its command."""
     env = child_env(base_env)
     param_path = sweep.param_path(sug.run_id)
     write_param_file(param_path, sug.params)
-    env.update({
-        "WANDB_SWEEP_ID": sweep.sweep_id,
-        "WANDB_RUN_ID": sug.run_id,
-        "WANDB_SWEEP_PARAM_PATH": str(param_path),
-        "WANDB_MODE": "disabled" if env.get("WANDB_MODE") == "disabled" else "offline",
-        "WANDB_DIR": str(sweep.root),
-        CONTROL_DIR_ENV: str(sug.control_dir),
-    })
+    env.update(
+        {
+            "WANDB_SWEEP_ID": sweep.sweep_id,
+            "WANDB_RUN_ID": sug.run_id,
+            "WANDB_SWEEP_PARAM_PATH": str(param_path),
+            "WANDB_MODE": "disabled" if env.get("WANDB_MODE") == "disabled" else "offline",
+            "WANDB_DIR": str(sweep.root),
+            CONTROL_DIR_ENV: str(sug.control_dir),
+        }
+    )
     json_file = None
     if uses_args_json_file(sweep.spec.command):
         json_file = str(param_path.with_suffix(".json"))
         write_args_json_file(json_file, sug.params)
-    cmd = expand_command(sweep.spec.command, sug.params, interpreter=interpreter, program=sweep.spec.program,
-                         env=env, args_json_file=json_file)
+    cmd = expand_command(
+        sweep.spec.command,
+        sug.params,
+        interpreter=interpreter,
+        program=sweep.spec.program,
+        env=env,
+        args_json_file=json_file,
+    )
     log = open(sug.control_dir / "output.log", "ab")
     try:
         proc = start(cmd, env=env, log=log)
@@ -105,9 +114,16 @@ def launch_run(sweep: LocalSweep, sug: Suggestion, *, base_env: Mapping[str, str
 # ----------------------------------------------------------------------------- run outcome
 
 
-def classify_exit(returncode: int, status: Mapping[str, Any] | None, history: Sequence[float], *,
-                  goal: str = "maximize", metric: str = "val/hmean", stop_reason: str | None = None,
-                  interrupted: bool = False) -> RunOutcome:
+def classify_exit(
+    returncode: int,
+    status: Mapping[str, Any] | None,
+    history: Sequence[float],
+    *,
+    goal: str = "maximize",
+    metric: str = "val/hmean",
+    stop_reason: str | None = None,
+    interrupted: bool = False,
+) -> RunOutcome:
     """How a run ended, from its exit code, its status.json and its metric history.
 
     No status.json means crashed (killed by a signal, or exited without writing it).
@@ -125,8 +141,13 @@ def classify_exit(returncode: int, status: Mapping[str, Any] | None, history: Se
         else:
             reason = f"exited with code {returncode} without writing status.json"
         return RunOutcome("crashed", reason=reason, exit_code=returncode)
-    common = {"exit_code": returncode, "run_dir": status.get("run_dir"), "best_epoch": status.get("best_epoch"),
-              "best_ckpt": status.get("best_ckpt"), "last_ckpt": status.get("last_ckpt")}
+    common = {
+        "exit_code": returncode,
+        "run_dir": status.get("run_dir"),
+        "best_epoch": status.get("best_epoch"),
+        "best_ckpt": status.get("best_ckpt"),
+        "last_ckpt": status.get("last_ckpt"),
+    }
     found = best_in_history(history, goal)
     hist_best = None if found is None else found[1]
     state = status.get("state")
@@ -137,8 +158,7 @@ def classify_exit(returncode: int, status: Mapping[str, Any] | None, history: Se
             return RunOutcome("failed", reason=f"finished without a finite {metric}", **common)
         return RunOutcome("finished", value=value, reason=status.get("reason"), **common)
     if state == "stopped":
-        return RunOutcome("stopped", value=hist_best, reason=stop_reason or status.get("reason") or "stopped",
-                          **common)
+        return RunOutcome("stopped", value=hist_best, reason=stop_reason or status.get("reason") or "stopped", **common)
     if state == "failed":
         return RunOutcome("failed", reason=status.get("reason") or f"failed with exit code {returncode}", **common)
     if state == "interrupted":
@@ -160,8 +180,17 @@ class AgentResult:
 
 
 class _Agent:
-    def __init__(self, sweep: LocalSweep, *, count: int | None, poll_s: float, keep_stopped_checkpoints: bool,
-                 name: str, out: Callable[[str], None], kill_delay_s: float):
+    def __init__(
+        self,
+        sweep: LocalSweep,
+        *,
+        count: int | None,
+        poll_s: float,
+        keep_stopped_checkpoints: bool,
+        name: str,
+        out: Callable[[str], None],
+        kill_delay_s: float,
+    ):
         self.sweep, self.count, self.poll_s = sweep, count, poll_s
         self.keep_stopped = keep_stopped_checkpoints
         self.name, self.out, self.kill_delay_s = name, out, kill_delay_s
@@ -192,8 +221,9 @@ class _Agent:
         reaped = sw.reap_dead_runs()
         if reaped:
             self.log(f"marked {len(reaped)} run(s) of dead agents as crashed: {', '.join(reaped)}")
-        self.log(f"agent {self.name} on sweep {sw.sweep_id} ({sw.spec.method}, {self.goal} {self.metric}), "
-                 f"folder {sw.root}")
+        self.log(
+            f"agent {self.name} on sweep {sw.sweep_id} ({sw.spec.method}, {self.goal} {self.metric}), folder {sw.root}"
+        )
         started = succeeded = failed = 0
         while self.signal is None:
             if self.count is not None and started >= self.count:
@@ -211,8 +241,10 @@ class _Agent:
             elif outcome.state in ("failed", "crashed") and self.signal is None:
                 failed += 1
                 if succeeded == 0 and failed >= MAX_INITIAL_FAILURES:
-                    self.result.ended = (f"giving up: the first {failed} runs all failed; check the sweep command "
-                                         f"and the logs in {sw.root / 'runs'}")
+                    self.result.ended = (
+                        f"giving up: the first {failed} runs all failed; check the sweep command "
+                        f"and the logs in {sw.root / 'runs'}"
+                    )
                     self.result.exit_code = EXIT_GAVE_UP
                     break
         if self.signal is not None:
@@ -252,8 +284,12 @@ class _Agent:
                 sw.report(sug.number, new, len(history))
                 history += new
             # thresholds move as other runs reach a band: re-check now and then, not only on new values
-            if stop_reason is None and sw.spec.early_terminate is not None and rc is None and (
-                    new or time.monotonic() - last_hb > HYPERBAND_EVERY_S):
+            if (
+                stop_reason is None
+                and sw.spec.early_terminate is not None
+                and rc is None
+                and (new or time.monotonic() - last_hb > HYPERBAND_EVERY_S)
+            ):
                 stop_reason = self._hyperband(sug)
                 last_hb = time.monotonic()
             if time.monotonic() - last_beat > HEARTBEAT_S:
@@ -274,8 +310,15 @@ class _Agent:
                 pass
         kill_group(proc.pid, signal.SIGKILL)  # whatever the run left in its group (e.g. loader workers)
         status = read_status(sug.control_dir)
-        outcome = classify_exit(rc, status, history, goal=self.goal, metric=self.metric,
-                                stop_reason=stop_reason, interrupted=self.signal is not None)
+        outcome = classify_exit(
+            rc,
+            status,
+            history,
+            goal=self.goal,
+            metric=self.metric,
+            stop_reason=stop_reason,
+            interrupted=self.signal is not None,
+        )
         for key in ("run_dir", "best_ckpt", "last_ckpt"):  # training writes them relative to our cwd
             if getattr(outcome, key):
                 setattr(outcome, key, os.path.abspath(getattr(outcome, key)))
@@ -293,10 +336,14 @@ class _Agent:
         if decision is None or not decision.stop:
             return None
         reason = f"hyperband {decision.reason}"
-        request_stop(sug.control_dir, {"reason": reason, "band": decision.band, "value": decision.value,
-                                       "threshold": decision.threshold})
-        sw.record_stop(sug.number, {"band": decision.band, "value": decision.value,
-                                    "threshold": decision.threshold, "reason": reason})
+        request_stop(
+            sug.control_dir,
+            {"reason": reason, "band": decision.band, "value": decision.value, "threshold": decision.threshold},
+        )
+        sw.record_stop(
+            sug.number,
+            {"band": decision.band, "value": decision.value, "threshold": decision.threshold, "reason": reason},
+        )
         self.log(f"run {sug.run_id}: STOP written ({reason})")
         return reason
 
@@ -317,9 +364,17 @@ class _Agent:
                 self.out(f"    | {ln}")
 
 
-def run_agent(sweep: LocalSweep | str | os.PathLike, *, count: int | None = None, poll_s: float = 1.0,
-              keep_stopped_checkpoints: bool = False, name: str = "", out: Callable[[str], None] | None = None,
-              kill_delay_s: float = KILL_DELAY_S, sweeps_root: str | os.PathLike = DEFAULT_SWEEPS_ROOT) -> AgentResult:
+def run_agent(
+    sweep: LocalSweep | str | os.PathLike,
+    *,
+    count: int | None = None,
+    poll_s: float = 1.0,
+    keep_stopped_checkpoints: bool = False,
+    name: str = "",
+    out: Callable[[str], None] | None = None,
+    kill_delay_s: float = KILL_DELAY_S,
+    sweeps_root: str | os.PathLike = DEFAULT_SWEEPS_ROOT,
+) -> AgentResult:
     """Run one agent on a local sweep until `count` runs, the end of the sweep, or a signal.
 
     Args:
@@ -334,20 +389,34 @@ def run_agent(sweep: LocalSweep | str | os.PathLike, *, count: int | None = None
         raise UserError(f"--count {count} must be >= 1")
     sw = sweep if isinstance(sweep, LocalSweep) else LocalSweep.open(sweep, sweeps_root=sweeps_root)
     printer = out or (lambda s: print(s, flush=True))
-    agent = _Agent(sw, count=count, poll_s=poll_s, keep_stopped_checkpoints=keep_stopped_checkpoints,
-                   name=name or f"{os.uname().nodename}:{os.getpid()}", out=printer, kill_delay_s=kill_delay_s)
+    agent = _Agent(
+        sw,
+        count=count,
+        poll_s=poll_s,
+        keep_stopped_checkpoints=keep_stopped_checkpoints,
+        name=name or f"{os.uname().nodename}:{os.getpid()}",
+        out=printer,
+        kill_delay_s=kill_delay_s,
+    )
     return agent.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="hrnet_sweep agent", description=(
-        "Run one agent: a local sweep (folder or id under --sweeps-root) on the embedded engine, "
-        "or ENTITY/PROJECT/SWEEP_ID on W&B (runs `wandb agent`)."))
+    ap = argparse.ArgumentParser(
+        prog="hrnet_sweep agent",
+        description=(
+            "Run one agent: a local sweep (folder or id under --sweeps-root) on the embedded engine, "
+            "or ENTITY/PROJECT/SWEEP_ID on W&B (runs `wandb agent`)."
+        ),
+    )
     ap.add_argument("sweep", help="sweep folder, local sweep id, or entity/project/sweep_id")
     ap.add_argument("--count", type=flag(int, ge=1), help="runs this agent starts at most")
     ap.add_argument("--sweeps-root", default=str(DEFAULT_SWEEPS_ROOT), help="where local sweep ids are looked up")
-    ap.add_argument("--keep-stopped-checkpoints", action="store_true",
-                    help="keep checkpoints of runs stopped early by Hyperband (dropped by default)")
+    ap.add_argument(
+        "--keep-stopped-checkpoints",
+        action="store_true",
+        help="keep checkpoints of runs stopped early by Hyperband (dropped by default)",
+    )
     ap.add_argument("--poll", type=flag(float, gt=0), default=1.0, help="seconds between checks of a running run")
     args = ap.parse_args(list(argv or []))
     if is_sweep_path(args.sweep):
@@ -357,6 +426,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.execvp(cmd[0], cmd)
         except FileNotFoundError:
             raise UserError("`wandb` is not on PATH; pip install wandb") from None
-    result = run_agent(args.sweep, count=args.count, poll_s=args.poll,
-                       keep_stopped_checkpoints=args.keep_stopped_checkpoints, sweeps_root=args.sweeps_root)
+    result = run_agent(
+        args.sweep,
+        count=args.count,
+        poll_s=args.poll,
+        keep_stopped_checkpoints=args.keep_stopped_checkpoints,
+        sweeps_root=args.sweeps_root,
+    )
     return result.exit_code

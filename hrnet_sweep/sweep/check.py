@@ -17,9 +17,10 @@ import difflib
 import math
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from ..config import Config, load_config, parse_value
 from ..constants import METRIC, VAL_PRECISION, VAL_RECALL
@@ -90,15 +91,28 @@ def _lint_metric(doc: dict) -> list[Finding]:
     name, goal = m["name"], m.get("goal")
     out = []
     if name not in LOGGED_METRICS:
-        out.append(Finding("error", "metric.name", f"training never logs {name!r}; it logs "
-                           f"{', '.join(LOGGED_METRICS)} once per validation epoch (use {METRIC})"))
+        out.append(
+            Finding(
+                "error",
+                "metric.name",
+                f"training never logs {name!r}; it logs "
+                f"{', '.join(LOGGED_METRICS)} once per validation epoch (use {METRIC})",
+            )
+        )
         return out
     if goal != "maximize":
         shown = "missing (W&B then minimizes)" if goal is None else f"{goal!r}"
-        out.append(Finding("error", "metric.goal", f"goal is {shown}, but {name} is higher-is-better: set goal: maximize"))
+        out.append(
+            Finding("error", "metric.goal", f"goal is {shown}, but {name} is higher-is-better: set goal: maximize")
+        )
     if name != METRIC:
-        out.append(Finding("warning", "metric.name", f"the sweep optimizes {name}, but checkpoints, early stopping "
-                           f"and `hrnet_sweep best` use {METRIC}"))
+        out.append(
+            Finding(
+                "warning",
+                "metric.name",
+                f"the sweep optimizes {name}, but checkpoints, early stopping and `hrnet_sweep best` use {METRIC}",
+            )
+        )
     return out
 
 
@@ -110,28 +124,57 @@ def _lint_command(doc: dict) -> list[Finding]:
     out = []
     for item in items:
         if _BARE_PYTHON.match(item):
-            out.append(Finding("warning", "command", f"command runs {item!r}: use ${{interpreter}} so the run uses "
-                               "the agent's Python (the one hrnet-sweep is installed in)"))
+            out.append(
+                Finding(
+                    "warning",
+                    "command",
+                    f"command runs {item!r}: use ${{interpreter}} so the run uses "
+                    "the agent's Python (the one hrnet-sweep is installed in)",
+                )
+            )
         elif "${" in item and not (item.startswith("${") and item.endswith("}")) and "${envvar:" not in item:
-            out.append(Finding("warning", "command", f"{item!r}: W&B expands a macro only when it is the whole "
-                               "argument; this one is passed on as written"))
+            out.append(
+                Finding(
+                    "warning",
+                    "command",
+                    f"{item!r}: W&B expands a macro only when it is the whole "
+                    "argument; this one is passed on as written",
+                )
+            )
     macros = {i[2:-1] for i in items if i.startswith("${") and i.endswith("}")}
     arg_forms = macros & set(ARG_MACROS)
     if not arg_forms:
-        out.append(Finding("warning", "command", "command passes no parameters (${args_no_hyphens}, ${args}, "
-                           "...): every run would train the preset unchanged"))
+        out.append(
+            Finding(
+                "warning",
+                "command",
+                "command passes no parameters (${args_no_hyphens}, ${args}, "
+                "...): every run would train the preset unchanged",
+            )
+        )
     runs_train, other = _runs_trainer(items, doc.get("program"))
     if not runs_train:
         close = difflib.get_close_matches(other or "", _TRAINER_MODULES + _TRAINER_SCRIPTS, n=1, cutoff=0.75)
         hint = f" (did you mean {close[0]}?)" if close else ""
         what = f"runs {other!r}, not the trainer" if other else "does not run the trainer"
-        out.append(Finding("warning", "command", f"command {what}{hint}: a run is "
-                           "`${interpreter} -m hrnet_sweep.train ${args_no_hyphens}`, else it logs no "
-                           f"{METRIC} and the sweep has nothing to rank"))
+        out.append(
+            Finding(
+                "warning",
+                "command",
+                f"command {what}{hint}: a run is "
+                "`${interpreter} -m hrnet_sweep.train ${args_no_hyphens}`, else it logs no "
+                f"{METRIC} and the sweep has nothing to rank",
+            )
+        )
     if runs_train and arg_forms - set(_TRAIN_ARG_FORMS):
         odd = ", ".join("${" + m + "}" for m in sorted(arg_forms - set(_TRAIN_ARG_FORMS)))
-        out.append(Finding("warning", "command", f"hrnet_sweep.train reads key=value overrides; {odd} is not "
-                           "in that form: use ${args_no_hyphens}"))
+        out.append(
+            Finding(
+                "warning",
+                "command",
+                f"hrnet_sweep.train reads key=value overrides; {odd} is not in that form: use ${{args_no_hyphens}}",
+            )
+        )
     return out
 
 
@@ -142,7 +185,7 @@ def _runs_trainer(items: list[str], program: Any) -> tuple[bool, str | None]:
     for i, item in enumerate(items):
         nxt = items[i + 1] if i + 1 < len(items) else ""
         if item == "-m":
-            return nxt in _TRAINER_MODULES or (nxt == "hrnet_sweep" and items[i + 2:i + 3] == ["train"]), nxt
+            return nxt in _TRAINER_MODULES or (nxt == "hrnet_sweep" and items[i + 2 : i + 3] == ["train"]), nxt
         if item.replace("\\", "/").endswith(_TRAINER_SCRIPTS):
             return True, None
         if Path(item).name == "hrnet_sweep" and nxt == "train":
@@ -156,12 +199,22 @@ def _lint_early_terminate(doc: dict) -> list[Finding]:
     out = []
     if isinstance(et, dict) and et.get("type") == "hyperband":
         if "strict" not in et:
-            out.append(Finding("warning", "early_terminate.strict",
-                               f"strict is not set: W&B's docs say it defaults to false, its engine fills in "
-                               f"true (we follow the engine: {str(STRICT_DEFAULT).lower()}); write it out"))
+            out.append(
+                Finding(
+                    "warning",
+                    "early_terminate.strict",
+                    f"strict is not set: W&B's docs say it defaults to false, its engine fills in "
+                    f"true (we follow the engine: {str(STRICT_DEFAULT).lower()}); write it out",
+                )
+            )
         if "max_iter" in et and "min_iter" in et:
-            out.append(Finding("warning", "early_terminate.min_iter",
-                               "both max_iter and min_iter are set: W&B uses max_iter and s, and ignores min_iter"))
+            out.append(
+                Finding(
+                    "warning",
+                    "early_terminate.min_iter",
+                    "both max_iter and min_iter are set: W&B uses max_iter and s, and ignores min_iter",
+                )
+            )
     return out
 
 
@@ -194,13 +247,25 @@ def _lint_round_trip(spec: SweepSpec) -> list[Finding]:
             if _same(back, v):
                 continue
             if isinstance(v, str) and not isinstance(back, str):
-                out.append(Finding("error", name, f"value {v!r} is text, but the run gets {name}={text} and "
-                                   f"training reads it as the number {back!r}; a text value must not look like a "
-                                   "number"))
+                out.append(
+                    Finding(
+                        "error",
+                        name,
+                        f"value {v!r} is text, but the run gets {name}={text} and "
+                        f"training reads it as the number {back!r}; a text value must not look like a "
+                        "number",
+                    )
+                )
             else:
-                out.append(Finding("error", name, f"value {v!r} is passed as {name}={text} and training reads "
-                                   f"{back!r}; use a value that survives str() (e.g. no null, no quoted numbers)",
-                                   check_only=v is None))
+                out.append(
+                    Finding(
+                        "error",
+                        name,
+                        f"value {v!r} is passed as {name}={text} and training reads "
+                        f"{back!r}; use a value that survives str() (e.g. no null, no quoted numbers)",
+                        check_only=v is None,
+                    )
+                )
     return out
 
 
@@ -248,8 +313,14 @@ def _lint_excludes_preset(spec: SweepSpec, base: Config, tag: str) -> list[Findi
         current = list(current) if isinstance(current, tuple) else current
         if p.kind == "values":
             if not any(_same(current, v) for v in p.candidates()):
-                out.append(Finding("warning", name, f"values {list(p.values or ())} exclude the preset's current "
-                                   f"value {current!r}{tag}: the sweep cannot confirm the known-good setting"))
+                out.append(
+                    Finding(
+                        "warning",
+                        name,
+                        f"values {list(p.values or ())} exclude the preset's current "
+                        f"value {current!r}{tag}: the sweep cannot confirm the known-good setting",
+                    )
+                )
             continue
         bounds = p.bounds()
         if bounds is None or not isinstance(current, (int, float)) or isinstance(current, bool):
@@ -259,8 +330,14 @@ def _lint_excludes_preset(spec: SweepSpec, base: Config, tag: str) -> list[Findi
             continue
         slack = 1e-9 * max(abs(lo), abs(hi), 1e-30)
         if not lo - slack <= current <= hi + slack:
-            out.append(Finding("warning", name, f"range {lo:g}..{hi:g} ({p.distribution}) excludes the preset's "
-                               f"current value {current:g}{tag}: the sweep cannot return to the known-good setting"))
+            out.append(
+                Finding(
+                    "warning",
+                    name,
+                    f"range {lo:g}..{hi:g} ({p.distribution}) excludes the preset's "
+                    f"current value {current:g}{tag}: the sweep cannot return to the known-good setting",
+                )
+            )
     return out
 
 
@@ -270,14 +347,24 @@ def _lint_schedule(spec: SweepSpec, cfg: Config, tag: str) -> list[Finding]:
     out = []
     lr, eta_min = _span(spec, "models.optimizer.lr", cfg), _span(spec, "models.scheduler.eta_min", cfg)
     if lr and eta_min and eta_min[1] > lr[0]:
-        out.append(Finding("warning", "models.scheduler.eta_min",
-                           f"eta_min can exceed lr (eta_min up to {eta_min[1]:g}, lr down to {lr[0]:g}){tag}: "
-                           "such runs anneal the learning rate upwards; keep max eta_min below min lr"))
+        out.append(
+            Finding(
+                "warning",
+                "models.scheduler.eta_min",
+                f"eta_min can exceed lr (eta_min up to {eta_min[1]:g}, lr down to {lr[0]:g}){tag}: "
+                "such runs anneal the learning rate upwards; keep max eta_min below min lr",
+            )
+        )
     t_max, epochs = _span(spec, "models.scheduler.T_max", cfg), _span(spec, "trainer.max_epochs", cfg)
     if t_max and epochs and t_max[1] > epochs[0]:
-        out.append(Finding("warning", "models.scheduler.T_max",
-                           f"T_max can be {t_max[1]:g} > max_epochs {epochs[0]:g}{tag}: the cosine schedule is cut "
-                           "off before it reaches eta_min"))
+        out.append(
+            Finding(
+                "warning",
+                "models.scheduler.T_max",
+                f"T_max can be {t_max[1]:g} > max_epochs {epochs[0]:g}{tag}: the cosine schedule is cut "
+                "off before it reaches eta_min",
+            )
+        )
     return out
 
 
@@ -303,21 +390,36 @@ def _lint_hyperband(spec: SweepSpec, cfg: Config, tag: str) -> list[Finding]:
     firing = [b for b in infos if b.fires]
     if not firing:
         first = hb.bands()[0]
-        out.append(Finding("warning", "early_terminate",
-                           f"Hyperband can never stop a run early{tag}: its first band is the {first}th logged "
-                           f"value (epoch {first * n}), but a run validates {n_vals} time(s) in {max_epochs} epochs "
-                           f"(check_val_every_n_epoch {n}); lower min_iter"))
+        out.append(
+            Finding(
+                "warning",
+                "early_terminate",
+                f"Hyperband can never stop a run early{tag}: its first band is the {first}th logged "
+                f"value (epoch {first * n}), but a run validates {n_vals} time(s) in {max_epochs} epochs "
+                f"(check_val_every_n_epoch {n}); lower min_iter",
+            )
+        )
     elif patience is not None and firing[0].band > patience + 1:
-        out.append(Finding("warning", "early_terminate",
-                           f"early stopping (patience {patience}) ends a stalled run at validation {patience + 1}, "
-                           f"before Hyperband's first band at validation {firing[0].band}{tag}: Hyperband then "
-                           "only judges runs that are still improving; lower min_iter or raise patience"))
+        out.append(
+            Finding(
+                "warning",
+                "early_terminate",
+                f"early stopping (patience {patience}) ends a stalled run at validation {patience + 1}, "
+                f"before Hyperband's first band at validation {firing[0].band}{tag}: Hyperband then "
+                "only judges runs that are still improving; lower min_iter or raise patience",
+            )
+        )
     if hb.max_iter is not None:
         never = [b.band for b in infos if b.band > n_vals]
         if never:
-            out.append(Finding("warning", "early_terminate.max_iter",
-                               f"bands {never} lie past the last validation ({n_vals}){tag}: they never fire; "
-                               f"max_iter {hb.max_iter} should be about the number of validations"))
+            out.append(
+                Finding(
+                    "warning",
+                    "early_terminate.max_iter",
+                    f"bands {never} lie past the last validation ({n_vals}){tag}: they never fire; "
+                    f"max_iter {hb.max_iter} should be about the number of validations",
+                )
+            )
     return out
 
 
@@ -357,8 +459,12 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="hrnet_sweep explain", description="show when Hyperband judges runs")
     ap.add_argument("sweep", help="sweep YAML file")
-    ap.add_argument("--runs", type=flag(int, ge=1), default=None,
-                    help="runs reaching the first band (default: the sweep's run_cap, else 27)")
+    ap.add_argument(
+        "--runs",
+        type=flag(int, ge=1),
+        default=None,
+        help="runs reaching the first band (default: the sweep's run_cap, else 27)",
+    )
     args = ap.parse_args(argv)
     spec = load_sweep(args.sweep)
     args.runs = args.runs or spec.run_cap or 27
@@ -368,8 +474,10 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
         print("  no early_terminate: every run trains to max_epochs (or until early stopping ends it)")
         return 0
     how = f"min_iter {hb.min_iter}" if hb.max_iter is None else f"max_iter {hb.max_iter}, s {hb.s}"
-    print(f"  hyperband {how}, eta {hb.eta:g}, strict {str(hb.strict).lower()}: a band is the N-th logged "
-          f"{spec.metric_name} (one per validation)")
+    print(
+        f"  hyperband {how}, eta {hb.eta:g}, strict {str(hb.strict).lower()}: a band is the N-th logged "
+        f"{spec.metric_name} (one per validation)"
+    )
     fixed = {k: v for k, v in spec.fixed().items() if k != "preset"}
     seen = set()
     for preset in spec.presets:
@@ -379,17 +487,23 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
             continue
         seen.add((max_epochs, n, patience))
         es = f"early stopping patience {patience}" if patience is not None else "no early stopping"
-        print(f"\n  preset {preset}: max_epochs {max_epochs}, validation every {n} epoch(s) "
-              f"({max_epochs // n} values per run), {es}")
+        print(
+            f"\n  preset {preset}: max_epochs {max_epochs}, validation every {n} epoch(s) "
+            f"({max_epochs // n} values per run), {es}"
+        )
         print(f"  {'band':>4}  {'value #':>7}  {'epoch':>5}  {'reach':>5}  {'kept':>4}  note")
         for k, b in enumerate(explain_bands(hb, max_epochs, patience, args.runs, check_val_every_n_epoch=n), 1):
             note = b.note or ("" if b.fires else "does not fire")
             print(f"  {k:>4}  {b.band:>7}  {b.epoch:>5}  {b.reached:>5}  {b.kept:>4}  {note}")
-    rule = ("value at the band" if hb.strict else "best value so far")
-    print(f"\n  A running run is stopped at a band when its {rule} is worse than the top-1/{hb.eta:g} "
-          "threshold of all runs that reached that band (ties survive).")
-    print("  'kept' assumes every run reaches each band together with distinct values; on a live sweep runs "
-          "arrive one at a time, so the first ones face fewer rivals and more survive.")
+    rule = "value at the band" if hb.strict else "best value so far"
+    print(
+        f"\n  A running run is stopped at a band when its {rule} is worse than the top-1/{hb.eta:g} "
+        "threshold of all runs that reached that band (ties survive)."
+    )
+    print(
+        "  'kept' assumes every run reaches each band together with distinct values; on a live sweep runs "
+        "arrive one at a time, so the first ones face fewer rivals and more survive."
+    )
     return 0
 
 

@@ -11,8 +11,9 @@ import json
 import os
 import platform
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -35,8 +36,16 @@ __all__ = [
 DEFAULT_COMMAND: tuple[str, ...] = ("${env}", "${interpreter}", "${program}", "${args}")
 """What `wandb agent` runs when the sweep has no `command`."""
 
-ARG_MACROS = ("args", "args_no_hyphens", "args_no_boolean_flags", "args_no_equals",
-              "args_append_hydra", "args_override_hydra", "args_json", "args_json_file")
+ARG_MACROS = (
+    "args",
+    "args_no_hyphens",
+    "args_no_boolean_flags",
+    "args_no_equals",
+    "args_append_hydra",
+    "args_override_hydra",
+    "args_json",
+    "args_json_file",
+)
 """Macros that carry the parameters (as `wandb agent` builds them)."""
 MACROS = ("env", "interpreter", "program") + ARG_MACROS
 ENVVAR_MACRO = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")
@@ -89,9 +98,16 @@ def command_args(params: Mapping[str, Any]) -> dict[str, list[str]]:
     }
 
 
-def expand_command(command: Sequence[str] | None, params: Mapping[str, Any], *, interpreter: str,
-                   program: str | None, env: Mapping[str, str], args_json_file: str | None = None,
-                   windows: bool | None = None) -> list[str]:
+def expand_command(
+    command: Sequence[str] | None,
+    params: Mapping[str, Any],
+    *,
+    interpreter: str,
+    program: str | None,
+    env: Mapping[str, str],
+    args_json_file: str | None = None,
+    windows: bool | None = None,
+) -> list[str]:
     """Expand a sweep `command` as `wandb agent` does.
 
     - `${envvar:NAME}` is replaced anywhere in an item by `env[NAME]` (the name itself
@@ -151,8 +167,9 @@ def write_param_file(path: str | os.PathLike, params: Mapping[str, Any]) -> Path
     text = "wandb_version: 1"
     if params:
         body = {k: {"value": _plain(v)} for k, v in params.items()}
-        text += "\n\n" + yaml.dump(body, Dumper=yaml.SafeDumper, default_flow_style=False,
-                                   allow_unicode=True, sort_keys=False)
+        text += "\n\n" + yaml.dump(
+            body, Dumper=yaml.SafeDumper, default_flow_style=False, allow_unicode=True, sort_keys=False
+        )
     return atomic_write_text(path, text)
 
 

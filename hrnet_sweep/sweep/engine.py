@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import math
 import os
 import secrets
 import socket
 import string
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage
@@ -48,8 +48,8 @@ from optuna.trial import FrozenTrial, TrialState
 from ..errors import UserError
 from ..formats import atomic_write_json, atomic_write_text, read_json
 from ..numeric import number_problem
-from ._liveness import agent_identity, boot_id, pid_alive
 from ..runfolder import best_in_history, read_status
+from ._liveness import agent_identity, boot_id, pid_alive
 from ._records import RunInfo, RunOutcome, Suggestion, checkpoint_files, delete_files
 from ._space import SearchSpace, build_search_space, make_sampler
 from ._validate import validate_sweep
@@ -100,8 +100,10 @@ def resolve_sweep_dir(ref: str | os.PathLike, sweeps_root: str | os.PathLike = D
     for cand in (p, Path(sweeps_root) / str(ref)):
         if (cand / "sweep.json").is_file():
             return cand
-    raise UserError(f"no local sweep at {p} or {Path(sweeps_root) / str(ref)} (a sweep folder holds sweep.json); "
-                    f"list them with: ls {sweeps_root}")
+    raise UserError(
+        f"no local sweep at {p} or {Path(sweeps_root) / str(ref)} (a sweep folder holds sweep.json); "
+        f"list them with: ls {sweeps_root}"
+    )
 
 
 def _read_meta(root: Path) -> dict:
@@ -141,27 +143,39 @@ class LocalSweep:
         naming the folder (never an empty journal created in its place)."""
         journal = self.root / JOURNAL_FILE
         if not journal.is_file():
-            raise UserError(f"sweep folder {self.root}: {JOURNAL_FILE} is missing (or not a file); it holds every "
-                            "run of the sweep and cannot be rebuilt: restore it from a backup, or start a new sweep")
+            raise UserError(
+                f"sweep folder {self.root}: {JOURNAL_FILE} is missing (or not a file); it holds every "
+                "run of the sweep and cannot be rebuilt: restore it from a backup, or start a new sweep"
+            )
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         sampler = make_sampler(self.spec, self.space, sweep_id=self.sweep_id, run_cap=self.run_cap)
         try:
             self.storage = JournalStorage(JournalFileBackend(str(journal)))  # replays the whole journal
             names = {s.study_name for s in self.storage.get_all_studies()}
         except Exception as err:  # a damaged line makes Optuna's replay raise anything (KeyError, TypeError, ...)
-            raise UserError(f"sweep folder {self.root}: {JOURNAL_FILE} is damaged and cannot be replayed "
-                            f"({type(err).__name__}: {err})") from None
+            raise UserError(
+                f"sweep folder {self.root}: {JOURNAL_FILE} is damaged and cannot be replayed "
+                f"({type(err).__name__}: {err})"
+            ) from None
         if self.sweep_id not in names:
-            raise UserError(f"sweep folder {self.root}: {JOURNAL_FILE} holds no study {self.sweep_id!r} (the id in "
-                            "sweep.json); the journal is empty, damaged, or belongs to another sweep")
+            raise UserError(
+                f"sweep folder {self.root}: {JOURNAL_FILE} holds no study {self.sweep_id!r} (the id in "
+                "sweep.json); the journal is empty, damaged, or belongs to another sweep"
+            )
         self.study = optuna.load_study(study_name=self.sweep_id, storage=self.storage, sampler=sampler)
         self.study_id = self.storage.get_study_id_from_name(self.sweep_id)
 
     # -- creation
 
     @classmethod
-    def create(cls, spec_path: str | os.PathLike, *, sweeps_root: str | os.PathLike = DEFAULT_SWEEPS_ROOT,
-               sweep_dir: str | os.PathLike | None = None, run_cap: int | None = None) -> "LocalSweep":
+    def create(
+        cls,
+        spec_path: str | os.PathLike,
+        *,
+        sweeps_root: str | os.PathLike = DEFAULT_SWEEPS_ROOT,
+        sweep_dir: str | os.PathLike | None = None,
+        run_cap: int | None = None,
+    ) -> LocalSweep:
         """Validate a sweep YAML and create its folder and study; return the opened sweep."""
         from .check import load_checked
 
@@ -173,8 +187,10 @@ class LocalSweep:
             root = Path(sweep_dir)
             sweep_id = new_id() if root.name in ("", ".") else root.name
             if root.exists() and any(root.iterdir()):
-                raise UserError(f"sweep folder {root} exists and is not empty; resume it with --resume {root}, "
-                                "or choose another --sweep-dir")
+                raise UserError(
+                    f"sweep folder {root} exists and is not empty; resume it with --resume {root}, "
+                    "or choose another --sweep-dir"
+                )
         else:
             sweep_id = new_id(lambda s: (Path(sweeps_root) / s).exists())
             root = Path(sweeps_root) / sweep_id
@@ -187,16 +203,28 @@ class LocalSweep:
         storage = JournalStorage(JournalFileBackend(str(root / JOURNAL_FILE)))
         direction = "maximize" if spec.metric_goal == "maximize" else "minimize"
         optuna.create_study(study_name=sweep_id, storage=storage, direction=direction, sampler=sampler)
-        atomic_write_json(root / "sweep.json", {
-            "sweep_id": sweep_id, "name": spec.name, "source": str(Path(spec_path).resolve()),
-            "created_at": time.time(), "method": spec.method, "metric": spec.metric_name,
-            "goal": spec.metric_goal, "run_cap": cap, "sampler": type(sampler).__name__,
-            "optuna": optuna.__version__, "study": sweep_id, "journal": JOURNAL_FILE,
-        }, indent=2)
+        atomic_write_json(
+            root / "sweep.json",
+            {
+                "sweep_id": sweep_id,
+                "name": spec.name,
+                "source": str(Path(spec_path).resolve()),
+                "created_at": time.time(),
+                "method": spec.method,
+                "metric": spec.metric_name,
+                "goal": spec.metric_goal,
+                "run_cap": cap,
+                "sampler": type(sampler).__name__,
+                "optuna": optuna.__version__,
+                "study": sweep_id,
+                "journal": JOURNAL_FILE,
+            },
+            indent=2,
+        )
         return cls(root)
 
     @classmethod
-    def open(cls, ref: str | os.PathLike, *, sweeps_root: str | os.PathLike = DEFAULT_SWEEPS_ROOT) -> "LocalSweep":
+    def open(cls, ref: str | os.PathLike, *, sweeps_root: str | os.PathLike = DEFAULT_SWEEPS_ROOT) -> LocalSweep:
         return cls(resolve_sweep_dir(ref, sweeps_root))
 
     # -- helpers
@@ -291,8 +319,16 @@ class LocalSweep:
             control.mkdir(parents=True)
             (control / "heartbeat").touch()
             params = self.space.decode(trial.params)
-            trial.set_user_attr("run", {"run_id": run_id, "params": params, "started_at": time.time(),
-                                        "control_dir": str(control), **agent_identity(agent)})
+            trial.set_user_attr(
+                "run",
+                {
+                    "run_id": run_id,
+                    "params": params,
+                    "started_at": time.time(),
+                    "control_dir": str(control),
+                    **agent_identity(agent),
+                },
+            )
             return Suggestion(run_id, trial.number, params, control)
 
     # -- during a run
@@ -377,13 +413,23 @@ class LocalSweep:
             found = best_in_history(history, goal)
             best = t.value if state == "finished" else None if found is None else found[1]
             run_dir = outcome.get("run_dir")
-            out.append(RunInfo(
-                run_id=run.get("run_id", f"trial-{t.number}"), number=t.number, state=state,
-                params=run.get("params") or self.space.decode(t.params), history=history, best=best,
-                started_at=run.get("started_at"), ended_at=outcome.get("ended_at"),
-                exit_code=outcome.get("exit_code"), reason=outcome.get("reason"), stop=t.user_attrs.get("stop"),
-                run_dir=run_dir, control_dir=run.get("control_dir", ""),
-                agent={k: run.get(k) for k in ("agent", "host", "pid")}, outcome=outcome,
-            ))
+            out.append(
+                RunInfo(
+                    run_id=run.get("run_id", f"trial-{t.number}"),
+                    number=t.number,
+                    state=state,
+                    params=run.get("params") or self.space.decode(t.params),
+                    history=history,
+                    best=best,
+                    started_at=run.get("started_at"),
+                    ended_at=outcome.get("ended_at"),
+                    exit_code=outcome.get("exit_code"),
+                    reason=outcome.get("reason"),
+                    stop=t.user_attrs.get("stop"),
+                    run_dir=run_dir,
+                    control_dir=run.get("control_dir", ""),
+                    agent={k: run.get(k) for k in ("agent", "host", "pid")},
+                    outcome=outcome,
+                )
+            )
         return out
-

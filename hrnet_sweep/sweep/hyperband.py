@@ -20,14 +20,23 @@ Re-implemented from wandb/sweeps `hyperband_stop_runs` (no I/O, no clock):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Number
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from .spec import HyperbandSpec
 
-__all__ = ["BandInfo", "RunRecord", "StopDecision", "band_thresholds", "explain_bands",
-           "hyperband_stop", "runs_to_stop", "valid_history"]
+__all__ = [
+    "BandInfo",
+    "RunRecord",
+    "StopDecision",
+    "band_thresholds",
+    "explain_bands",
+    "hyperband_stop",
+    "runs_to_stop",
+    "valid_history",
+]
 
 Goal = Literal["maximize", "minimize"]
 
@@ -83,7 +92,9 @@ def _check_goal(goal: str) -> None:
         raise ValueError(f"goal must be 'maximize' or 'minimize', got {goal!r}")
 
 
-def band_thresholds(runs: Sequence[RunRecord], spec: HyperbandSpec, *, goal: Goal) -> list[tuple[int, float | None, int]]:
+def band_thresholds(
+    runs: Sequence[RunRecord], spec: HyperbandSpec, *, goal: Goal
+) -> list[tuple[int, float | None, int]]:
     """(band, threshold in the metric's orientation or None, runs that reached it) for
     every band some run has reached."""
     _check_goal(goal)
@@ -135,8 +146,8 @@ def hyperband_stop(runs: Sequence[RunRecord], spec: HyperbandSpec, *, goal: Goal
         if not reached:
             first = bands[0] if bands else spec.bands(upto=None)[0]
             decisions[run.run_id] = StopDecision(
-                run.run_id, False, None, None, None,
-                f"{len(h)} value(s) logged; first band at {first}")
+                run.run_id, False, None, None, None, f"{len(h)} value(s) logged; first band at {first}"
+            )
             continue
         band = reached[-1]
         threshold, n = thresholds[band]
@@ -146,8 +157,10 @@ def hyperband_stop(runs: Sequence[RunRecord], spec: HyperbandSpec, *, goal: Goal
         v, t = _unorient(value, goal), _unorient(threshold, goal)
         cmp = ("<" if goal == "maximize" else ">") if stop else (">=" if goal == "maximize" else "<=")
         verdict = "stop" if stop else "keep"
-        reason = (f"{verdict}: band {band} ({mode} {v:.6g} {cmp} threshold {t:.6g}, "
-                  f"top 1/{spec.eta:g} of {n} run(s) at the band)")
+        reason = (
+            f"{verdict}: band {band} ({mode} {v:.6g} {cmp} threshold {t:.6g}, "
+            f"top 1/{spec.eta:g} of {n} run(s) at the band)"
+        )
         decisions[run.run_id] = StopDecision(run.run_id, stop, band, v, t, reason)
     return decisions
 
@@ -177,8 +190,14 @@ class BandInfo:
     note: str = ""
 
 
-def explain_bands(spec: HyperbandSpec, max_epochs: int, patience: int | None, runs_per_band: int = 27,
-                  *, check_val_every_n_epoch: int = 1) -> list[BandInfo]:
+def explain_bands(
+    spec: HyperbandSpec,
+    max_epochs: int,
+    patience: int | None,
+    runs_per_band: int = 27,
+    *,
+    check_val_every_n_epoch: int = 1,
+) -> list[BandInfo]:
     """The bands a run of `max_epochs` can reach, in epochs, and how many runs each keeps.
 
     Training logs the metric once per validation, i.e. at epochs n, 2n, ... for

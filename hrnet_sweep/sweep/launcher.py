@@ -21,9 +21,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 from ..children import child_env, kill_group, start
 from ..errors import UserError
@@ -60,15 +61,17 @@ def detect_gpus(nvidia_smi: str = "nvidia-smi") -> list[str]:
     if exe is None:
         return []
     try:
-        out = subprocess.run([exe, "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True,
-                             timeout=30, check=True).stdout
+        out = subprocess.run(
+            [exe, "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
     except (subprocess.SubprocessError, OSError):
         return []
     return [line.strip() for line in out.splitlines() if line.strip().isdigit()]
 
 
-def agent_command(sweep: str, mode: Mode, *, count: int | None = None, extra: Sequence[str] = (),
-                  python: str = sys.executable) -> list[str]:
+def agent_command(
+    sweep: str, mode: Mode, *, count: int | None = None, extra: Sequence[str] = (), python: str = sys.executable
+) -> list[str]:
     """The command of one agent process."""
     count_args = ["--count", str(count)] if count else []
     if mode == "wandb":
@@ -110,9 +113,19 @@ class LaunchResult:
 
 
 class _Supervisor:
-    def __init__(self, cmd: list[str], slots: list[AgentSlot], *, max_restarts: int, restart_delay_s: float,
-                 term_grace_s: float, poll_s: float, env: dict[str, str], cwd: str | None,
-                 out: Callable[[str], None]):
+    def __init__(
+        self,
+        cmd: list[str],
+        slots: list[AgentSlot],
+        *,
+        max_restarts: int,
+        restart_delay_s: float,
+        term_grace_s: float,
+        poll_s: float,
+        env: dict[str, str],
+        cwd: str | None,
+        out: Callable[[str], None],
+    ):
         self.cmd, self.slots, self.max_restarts = cmd, slots, max_restarts
         self.restart_delay_s, self.term_grace_s, self.poll_s = restart_delay_s, term_grace_s, poll_s
         self.env, self.cwd, self.out = env, cwd, out
@@ -130,8 +143,11 @@ class _Supervisor:
         env = child_env(self.env, gpu=slot.gpu)
         slot.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(slot.log_path, "ab") as log:
-            head = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {slot.label}" + (
-                f" restart {slot.restarts}" if slot.restarts else "") + f": {' '.join(self.cmd)}\n"
+            head = (
+                f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {slot.label}"
+                + (f" restart {slot.restarts}" if slot.restarts else "")
+                + f": {' '.join(self.cmd)}\n"
+            )
             log.write(head.encode())
             log.flush()
             try:
@@ -156,14 +172,17 @@ class _Supervisor:
             self.log(f"{slot.label} finished, but every run it started failed or crashed; see {slot.log_path}")
             slot.done = True
         elif slot.restarts >= self.max_restarts:
-            self.log(f"{slot.label} exited with code {rc}; restart limit {self.max_restarts} reached, see "
-                     f"{slot.log_path}")
+            self.log(
+                f"{slot.label} exited with code {rc}; restart limit {self.max_restarts} reached, see {slot.log_path}"
+            )
             slot.done = True
         else:
             slot.restarts += 1
             slot.start_at = time.monotonic() + self.restart_delay_s
-            self.log(f"{slot.label} exited with code {rc}; restarting ({slot.restarts}/{self.max_restarts}) in "
-                     f"{self.restart_delay_s:g}s")
+            self.log(
+                f"{slot.label} exited with code {rc}; restarting ({slot.restarts}/{self.max_restarts}) in "
+                f"{self.restart_delay_s:g}s"
+            )
 
     def _stop_all(self) -> None:
         alive = [s for s in self.slots if s.proc is not None]
@@ -202,12 +221,25 @@ class _Supervisor:
         return LaunchResult(self.slots, self.signal)
 
 
-def run_agents(sweep: str, *, gpus: Sequence[str] | None = None, per_gpu: int = 1, agents: int | None = None,
-               stagger_s: float = 10.0, max_restarts: int = 3, mode: Mode = "local", count: int | None = None,
-               log_dir: str | os.PathLike = "agents-logs", agent_args: Sequence[str] = (),
-               restart_delay_s: float = 5.0, term_grace_s: float = 60.0, poll_s: float = 0.5,
-               env: dict[str, str] | None = None, cwd: str | None = None,
-               out: Callable[[str], None] | None = None) -> LaunchResult:
+def run_agents(
+    sweep: str,
+    *,
+    gpus: Sequence[str] | None = None,
+    per_gpu: int = 1,
+    agents: int | None = None,
+    stagger_s: float = 10.0,
+    max_restarts: int = 3,
+    mode: Mode = "local",
+    count: int | None = None,
+    log_dir: str | os.PathLike = "agents-logs",
+    agent_args: Sequence[str] = (),
+    restart_delay_s: float = 5.0,
+    term_grace_s: float = 60.0,
+    poll_s: float = 0.5,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    out: Callable[[str], None] | None = None,
+) -> LaunchResult:
     """Run agents for a sweep and wait for them.
 
     Args:
@@ -240,14 +272,27 @@ def run_agents(sweep: str, *, gpus: Sequence[str] | None = None, per_gpu: int = 
     n = agents if agents is not None else len(positions) if gpu_list else 1
     assigned = [positions[i % len(positions)] for i in range(n)]
     now = time.monotonic()
-    slots = [AgentSlot(i, g, Path(log_dir) / f"agent-{i}-{'gpu' + g if g is not None else 'cpu'}.log",
-                       start_at=now + i * stagger_s) for i, g in enumerate(assigned)]
+    slots = [
+        AgentSlot(
+            i, g, Path(log_dir) / f"agent-{i}-{'gpu' + g if g is not None else 'cpu'}.log", start_at=now + i * stagger_s
+        )
+        for i, g in enumerate(assigned)
+    ]
     cmd = agent_command(sweep, mode, count=count, extra=agent_args)
     if mode == "wandb" and shutil.which("wandb", path=(env or os.environ).get("PATH")) is None:
         raise UserError("`wandb` is not on PATH; pip install wandb, or run on the embedded engine with --local")
     base_env = dict(os.environ if env is None else env)
-    sup = _Supervisor(cmd, slots, max_restarts=max_restarts, restart_delay_s=restart_delay_s,
-                      term_grace_s=term_grace_s, poll_s=poll_s, env=base_env, cwd=cwd, out=printer)
+    sup = _Supervisor(
+        cmd,
+        slots,
+        max_restarts=max_restarts,
+        restart_delay_s=restart_delay_s,
+        term_grace_s=term_grace_s,
+        poll_s=poll_s,
+        env=base_env,
+        cwd=cwd,
+        out=printer,
+    )
     return sup.run()
 
 
@@ -275,10 +320,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .engine import DEFAULT_SWEEPS_ROOT
 
-    ap = argparse.ArgumentParser(prog="hrnet_sweep sweep", description=(
-        "Create a sweep and run one agent per GPU until it is done. With W&B credentials the sweep "
-        "lives on W&B (agents: wandb agent); without them, or with --local, the same YAML runs on the "
-        "embedded engine (Optuna, state in the sweep folder, runs logged to W&B offline)."))
+    ap = argparse.ArgumentParser(
+        prog="hrnet_sweep sweep",
+        description=(
+            "Create a sweep and run one agent per GPU until it is done. With W&B credentials the sweep "
+            "lives on W&B (agents: wandb agent); without them, or with --local, the same YAML runs on the "
+            "embedded engine (Optuna, state in the sweep folder, runs logged to W&B offline)."
+        ),
+    )
     ap.add_argument("yaml", nargs="?", help="sweep YAML (not needed with --resume)")
     ap.add_argument("--local", action="store_true", help="use the embedded engine even with W&B credentials")
     ap.add_argument("--project", help="W&B project (default: the YAML's, else hrnet-sweep)")
@@ -290,19 +339,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--run-cap", type=flag(int, ge=1), help="total runs of the sweep (overrides the YAML's run_cap)")
     ap.add_argument("--sweep-dir", help="folder of a new local sweep (default <sweeps-root>/<sweep id>)")
     ap.add_argument("--sweeps-root", default=str(DEFAULT_SWEEPS_ROOT), help="where local sweeps live")
-    ap.add_argument("--resume", metavar="SWEEP", help="run agents for an existing sweep: a local sweep id or "
-                    "folder (runs left running by dead agents are marked crashed), or entity/project/id")
+    ap.add_argument(
+        "--resume",
+        metavar="SWEEP",
+        help="run agents for an existing sweep: a local sweep id or "
+        "folder (runs left running by dead agents are marked crashed), or entity/project/id",
+    )
     ap.add_argument("--stagger", type=flag(float, ge=0), default=10.0, help="seconds between agent starts (default 10)")
     ap.add_argument("--max-restarts", type=flag(int, ge=0), default=3, help="restarts of a crashed agent (default 3)")
-    ap.add_argument("--keep-stopped-checkpoints", action="store_true",
-                    help="keep checkpoints of runs stopped by Hyperband (local engine; dropped by default)")
+    ap.add_argument(
+        "--keep-stopped-checkpoints",
+        action="store_true",
+        help="keep checkpoints of runs stopped by Hyperband (local engine; dropped by default)",
+    )
     ap.add_argument("--create-only", action="store_true", help="create the sweep, print its id, start no agent")
     args = ap.parse_args(list(argv or []))
     if not args.resume and not args.yaml:
         raise UserError("give a sweep YAML (e.g. sweeps/hrnet_w44_1280.yaml) or --resume SWEEP")
     gpus = parse_gpus(args.gpus) if args.gpus is not None else None
-    launch = dict(gpus=gpus, per_gpu=args.per_gpu, agents=args.agents, stagger_s=args.stagger,
-                  max_restarts=args.max_restarts, count=args.count)
+    launch = dict(
+        gpus=gpus,
+        per_gpu=args.per_gpu,
+        agents=args.agents,
+        stagger_s=args.stagger,
+        max_restarts=args.max_restarts,
+        count=args.count,
+    )
     wandb_ref = args.resume if args.resume and is_sweep_path(args.resume) else None
     creds = None if args.local or (args.resume and not wandb_ref) else credentials()
     if wandb_ref or (creds and not args.resume):
@@ -325,8 +387,9 @@ def _on_wandb(args, wandb_ref: str | None, creds: str | None, launch: dict) -> i
     if args.create_only:
         print(f"start agents with: hrnet_sweep sweep --resume {wandb_ref}")
         return 0
-    return run_agents(wandb_ref, mode="wandb", log_dir=Path("outputs") / "sweep-agents" / wandb_ref.split("/")[-1],
-                      **launch).exit_code
+    return run_agents(
+        wandb_ref, mode="wandb", log_dir=Path("outputs") / "sweep-agents" / wandb_ref.split("/")[-1], **launch
+    ).exit_code
 
 
 def _open_or_create(args):
@@ -342,14 +405,19 @@ def _open_or_create(args):
             atomic_write_json(sweep.root / "sweep.json", sweep.meta, indent=2)
             sweep = LocalSweep(sweep.root)
         reaped = sweep.reap_dead_runs()
-        print(f"resuming local sweep {sweep.sweep_id} ({sweep.root}): {len(sweep.runs())} run(s) so far"
-              + (f"; marked crashed (agent gone): {', '.join(reaped)}" if reaped else ""), flush=True)
+        print(
+            f"resuming local sweep {sweep.sweep_id} ({sweep.root}): {len(sweep.runs())} run(s) so far"
+            + (f"; marked crashed (agent gone): {', '.join(reaped)}" if reaped else ""),
+            flush=True,
+        )
         return sweep
     why = "--local given" if args.local else "no W&B credentials (WANDB_API_KEY or ~/.netrc) found"
-    print(f"{why}: running the sweep on the embedded engine (no account, no network; runs log to W&B "
-          "offline, sync them later with `wandb sync`)", flush=True)
-    sweep = LocalSweep.create(args.yaml, sweeps_root=args.sweeps_root, sweep_dir=args.sweep_dir,
-                              run_cap=args.run_cap)
+    print(
+        f"{why}: running the sweep on the embedded engine (no account, no network; runs log to W&B "
+        "offline, sync them later with `wandb sync`)",
+        flush=True,
+    )
+    sweep = LocalSweep.create(args.yaml, sweeps_root=args.sweeps_root, sweep_dir=args.sweep_dir, run_cap=args.run_cap)
     cap = f", run cap {sweep.run_cap}" if sweep.run_cap else ""
     print(f"local sweep created: {sweep.sweep_id} ({sweep.spec.method}{cap}) in {sweep.root}", flush=True)
     return sweep
@@ -361,8 +429,7 @@ def _on_engine(args, launch: dict) -> int:
     from .status import render_status
 
     sweep = _open_or_create(args)
-    print(f"  status: hrnet_sweep status {sweep.root}\n  resume: hrnet_sweep sweep --resume {sweep.root}",
-          flush=True)
+    print(f"  status: hrnet_sweep status {sweep.root}\n  resume: hrnet_sweep sweep --resume {sweep.root}", flush=True)
     if args.create_only:
         return 0
     done = sweep.exhausted()
@@ -371,8 +438,9 @@ def _on_engine(args, launch: dict) -> int:
         result_code = 0
     else:
         extra = ["--keep-stopped-checkpoints"] if args.keep_stopped_checkpoints else []
-        result_code = run_agents(str(sweep.root), mode="local", log_dir=sweep.root / "agents", agent_args=extra,
-                                 **launch).exit_code
+        result_code = run_agents(
+            str(sweep.root), mode="local", log_dir=sweep.root / "agents", agent_args=extra, **launch
+        ).exit_code
     sweep = LocalSweep(sweep.root)
     render_status(sweep)
     return max(result_code, _all_runs_failed(sweep))
@@ -385,7 +453,9 @@ def _all_runs_failed(sweep) -> int:
     if not runs or any(s in ("finished", "stopped", "running") for s in states):
         return 0
     counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
-    print(f"every run of sweep {sweep.sweep_id} failed or crashed ({counts}): nothing to rank; the last lines of "
-          f"each run's log are in {sweep.root / 'agents'}, the whole logs in {sweep.root / 'runs'}/*/output.log",
-          flush=True)
+    print(
+        f"every run of sweep {sweep.sweep_id} failed or crashed ({counts}): nothing to rank; the last lines of "
+        f"each run's log are in {sweep.root / 'agents'}, the whole logs in {sweep.root / 'runs'}/*/output.log",
+        flush=True,
+    )
     return 1

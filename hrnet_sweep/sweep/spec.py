@@ -9,15 +9,10 @@ agent` does with a run's parameters lives in `command`.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Mapping
-
-import yaml
+from typing import Any, Literal
 
 from ..config import DEFAULT_PRESET
-from ..errors import ConfigError
 
 __all__ = [
     "STRICT_DEFAULT",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..numeric import flag
 from ..ranking import RunRecord, order_runs
@@ -36,10 +36,19 @@ def sweep_summary(sweep: LocalSweep, runs: Sequence[RunInfo]) -> dict:
     for r in runs:
         counts[r.state] = counts.get(r.state, 0) + 1
     best = best_run(runs, sweep.spec.metric_goal)
-    return {"sweep_id": sweep.sweep_id, "folder": str(sweep.root), "name": sweep.spec.name,
-            "method": sweep.spec.method, "metric": sweep.spec.metric_name, "goal": sweep.spec.metric_goal,
-            "run_cap": sweep.run_cap, "runs": len(runs), "counts": counts, "done": sweep.exhausted(),
-            "best": None if best is None else {"run_id": best.run_id, "value": best.best, "params": best.params}}
+    return {
+        "sweep_id": sweep.sweep_id,
+        "folder": str(sweep.root),
+        "name": sweep.spec.name,
+        "method": sweep.spec.method,
+        "metric": sweep.spec.metric_name,
+        "goal": sweep.spec.metric_goal,
+        "run_cap": sweep.run_cap,
+        "runs": len(runs),
+        "counts": counts,
+        "done": sweep.exhausted(),
+        "best": None if best is None else {"run_id": best.run_id, "value": best.best, "params": best.params},
+    }
 
 
 def _short_params(run: RunInfo, searched: Sequence[str]) -> str:
@@ -79,24 +88,37 @@ def render_status(sweep: LocalSweep, runs: Sequence[RunInfo] | None = None, cons
     counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items()) or "no runs yet"
     cap = f" of run cap {sweep.run_cap}" if sweep.run_cap else ""
     done = f"; done: {summary['done']}" if summary["done"] else ""
-    console.print(f"[bold]sweep {sweep.sweep_id}[/bold] ({sweep.spec.method}, {sweep.spec.metric_goal} "
-                  f"{sweep.spec.metric_name}) {sweep.root}")
+    console.print(
+        f"[bold]sweep {sweep.sweep_id}[/bold] ({sweep.spec.method}, {sweep.spec.metric_goal} "
+        f"{sweep.spec.metric_name}) {sweep.root}"
+    )
     console.print(f"{len(runs)} run(s){cap}: {counts}{done}")
     best = best_run(runs, sweep.spec.metric_goal)
     searched = list(sweep.spec.searched())
     metric = sweep.spec.metric_name or "metric"
     table = Table(show_lines=False)
-    for col, kw in (("run", {}), ("state", {}), (f"best {metric}", {"justify": "right"}),
-                    ("values", {"justify": "right"}), ("params", {}), ("time", {"justify": "right"}),
-                    ("stop / reason", {"overflow": "fold"})):
+    for col, kw in (
+        ("run", {}),
+        ("state", {}),
+        (f"best {metric}", {"justify": "right"}),
+        ("values", {"justify": "right"}),
+        ("params", {}),
+        ("time", {"justify": "right"}),
+        ("stop / reason", {"overflow": "fold"}),
+    ):
         table.add_column(col, **kw)
     for r in runs:
         note = _note(r)
         style = _STYLE.get(r.state, "")
-        table.add_row(r.run_id + (" *" if best is not None and r.run_id == best.run_id else ""),
-                      f"[{style}]{r.state}[/{style}]" if style else r.state,
-                      "" if r.best is None else f"{r.best:.4f}", str(r.epochs), _short_params(r, searched),
-                      _duration(r), note or "")
+        table.add_row(
+            r.run_id + (" *" if best is not None and r.run_id == best.run_id else ""),
+            f"[{style}]{r.state}[/{style}]" if style else r.state,
+            "" if r.best is None else f"{r.best:.4f}",
+            str(r.epochs),
+            _short_params(r, searched),
+            _duration(r),
+            note or "",
+        )
     console.print(table)
     if best is not None:
         console.print(f"best: run {best.run_id} {metric} {best.best:.4f}  (* in the table)")
@@ -121,8 +143,11 @@ def _open(ref: str, sweeps_root: str) -> LocalSweep:
 
 
 def main_status(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="hrnet_sweep status", description="Runs of a local sweep: state, "
-                                 "params, best metric, logged values, Hyperband stop or failure reason.")
+    ap = argparse.ArgumentParser(
+        prog="hrnet_sweep status",
+        description="Runs of a local sweep: state, "
+        "params, best metric, logged values, Hyperband stop or failure reason.",
+    )
     ap.add_argument("sweep", help="sweep folder or local sweep id")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--sweeps-root", default=str(DEFAULT_SWEEPS_ROOT))
@@ -130,16 +155,22 @@ def main_status(argv: Sequence[str] | None = None) -> int:
     sweep = _open(args.sweep, args.sweeps_root)
     runs = sweep.runs()
     if args.json:
-        print(json.dumps({"sweep": sweep_summary(sweep, runs), "runs": [r.to_dict() for r in runs]}, indent=2,
-                         default=str))
+        print(
+            json.dumps(
+                {"sweep": sweep_summary(sweep, runs), "runs": [r.to_dict() for r in runs]}, indent=2, default=str
+            )
+        )
     else:
         render_status(sweep, runs)
     return 0
 
 
 def main_clean(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="hrnet_sweep clean", description="Delete the checkpoints of runs outside "
-                                 "the top N by best metric (never the best run's); report the bytes freed.")
+    ap = argparse.ArgumentParser(
+        prog="hrnet_sweep clean",
+        description="Delete the checkpoints of runs outside "
+        "the top N by best metric (never the best run's); report the bytes freed.",
+    )
     ap.add_argument("sweep", help="sweep folder or local sweep id")
     ap.add_argument("--keep-top", type=flag(int, ge=0), required=True, metavar="N", help="runs whose checkpoints stay")
     ap.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
@@ -157,9 +188,10 @@ def main_clean(argv: Sequence[str] | None = None) -> int:
         freed = delete_files(files, dry_run=args.dry_run)
         total += freed
         score = "n/a" if r.best is None else f"{r.best:.4f}"
-        print(f"{r.run_id} ({r.state}, best {score}): {verb} {freed / 1e6:.1f} MB in {len(files)} file(s)"
-              + ("".join(f"\n    {p}" for p in files) if args.dry_run else ""))
+        print(
+            f"{r.run_id} ({r.state}, best {score}): {verb} {freed / 1e6:.1f} MB in {len(files)} file(s)"
+            + ("".join(f"\n    {p}" for p in files) if args.dry_run else "")
+        )
     kept = ", ".join(r.run_id for r in keep if r.state != "running") or "none"
     print(f"{verb} {total / 1e6:.1f} MB ({total} bytes); checkpoints kept for: {kept}")
     return 0
-

@@ -9,8 +9,9 @@ sweep schema, wandb/sweeps `config/schema.json`, every parameter against
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 

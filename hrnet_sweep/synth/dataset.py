@@ -6,19 +6,18 @@ import argparse
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
 
 from ..errors import UserError
 from ..formats import atomic_path, atomic_write_json
-from ..numeric import number_text
+from ..numeric import flag, number_text
 from ..progress import track
 from .fonts import fonts_for
 from .photo import SynthImage, render_image
-from ..numeric import flag
 
 DEFAULT_SIZE = (480, 640)
 """Canvas (width, height): receipts about 300-410 px wide, small for the CPU demo."""
@@ -158,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--num", type=flag(int, ge=1), default=100, help="number of images (default %(default)s)")
     ap.add_argument("--seed", type=flag(int), default=0, help="random seed (default %(default)s)")
     ap.add_argument("--size", default="{}x{}".format(*DEFAULT_SIZE), help="canvas WIDTHxHEIGHT (default %(default)s)")
-    ap.add_argument("--text-scale", type=flag(float), default=1.0, help="type size factor in [0.5, 3]; larger: fewer words")
+    ap.add_argument(
+        "--text-scale", type=flag(float), default=1.0, help="type size factor in [0.5, 3]; larger: fewer words"
+    )
     ap.add_argument("--splits", help="NAME=COUNT,... adding up to --num (default train/val/test 70/15/15%%)")
     korean = ap.add_mutually_exclusive_group()
     korean.add_argument("--no-korean", dest="korean", action="store_const", const=False, help="English receipts only")
