@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from ..constants import METRIC
 from ..formats import atomic_path
 from ..runfolder import append_history, history_is_cut, read_history, rewrite_history, stop_requested
 
-__all__ = ["AtomicCheckpointIO", "RunControl", "atomic_checkpoint_io"]
+__all__ = ["AtomicCheckpointIO", "RunControl", "atomic_checkpoint_io", "selection_callbacks"]
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +70,44 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def atomic_checkpoint_io() -> AtomicCheckpointIO:
     return AtomicCheckpointIO()
+
+
+def selection_callbacks(cfg, run_dir: Path) -> tuple[ModelCheckpoint, list]:
+    """The best checkpoint by `val/hmean` (the tuned H-Mean when validation tunes), and the
+    callbacks that go with it: `last.ckpt` at every epoch end and early stopping."""
+    ckpt_cfg = cfg.callbacks.model_checkpoint
+    best = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best-{epoch:02d}",
+        monitor=METRIC,
+        mode="max",
+        save_top_k=ckpt_cfg.save_top_k,
+        save_last=False,
+        auto_insert_metric_name=False,
+        # saved after the epoch ends, so a resume starts the next epoch instead of
+        # re-running this one's validation
+        save_on_train_epoch_end=True,
+    )
+    more = []
+    if ckpt_cfg.save_last:
+        # Lightning's save_last writes last.ckpt only when a best checkpoint is written, so after
+        # epochs without a new best a kill would resume from the last best epoch. This one writes
+        # last.ckpt at every epoch end, after `best` (whose state it then holds).
+        more.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                enable_version_counter=False,
+                save_on_train_epoch_end=True,
+            )
+        )
+    es = cfg.callbacks.early_stopping
+    if es.enabled:
+        more.append(
+            EarlyStopping(
+                monitor=METRIC, mode="max", patience=es.patience, min_delta=es.min_delta, check_on_train_epoch_end=False
+            )
+        )
+    return best, more

@@ -286,14 +286,13 @@ def run(cfg: Config, *, extra_callbacks: Sequence = ()) -> TrainResult:
 
 def _fit(cfg: Config, run_name: str, run_dir: Path, control_dir: Path | None, extra_callbacks: Sequence) -> TrainResult:
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import LearningRateMonitor
 
     from ..dbnet.lit import DBNetModule, NonFiniteLossError
     from ..dbnet.loss import build_loss
     from ..dbnet.model import build_model
     from ..dbnet.speed import configure_backends, prepare_model
-    from ..progress import lightning_progress
-    from .callbacks import RunControl, atomic_checkpoint_io
+    from .callbacks import RunControl, selection_callbacks
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     resume = _resume_path(cfg, run_dir)
@@ -308,69 +307,13 @@ def _fit(cfg: Config, run_name: str, run_dir: Path, control_dir: Path | None, ex
     model = prepare_model(model, cfg, backends)  # regional compile, activation checkpointing
     module = DBNetModule.from_config(model, build_loss(cfg), cfg)
 
-    ckpt_cfg = cfg.callbacks.model_checkpoint
-    ckpt = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best-{epoch:02d}",
-        monitor=METRIC,
-        mode="max",
-        save_top_k=ckpt_cfg.save_top_k,
-        save_last=False,
-        auto_insert_metric_name=False,
-        # saved after the epoch ends, so a resume starts the next epoch
-        # instead of re-running this one's validation
-        save_on_train_epoch_end=True,
-    )
+    ckpt, callbacks = selection_callbacks(cfg, run_dir)
     control = RunControl(run_dir, control_dir)
-    callbacks = [ckpt, control, *extra_callbacks]
-    if ckpt_cfg.save_last:
-        # Lightning's save_last writes last.ckpt only when a best checkpoint is written, so after
-        # epochs without a new best a kill would resume from the last best epoch. This one writes
-        # last.ckpt at every epoch end, after `ckpt` (whose state it then holds).
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                filename="last",
-                monitor=None,
-                save_top_k=1,
-                enable_version_counter=False,
-                save_on_train_epoch_end=True,
-            )
-        )
-    es = cfg.callbacks.early_stopping
-    if es.enabled:
-        callbacks.append(
-            EarlyStopping(
-                monitor=METRIC, mode="max", patience=es.patience, min_delta=es.min_delta, check_on_train_epoch_end=False
-            )
-        )
+    callbacks = [ckpt, control, *extra_callbacks, *callbacks]
     loggers = build_loggers(cfg, run_dir, run_name)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    t = cfg.trainer
-    show_bar, progress_callbacks = lightning_progress(t.progress_bar)  # plain lines where stdout is a log file
-    callbacks += progress_callbacks
-    trainer = pl.Trainer(
-        max_epochs=t.max_epochs,
-        accelerator="gpu" if t.accelerator == "cuda" else t.accelerator,
-        devices=t.devices,
-        precision=t.precision if t.precision != "32" else "32-true",
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val,
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches,
-        check_val_every_n_epoch=t.check_val_every_n_epoch,
-        log_every_n_steps=t.log_every_n_steps,
-        deterministic=t.deterministic,
-        enable_progress_bar=show_bar,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        logger=loggers or False,
-        default_root_dir=str(run_dir),
-        plugins=[atomic_checkpoint_io()],
-        benchmark=backends.cudnn_benchmark,
-        enable_model_summary=False,
-    )
+    trainer = _trainer(cfg, run_dir, callbacks, loggers, backends.cudnn_benchmark)
     train_dl = _loader(train_ds, cfg, shuffle=True, batch_size=cfg.data.batch_size)
     val_dl = _loader(val_ds, cfg, shuffle=False, batch_size=cfg.data.batch_size)
     previous_term = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
@@ -385,6 +328,38 @@ def _fit(cfg: Config, run_name: str, run_dir: Path, control_dir: Path | None, ex
     if control.stop_requested:
         return _result(cfg, "stopped", run_dir, ckpt, control, reason="stopped by the sweep engine (Hyperband)")
     return _result(cfg, "finished", run_dir, ckpt, control)
+
+
+def _trainer(cfg: Config, run_dir: Path, callbacks: list, loggers: list, cudnn_benchmark: bool):
+    """The Lightning Trainer of a run, from `trainer.*` (progress: plain lines in a log file)."""
+    import pytorch_lightning as pl
+
+    from ..progress import lightning_progress
+    from .callbacks import atomic_checkpoint_io
+
+    t = cfg.trainer
+    show_bar, progress_callbacks = lightning_progress(t.progress_bar)
+    return pl.Trainer(
+        max_epochs=t.max_epochs,
+        accelerator="gpu" if t.accelerator == "cuda" else t.accelerator,
+        devices=t.devices,
+        precision=t.precision if t.precision != "32" else "32-true",
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        enable_progress_bar=show_bar,
+        num_sanity_val_steps=0,
+        callbacks=[*callbacks, *progress_callbacks],
+        logger=loggers or False,
+        default_root_dir=str(run_dir),
+        plugins=[atomic_checkpoint_io()],
+        benchmark=cudnn_benchmark,
+        enable_model_summary=False,
+    )
 
 
 def _sigterm_to_interrupt(signum, frame):
