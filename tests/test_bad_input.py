@@ -16,9 +16,9 @@ import threading
 
 import numpy as np
 import pytest
+import reference_postprocess as bench
 from PIL import Image
 
-from _util import load_benchmark
 from hrnet_sweep import formats, submission
 from hrnet_sweep.cli import main as cli
 from hrnet_sweep.dbnet.data import read_image
@@ -392,7 +392,6 @@ def test_gt_is_rounded_from_float64_as_the_competition_rounds_it(tmp_path):
 
 
 def test_postprocess_reference_clamps_to_w_and_h_as_the_paper_does():
-    bench = load_benchmark("bench_postprocess")
     prob = np.zeros((40, 60), np.float32)
     prob[10:30, 30:60] = 1.0  # touching the right border: unclipping goes past it
     (poly,), _ = bench.reference_postprocess(prob, box_thresh=0.5)

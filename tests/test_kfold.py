@@ -14,6 +14,7 @@ import pytest
 
 from hrnet_sweep.errors import UserError
 from hrnet_sweep.pipeline import kfold
+from hrnet_sweep.pipeline.retrain import SUMMARY_FILE
 
 TINY = [
     "data.image_height=64",
@@ -143,7 +144,7 @@ def test_one_fold_per_gpu_queued(tmp_path, fake_python, monkeypatch):
     assert max(sum(1 for t in trace if t["start"] <= u["start"] < t["end"]) for u in trace) == 2
     assert [doc["folds"][str(k)]["state"] for k in range(5)] == ["finished"] * 5
     assert doc["mean_best"] == pytest.approx(0.7)
-    assert json.loads((tmp_path / "rt" / kfold.SUMMARY_FILE).read_text())["folds"]["4"]["best"] == pytest.approx(0.9)
+    assert json.loads((tmp_path / "rt" / SUMMARY_FILE).read_text())["folds"]["4"]["best"] == pytest.approx(0.9)
     assert any("fold 3 epoch 0: val/hmean 0.8000" in line for line in lines)
 
 

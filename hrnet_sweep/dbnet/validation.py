@@ -126,7 +126,7 @@ class Grid:
         ]
 
 
-VAL_GRID = Grid(thresh=(0.2, 0.3, 0.4), box_thresh=(0.3, 0.5, 0.7), unclip_ratio=(1.5, 2.0), refine_unclip=False)
+VAL_GRID = Grid(thresh=(0.2, 0.35, 0.5), box_thresh=(0.3, 0.5, 0.7), unclip_ratio=(1.5, 2.0), refine_unclip=False)
 """At validation: 36 coarse settings (3 contour passes per image), then at most 8 half steps
 of thresh and box_thresh around the best. Measured on sroie-mini at 512 px (2 cores): the
 first grid (48 coarse + 26 refined) took 11-24 s of worker CPU per validation once the
