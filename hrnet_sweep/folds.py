@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, DataError
-from .formats import atomic_write_json, load_annotations, read_json
+from .files import atomic_write_json, read_json
+from .formats import load_annotations
 
 __all__ = [
     "Manifest",

@@ -32,7 +32,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from .formats import atomic_write_json, atomic_write_text
+from .files import atomic_write_json, atomic_write_text
 
 __all__ = [
     "METRICS_FILE",

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from .constants import MAX_DETECTIONS
 from .errors import DataError
-from .formats import CSV_HEADER, check_readable_file, csv_field_limit
+from .files import check_readable_file
+from .formats import CSV_HEADER, csv_field_limit
 from .numeric import flag
 
 __all__ = ["Issue", "Report", "main", "validate_submission"]

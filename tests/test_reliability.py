@@ -43,7 +43,8 @@ from hrnet_sweep.cli import main as cli
 from hrnet_sweep.config import load_config
 from hrnet_sweep.constants import CONTROL_DIR_ENV, METRIC
 from hrnet_sweep.errors import DataError
-from hrnet_sweep.formats import atomic_path, load_annotations
+from hrnet_sweep.files import atomic_path
+from hrnet_sweep.formats import load_annotations
 from hrnet_sweep.pipeline import best as best_cmd
 from hrnet_sweep.pipeline.presets import read_provenance
 from hrnet_sweep.ranking import RunRecord, rank_runs
@@ -732,7 +733,7 @@ def test_atomic_path_failure_leaves_target_and_no_temp_file(where, tmp_path, mon
         def refuse(src, dst):
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr("hrnet_sweep.formats.os.replace", refuse)
+        monkeypatch.setattr("hrnet_sweep.files.os.replace", refuse)
     with pytest.raises(OSError, match="No space left"):
         with atomic_path(target) as tmp:
             tmp.write_text("new: 2\nhalf")
@@ -755,7 +756,7 @@ def test_sigkill_during_a_write_keeps_the_previous_file(tmp_path):
     target = tmp_path / "submission.csv"
     target.write_text("filename,polygons\nold.jpg,1 2 3 4 5 6 7 8\n")
     code = (
-        "import sys, time\nfrom hrnet_sweep.formats import atomic_path\n"
+        "import sys, time\nfrom hrnet_sweep.files import atomic_path\n"
         "with atomic_path(sys.argv[1]) as tmp:\n"
         "    fh = open(tmp, 'w'); fh.write('filename,polygons\\nnew.jpg,1 2'); fh.flush()\n"
         "    print('writing', flush=True); time.sleep(600)\n"

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..constants import MAX_DETECTIONS
 from ..errors import DataError
-from ..formats import check_readable_file, load_annotations, read_json, read_submission
+from ..files import check_readable_file, read_json
+from ..formats import load_annotations, read_submission
 
 
 @dataclass

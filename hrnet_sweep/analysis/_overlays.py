@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import DataError
-from ..formats import check_readable_file
+from ..files import check_readable_file
 from ._load import _scored
 from ._model import _Model
 

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ..formats import atomic_path
+from ..files import atomic_path
 from ._rules import count_limits
 
 __all__ = [

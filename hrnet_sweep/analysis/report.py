@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UserError
-from ..formats import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json, atomic_write_text
 from ._load import _check_inputs, _image_sizes, _load_gt, _load_predictions, _Loaded, _safe
 from ._markdown import _analysis_markdown, _name
 from ._model import _analyse_model, _image_names, _int_histogram, _Model

@@ -103,7 +103,7 @@ def preset_path(name: str) -> Path:
     """A preset name (shipped) or a path to a YAML file."""
     p = Path(name).expanduser()
     if p.suffix in (".yaml", ".yml") and p.exists():
-        from ..formats import check_readable_file
+        from ..files import check_readable_file
 
         return check_readable_file(p, "preset")  # a folder or a FIFO is refused, not waited for
     shipped = PRESET_DIR / f"{name}.yaml"
@@ -119,7 +119,7 @@ def list_presets() -> list[str]:
 
 
 def _load_yaml(path: Path) -> dict:
-    from ..formats import read_text
+    from ..files import read_text
 
     try:
         doc = yaml.safe_load(read_text(path))
@@ -266,6 +266,6 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
 
 def save_config(cfg: Config, path: str | os.PathLike) -> Path:
     """Write the resolved config atomically as YAML."""
-    from ..formats import atomic_write_text
+    from ..files import atomic_write_text
 
     return atomic_write_text(path, cfg.to_yaml())

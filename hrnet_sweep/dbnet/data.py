@@ -41,7 +41,8 @@ from torch.utils.data import default_collate
 
 from ..config import AugmentConfig, TargetsConfig
 from ..errors import ConfigError, DataError
-from ..formats import ImageAnnotation, check_readable_file, clamp_polygon
+from ..files import check_readable_file
+from ..formats import ImageAnnotation, clamp_polygon
 
 log = logging.getLogger(__name__)
 

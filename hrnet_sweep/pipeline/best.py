@@ -29,7 +29,7 @@ from typing import Any
 
 from ..constants import METRIC
 from ..errors import UserError
-from ..formats import check_writable
+from ..files import check_writable
 from ..numeric import flag
 from ..ranking import RankedRun, Ranking, RunRecord, rank_runs
 from ..runfolder import MANIFEST_FILE, finite, read_history

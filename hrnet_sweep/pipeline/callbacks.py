@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from ..constants import METRIC
-from ..formats import atomic_path
+from ..files import atomic_path
 from ..runfolder import append_history, history_is_cut, read_history, rewrite_history, stop_requested
 
 __all__ = ["AtomicCheckpointIO", "RunControl", "atomic_checkpoint_io", "selection_callbacks"]

@@ -385,7 +385,7 @@ def run_demo(
     say: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the demo pipeline; return its summary (also written to `<out>/demo.json`)."""
-    from ..formats import atomic_write_json
+    from ..files import atomic_write_json
     from .ensemble import resolve_retrain
 
     say = say or (lambda s: print(s, flush=True))

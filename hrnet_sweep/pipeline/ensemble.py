@@ -158,7 +158,7 @@ def _stamp(path: Path) -> list[int]:
 def _save_png(path: Path, prob: np.ndarray) -> None:
     import cv2
 
-    from ..formats import atomic_path
+    from ..files import atomic_path
 
     ok, buf = cv2.imencode(".png", prob, [cv2.IMWRITE_PNG_COMPRESSION, 3])
     if not ok:  # pragma: no cover
@@ -183,8 +183,9 @@ def cache_oof_maps(
 ) -> OOFCache:
     """Each finished fold's best checkpoint on its own validation images, cached once."""
     from ..dbnet.inference import load_checkpoint, pick_device, probability_maps
+    from ..files import atomic_write_json, read_json
     from ..folds import read_manifest
-    from ..formats import atomic_write_json, clamp_polygon, load_annotations, read_json
+    from ..formats import clamp_polygon, load_annotations
     from ..runfolder import MANIFEST_FILE
 
     cfg = target.cfg

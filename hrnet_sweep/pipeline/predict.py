@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..dbnet import inference
 from ..errors import UserError
-from ..formats import check_writable
+from ..files import check_writable
 from ..numeric import flag
 
 __all__ = ["main"]

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError, UserError
-from ..formats import atomic_write_text, check_writable
+from ..files import atomic_write_text, check_writable
 
 __all__ = [
     "PROVENANCE_MARK",

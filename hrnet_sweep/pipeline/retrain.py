@@ -139,7 +139,7 @@ def _rel(path: str | None, root: Path) -> str | None:
 def write_summary(
     root: Path, preset: str, extra: Sequence[str], cfg, results: Mapping[int, FoldResult], split_note: str
 ) -> Path:
-    from ..formats import atomic_write_json, read_json
+    from ..files import atomic_write_json, read_json
 
     path = root / SUMMARY_FILE
     old = read_json(path) if path.is_file() else {}
@@ -171,7 +171,7 @@ def write_summary(
 
 def load_summary(path_or_dir: str | os.PathLike) -> tuple[dict, Path]:
     """Read a `kfold_summary.json` (or the retrain folder holding it); paths resolved."""
-    from ..formats import read_json
+    from ..files import read_json
 
     p = Path(path_or_dir)
     path = p / SUMMARY_FILE if p.is_dir() else p

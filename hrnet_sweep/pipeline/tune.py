@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..dbnet.validation import PARAMS, Grid, Setting, score_settings, tune_postprocess
 from ..errors import UserError
-from ..formats import atomic_write_json, read_json
+from ..files import atomic_write_json, read_json
 from ..numeric import flag, number_text
 from .presets import write_postprocess
 

@@ -154,7 +154,7 @@ def uses_args_json_file(command: Iterable[str]) -> bool:
 
 def write_args_json_file(path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
     """The `${args_json_file}` file: the parameters as one JSON object (as W&B writes it)."""
-    from ..formats import atomic_write_text
+    from ..files import atomic_write_text
 
     return atomic_write_text(path, command_args(params)["args_json"][0])
 
@@ -162,7 +162,7 @@ def write_args_json_file(path: str | os.PathLike, params: Mapping[str, Any]) -> 
 def write_param_file(path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
     """Write the `WANDB_SWEEP_PARAM_PATH` file exactly as `wandb agent` does:
     `wandb_version: 1`, a blank line, then `{key: {value: v}}` as block YAML in order."""
-    from ..formats import atomic_write_text
+    from ..files import atomic_write_text
 
     text = "wandb_version: 1"
     if params:

@@ -46,7 +46,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
-from ..formats import atomic_write_json, atomic_write_text, read_json
+from ..files import atomic_write_json, atomic_write_text, read_json
 from ..numeric import number_problem
 from ..runfolder import best_in_history, read_status
 from ._liveness import agent_identity, boot_id, pid_alive

@@ -399,7 +399,7 @@ def _open_or_create(args):
     if args.resume:
         sweep = LocalSweep.open(args.resume, sweeps_root=args.sweeps_root)
         if args.run_cap is not None:
-            from ..formats import atomic_write_json
+            from ..files import atomic_write_json
 
             sweep.meta["run_cap"] = args.run_cap
             atomic_write_json(sweep.root / "sweep.json", sweep.meta, indent=2)

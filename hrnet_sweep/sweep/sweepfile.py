@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..formats import check_readable_file, read_text
+from ..files import check_readable_file, read_text
 from ._validate import validate_sweep
 from .spec import SweepSpec
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
-from ..formats import atomic_path, atomic_write_json
+from ..files import atomic_path, atomic_write_json
 from ..numeric import flag, number_text
 from ..progress import track
 from .fonts import fonts_for
