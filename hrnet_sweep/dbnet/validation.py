@@ -129,8 +129,9 @@ class Grid:
 VAL_GRID = Grid(thresh=(0.2, 0.35, 0.5), box_thresh=(0.3, 0.5, 0.7), unclip_ratio=(1.5, 2.0), refine_unclip=False)
 """At validation: 36 coarse settings (3 contour passes per image), then at most 8 half steps
 of thresh and box_thresh around the best. Measured on sroie-mini at 512 px (2 cores): the
-first grid (48 coarse + 26 refined) took 11-24 s of worker CPU per validation once the
-model detected text, against 45 s training epochs; this one about half."""
+first grid (48 coarse + 26 refined) took 9-24 s of worker CPU per validation once the
+model detected text, against 45 s training epochs; this one 4.3-5.4 s, and a tuned epoch
+took 1.06x a fixed one (benchmarks/bench_validation.py from a trained checkpoint)."""
 
 
 def _half_steps(values: Sequence[float], best: float, lo: float, hi: float) -> tuple[float, ...]:
