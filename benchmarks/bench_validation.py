@@ -141,20 +141,9 @@ def main(argv=None) -> int:
     limit = int(args.limit_train) if args.limit_train > 1 else args.limit_train
     cfg = load_config(
         [
-            "preset=hrnet_w18_small_cpu",
-            f"data.root={root}",
-            *data,
-            f"data.image_height={args.size}",
-            f"data.image_width={args.size}",
-            f"data.batch_size={args.batch}",
-            f"data.num_workers={args.workers}",
-            f"models.optimizer.lr={args.lr}",
-            f"trainer.max_epochs={args.epochs}",
-            f"models.scheduler.T_max={args.epochs}",
+            *cpu_recipe(root, data, args),
             f"trainer.limit_train_batches={limit}",
             f"models.postprocess.tune_workers={args.tune_workers}",
-            "callbacks.early_stopping.enabled=false",
-            "trainer.progress_bar=false",
             "logging.tensorboard=false",
             f"output_dir={args.out}",
             f"run_name={args.data}-{args.size}px-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -184,6 +173,26 @@ def main(argv=None) -> int:
     if "epoch_ratio" in s:
         print(f"tuned / fixed epoch time: {s['epoch_ratio']:.3f} (budget 1.25)")
     return 0
+
+
+def cpu_recipe(root: Path, data: list[str], args) -> list[str]:
+    """The CPU preset from scratch on `root` at `args.size` px with `args.batch`,
+    `args.workers`, `args.lr` and a cosine over `args.epochs` (no early stopping): the
+    overrides this benchmark and `train_cpu.py` share."""
+    return [
+        "preset=hrnet_w18_small_cpu",
+        f"data.root={root}",
+        *data,
+        f"data.image_height={args.size}",
+        f"data.image_width={args.size}",
+        f"data.batch_size={args.batch}",
+        f"data.num_workers={args.workers}",
+        f"models.optimizer.lr={args.lr}",
+        f"trainer.max_epochs={args.epochs}",
+        f"models.scheduler.T_max={args.epochs}",
+        "callbacks.early_stopping.enabled=false",
+        "trainer.progress_bar=false",
+    ]
 
 
 def _data(kind: str, out: Path) -> tuple[Path, list[str]]:

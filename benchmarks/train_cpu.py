@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_validation import ValidationTimer  # noqa: E402
+from bench_validation import ValidationTimer, cpu_recipe  # noqa: E402
 
 from hrnet_sweep.config import load_config  # noqa: E402
 from hrnet_sweep.dbnet.inference import load_checkpoint, postprocess_map, probability_maps  # noqa: E402
@@ -83,18 +83,7 @@ def main() -> int:
     run_name = f"{args.data}-{args.size}px-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = load_config(
         [
-            "preset=hrnet_w18_small_cpu",
-            f"data.root={root}",
-            *data_overrides,
-            f"data.image_height={args.size}",
-            f"data.image_width={args.size}",
-            f"data.batch_size={args.batch}",
-            f"data.num_workers={args.workers}",
-            f"models.optimizer.lr={args.lr}",
-            f"trainer.max_epochs={args.epochs}",
-            f"models.scheduler.T_max={args.epochs}",
-            "callbacks.early_stopping.enabled=false",
-            "trainer.progress_bar=false",
+            *cpu_recipe(root, data_overrides, args),
             f"output_dir={out}",
             f"run_name={run_name}",
             *args.set,

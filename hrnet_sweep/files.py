@@ -157,9 +157,10 @@ def read_json(path: str | os.PathLike, *, object_pairs_hook=None):
         raise DataError(f"{path}: cannot read it ({err.strerror or err})") from None
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """A UTF-8 text file's content; any failure is a `DataError` naming the file."""
-    path = check_readable_file(path)
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A UTF-8 text file's content; any failure is a `DataError` naming the file (`what`
+    names it when it is missing, as in `check_readable_file`)."""
+    path = check_readable_file(path, what)
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:

@@ -338,31 +338,18 @@ def _retrain(preset: Path, budget: Budget, retrain: Path, say: Callable[[str], N
 def _tune(retrain: Path, budget: Budget, say: Callable[[str], None]) -> tuple[dict, Path]:
     """Tune the post-processing on the out-of-fold maps and write it into the preset;
     (the chosen setting, the map cache folder)."""
-    from .ensemble import cache_oof_maps, resolve_retrain
-    from .tune import Grid, apply_tuned_postprocess, parse_grid, tune_postprocess
-    from .tune import print_table as print_tune
+    from .ensemble import OOF_DIR, resolve_retrain
+    from .tune import Grid, apply_tuned_postprocess, parse_grid, print_table, tune_retrain
 
     target = resolve_retrain(retrain)
-    cache = cache_oof_maps(target, progress=False)
     grid = parse_grid(list(budget.tune_grid), Grid(refine=True))
-    pp = target.cfg.models.postprocess
-    fixed = {"max_candidates": pp.max_candidates, "min_size": pp.min_size}
-    best, table = tune_postprocess(
-        cache.paths, cache.gts, grid, image_sizes=cache.sizes, fixed=fixed, workers=min(2, os.cpu_count() or 1)
+    best, baseline, table = tune_retrain(
+        target, grid, workers=min(2, os.cpu_count() or 1), progress=False, say=lambda s: say(f"   {s}")
     )
-    baseline = next(
-        (
-            r
-            for r in table
-            if (r["thresh"], r["box_thresh"], r["unclip_ratio"], r["use_polygon"])
-            == (pp.thresh, pp.box_thresh, pp.unclip_ratio, pp.use_polygon)
-        ),
-        None,
-    )
-    print_tune(table, baseline, 5)
+    print_table(table, baseline, 5)
     for path in apply_tuned_postprocess(target, best, baseline, table):
         say(f"   wrote {path}")
-    return best, cache.root
+    return best, target.root / OOF_DIR
 
 
 def _predict(preset: Path, test: Path, csv: Path) -> None:

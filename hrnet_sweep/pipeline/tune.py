@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -133,8 +133,39 @@ def print_table(table: Sequence[dict], baseline: dict | None, top: int = 10) -> 
     Console().print(t)
 
 
+def tune_retrain(
+    target: Retrain,
+    grid: Grid,
+    *,
+    workers: int,
+    max_side: int = 1024,
+    device: str | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] | None = None,
+) -> tuple[dict, dict, list[dict]]:
+    """Search `grid` on a retrain's out-of-fold maps (cached once); (best, the preset's own
+    setting scored the same way, the table best first). `tune-postprocess` and the demo."""
+    from .ensemble import cache_oof_maps
+
+    say = say or (lambda line: print(line, flush=True))
+    cache = cache_oof_maps(target, max_side=max_side, device=device, progress=progress)
+    say(
+        f"tuning on {len(cache.paths)} out-of-fold maps of folds {cache.folds} ({cache.root}); "
+        f"{len(grid.settings())} coarse settings, {workers} worker(s)"
+    )
+    pp = target.cfg.models.postprocess
+    fixed = {"max_candidates": pp.max_candidates, "min_size": pp.min_size}
+    best, table = tune_postprocess(cache.paths, cache.gts, grid, image_sizes=cache.sizes, fixed=fixed, workers=workers)
+    current = Setting.of(pp)
+    baseline = next((r for r in table if Setting.of(r) == current), None)
+    if baseline is None:
+        items = [(cache.paths[n], cache.sizes.get(n), cache.gts[n]) for n in sorted(cache.gts)]
+        baseline = score_settings(items, [current], fixed=fixed, workers=workers)[0]
+    return best, baseline, table
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from .ensemble import cache_oof_maps, resolve_retrain
+    from .ensemble import resolve_retrain
 
     ap = argparse.ArgumentParser(
         prog="hrnet_sweep tune-postprocess",
@@ -162,22 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     grid = parse_grid(args.grid, Grid(refine=not args.no_refine))
     target = resolve_retrain(args.target)
-    cache = cache_oof_maps(target, max_side=args.max_side, device=args.device)
-    print(
-        f"tuning on {len(cache.paths)} out-of-fold maps of folds {cache.folds} ({cache.root}); "
-        f"{len(grid.settings())} coarse settings, {args.workers} worker(s)",
-        flush=True,
-    )
-    pp = target.cfg.models.postprocess
-    fixed = {"max_candidates": pp.max_candidates, "min_size": pp.min_size}
-    best, table = tune_postprocess(
-        cache.paths, cache.gts, grid, image_sizes=cache.sizes, fixed=fixed, workers=args.workers
-    )
-    current = Setting(pp.thresh, pp.box_thresh, pp.unclip_ratio, pp.use_polygon)
-    baseline = next((r for r in table if Setting(**{k: r[k] for k in PARAMS}) == current), None)
-    if baseline is None:
-        items = [(cache.paths[n], cache.sizes.get(n), cache.gts[n]) for n in sorted(cache.gts)]
-        baseline = score_settings(items, [current], fixed=fixed, workers=args.workers)[0]
+    best, baseline, table = tune_retrain(target, grid, workers=args.workers, max_side=args.max_side, device=args.device)
     print_table(table, baseline, args.top)
     print(
         f"best: {'polygon' if best['use_polygon'] else 'box'} mode, thresh {best['thresh']}, box_thresh "

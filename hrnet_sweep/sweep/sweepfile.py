@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..files import check_readable_file, read_text
+from ..files import read_text
 from ._validate import validate_sweep
 from .spec import SweepSpec
 
@@ -45,7 +45,7 @@ def read_sweep_doc(path: str | os.PathLike) -> tuple[dict, dict[tuple, int]]:
 
 def _read(path: str | os.PathLike) -> tuple[dict, dict[tuple, int]]:
     p = Path(path)
-    text = read_text(check_readable_file(p, "sweep file"))
+    text = read_text(p, "sweep file")
     try:
         doc = yaml.safe_load(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
