@@ -122,7 +122,6 @@ NUMBER_FLAGS = [  # (command and its positionals, flag, int or float)
     (["predict", "a.ckpt", "--images", "i", "--out", "o.csv"], "--weights", float),
     (["kfold", "p"], "--cpu-jobs", int),
     (["tune-postprocess", "r"], "--workers", int),
-    (["tune-postprocess", "r"], "--max-side", int),
     (["tune-postprocess", "r"], "--top", int),
     (["synth", "--out", "o"], "--num", int),
     (["synth", "--out", "o"], "--seed", int),

@@ -95,3 +95,46 @@ def test_data_pipeline_benchmark_runs_every_stage():
     for stage in ("decode", "augment", "targets", "collate"):
         assert stage in out
     assert "images/s per core" in out
+
+
+def _summary(rows) -> dict:
+    return {"curve": [{"epoch": i, "tuned": t, "hmean": h, "hmean_fixed": f, "epoch_s": 60.0} for i, (t, h, f) in rows]}
+
+
+def test_plot_curves_draws_train_cpu_summaries(tmp_path):
+    import json
+
+    from PIL import Image
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_summary(enumerate([(True, 0.5, 0.4), (True, 0.9, 0.8)]))))
+    b.write_text(json.dumps(_summary(enumerate([(True, 0.7, 0.6), (False, 0.85, None), (True, 0.95, 0.9)]))))
+    png = tmp_path / "docs" / "curves.png"
+    out = _bench("plot_curves.py", f"512 px={a}", f"768x384={b}", "--out", str(png), "--target", "0.95")
+    assert f"wrote {png}" in out
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 400
+
+
+def test_plot_curves_names_a_file_that_is_not_a_summary(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"epochs": []}')
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "plot_curves.py"), f"x={bad}", "--out", str(tmp_path / "c.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and str(bad) in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_canvas_sizes_of_the_training_benchmarks():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_validation import Canvas, canvas
+
+    assert canvas("512") == Canvas(512, 512) and str(canvas("512")) == "512"
+    assert canvas("768x384") == Canvas(768, 384) and str(canvas("768X384")) == "768x384"
+    for bad in ("500", "768x", "axb", "0"):
+        with pytest.raises(Exception, match="512 or HEIGHTxWIDTH|multiples of 32"):
+            canvas(bad)

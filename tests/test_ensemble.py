@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -17,6 +18,7 @@ from PIL import Image
 
 from hrnet_sweep.config import load_config
 from hrnet_sweep.dbnet import inference as predict
+from hrnet_sweep.dbnet.data import letterbox_size
 from hrnet_sweep.errors import UserError
 from hrnet_sweep.formats import read_submission
 from hrnet_sweep.pipeline import ensemble
@@ -71,8 +73,9 @@ def test_ensemble_of_identical_models_equals_the_single_model(tmp_path, images):
     double = dict(predict.probability_maps(m, images, progress=False))
     weighted = dict(predict.probability_maps(m, images, weights=[0.2, 0.8], progress=False))
     for name in single:
-        np.testing.assert_allclose(double[name], single[name], rtol=0, atol=1e-6)
-        np.testing.assert_allclose(weighted[name], single[name], rtol=0, atol=1e-6)
+        assert double[name].image_size == single[name].image_size
+        np.testing.assert_allclose(double[name].prob, single[name].prob, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(weighted[name].prob, single[name].prob, rtol=0, atol=1e-6)
     pp = cfg.models.postprocess.model_copy(update={"thresh": 0.5, "box_thresh": 0.5})
     p1 = predict.predict([a], images, postprocess=pp, progress=False)
     p2 = predict.predict([a, b], images, postprocess=pp, progress=False)
@@ -94,6 +97,7 @@ def test_flip_tta_bookkeeping_with_a_flip_equivariant_model(images):
     for name in ("t0.png", "t1.png"):  # letterboxed: padding at the right, then at the bottom
         ((_, plain),) = predict.probability_maps([lm], images, [name], progress=False)
         ((_, tta),) = predict.probability_maps([lm], images, [name], tta_flip=True, progress=False)
+        plain, tta = plain.prob, tta.prob
         np.testing.assert_allclose(tta, plain, rtol=0, atol=1e-6)
         assert not np.allclose(plain, plain[:, ::-1], atol=1e-3)  # a missing flip-back would show
 
@@ -110,13 +114,29 @@ def test_flip_tta_on_symmetric_and_mirrored_images(tmp_path):
     tall = rng.integers(0, 255, (96, 40, 3), dtype=np.uint8)  # letterboxed, padding at the right
     Image.fromarray(tall).save(d / "tall.png")
     Image.fromarray(np.ascontiguousarray(tall[:, ::-1])).save(d / "tall_mirror.png")
-    plain = dict(predict.probability_maps([lm], d, progress=False))
-    tta = dict(predict.probability_maps([lm], d, tta_flip=True, progress=False))
+    plain = {n: m.prob for n, m in predict.probability_maps([lm], d, progress=False)}
+    tta = {n: m.prob for n, m in predict.probability_maps([lm], d, tta_flip=True, progress=False)}
     # a symmetric image: the TTA map is symmetric, the plain one (asymmetric kernels) is not
     np.testing.assert_allclose(tta["sym.png"], tta["sym.png"][:, ::-1], rtol=0, atol=1e-6)
     assert not np.allclose(plain["sym.png"], plain["sym.png"][:, ::-1], atol=1e-4)
     # a mirrored image gets the mirrored TTA map
     np.testing.assert_allclose(tta["tall_mirror.png"], tta["tall.png"][:, ::-1], rtol=0, atol=1e-4)
+
+
+def test_maps_of_another_input_size_average_in_the_first_models_frame():
+    rng = np.random.default_rng(0)
+    a = rng.random((4, 6)).astype(np.float32)
+    b = np.kron(rng.random((4, 6)), np.ones((2, 2))).astype(np.float32)  # twice the resolution
+    pm = predict.average_maps([a, b], (40, 60), predict.normalized_weights([1, 3], 2))
+    assert pm.prob.shape == (4, 6) and pm.prob.dtype == np.float32 and pm.image_size == (40, 60)
+    resized = cv2.resize(b, (6, 4), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(pm.prob, 0.25 * a + 0.75 * resized, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("weights", [[1.0], [1.0, -1.0], [0.0, 0.0], [float("nan"), 1.0]])
+def test_ensemble_weights_are_checked(weights):
+    with pytest.raises(UserError, match="--weights"):
+        predict.normalized_weights(weights, 2)
 
 
 @pytest.mark.model
@@ -125,9 +145,9 @@ def test_fold_and_ensemble_maps_run_each_model_once(tmp_path, images):
     models = [predict.load_checkpoint(make_ckpt(tmp_path / f"{i}.ckpt", cfg, i)) for i in range(2)]
     joint = dict(predict.probability_maps(models, images, progress=False))
     for name, per_fold, ens in ensemble.fold_and_ensemble_maps(models, images):
-        assert len(per_fold) == 2
-        np.testing.assert_allclose(ens, joint[name], rtol=0, atol=1e-6)
-        np.testing.assert_allclose(ens, (per_fold[0] + per_fold[1]) / 2, rtol=0, atol=1e-6)
+        assert len(per_fold) == 2 and ens.image_size == joint[name].image_size == per_fold[0].image_size
+        np.testing.assert_allclose(ens.prob, joint[name].prob, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(ens.prob, (per_fold[0].prob + per_fold[1].prob) / 2, rtol=0, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- retrain: OOF cache, tuning, predict
@@ -183,14 +203,17 @@ def test_oof_cache_tune_and_predict_from_the_preset(tmp_path, synth_data, capsys
     root = fake_retrain(tmp_path, synth_data, str(preset.resolve()))
 
     target = ensemble.resolve_retrain(root)
-    cache = ensemble.cache_oof_maps(target, max_side=48, progress=False)
+    cache = ensemble.cache_oof_maps(target, progress=False)
     n_train = len(json.loads((synth_data / "train.json").read_text())["images"])
     assert len(cache.paths) == n_train and cache.folds == [0, 1]
     some = next(iter(cache.paths))
     png = np.asarray(Image.open(cache.paths[some]))
-    assert png.dtype == np.uint8 and max(png.shape) <= 48 and cache.sizes[some] == (640, 480)
+    # the frame prediction post-processes: the letterboxed content at network resolution
+    cfg = target.cfg.data
+    assert png.dtype == np.uint8 and cache.sizes[some] == (640, 480)
+    assert png.shape == letterbox_size(640, 480, cfg.image_height, cfg.image_width)[1]
     stamps = {n: Path(p).stat().st_mtime_ns for n, p in cache.paths.items()}
-    again = ensemble.cache_oof_maps(target, max_side=48, progress=False)
+    again = ensemble.cache_oof_maps(target, progress=False)
     assert {n: Path(p).stat().st_mtime_ns for n, p in again.paths.items()} == stamps  # not recomputed
 
     assert (
@@ -205,8 +228,6 @@ def test_oof_cache_tune_and_predict_from_the_preset(tmp_path, synth_data, capsys
                 "--no-refine",
                 "--workers",
                 "1",
-                "--max-side",
-                "48",
             ]
         )
         == 0

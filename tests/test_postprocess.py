@@ -11,7 +11,7 @@ import reference_postprocess as bench
 from shapely.geometry import Polygon
 
 from hrnet_sweep.config import PostprocessConfig
-from hrnet_sweep.dbnet.postprocess import detect, postprocess, resize_prob_to_image
+from hrnet_sweep.dbnet.postprocess import detect, postprocess
 from hrnet_sweep.dbnet.targets import make_targets
 
 pytestmark = pytest.mark.unit
@@ -85,13 +85,6 @@ def test_letterboxed_map_maps_back_to_original_pixels(use_polygon, unclip_ratio)
     assert min(best_ious(quads, polys)) > 0.85
     for p in polys:
         assert (p >= 0).all() and (p[:, 0] <= image_hw[1]).all() and (p[:, 1] <= image_hw[0]).all()
-
-    # the same map resized to the image first (what the ensemble averages) gives the same words
-    full = resize_prob_to_image(prob, content, image_hw)
-    assert full.shape == image_hw and full.dtype == np.float32
-    again, _ = postprocess(full, **options)
-    assert len(again) == len(quads)
-    assert min(best_ious(polys, again)) > 0.9
 
 
 def test_padding_outside_the_content_is_ignored():
@@ -265,10 +258,3 @@ def test_equals_reference_on_a_receipt_map(use_polygon):
 def test_bad_input_is_rejected(prob, kwargs, match):
     with pytest.raises(ValueError, match=match):
         postprocess(prob, **kwargs)
-
-
-def test_resize_prob_to_image_checks_sizes():
-    prob = np.random.default_rng(0).random((16, 16)).astype(np.float32)
-    np.testing.assert_array_equal(resize_prob_to_image(prob, (10, 16), (10, 16)), prob[:10])
-    with pytest.raises(ValueError, match="larger than the map"):
-        resize_prob_to_image(prob, (17, 16), (10, 10))

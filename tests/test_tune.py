@@ -97,13 +97,14 @@ def test_box_thresh_filter_equals_running_each_setting():
 
 def test_tuning_and_prediction_give_the_same_polygons():
     # the search's stages shared across settings, and `predict`'s one pass per map, are
-    # one post-processing: the same polygons for every setting, on a full-size float map
-    # and on a shrunk uint8 one (as cached out-of-fold maps and validation maps are)
+    # one post-processing of one representation (the network-frame map as uint8, polygons
+    # scaled to the image): the same polygons for every setting, whatever the map's size
+    import cv2
+
     from hrnet_sweep.config import PostprocessConfig
-    from hrnet_sweep.dbnet.inference import postprocess_map
-    from hrnet_sweep.dbnet.postprocess import detect
+    from hrnet_sweep.dbnet.inference import ProbMap, postprocess_map
+    from hrnet_sweep.dbnet.postprocess import to_uint8
     from hrnet_sweep.dbnet.validation import detections
-    from hrnet_sweep.pipeline.ensemble import to_uint8
 
     prob, _ = constructed_map(2)
     settings = Grid(
@@ -111,15 +112,12 @@ def test_tuning_and_prediction_give_the_same_polygons():
     ).settings()
     base = PostprocessConfig(min_size=6, max_candidates=100)
     fixed = {"min_size": base.min_size, "max_candidates": base.max_candidates}
-    small = to_uint8(prob, 200)
-    tuned = dict(detections(prob, None, settings, fixed))
-    tuned_small = dict(detections(small, prob.shape, settings, fixed))
-    for i, s in enumerate(settings):
-        pp = base.model_copy(update=s.as_dict())
-        predicted, _ = postprocess_map(prob, pp)
-        assert len(predicted) > 0 and [p.tolist() for p in tuned[i]] == [p.tolist() for p in predicted], s
-        predicted_small, _ = detect(small, pp, image_size=prob.shape)
-        assert [p.tolist() for p in tuned_small[i]] == [p.tolist() for p in predicted_small], s
+    image_size = (480, 640)  # the map is the network's view of a larger image
+    for m in (prob, cv2.resize(prob, (200, 150), interpolation=cv2.INTER_AREA)):
+        tuned = dict(detections(to_uint8(m), image_size, settings, fixed))
+        for i, s in enumerate(settings):
+            predicted, _ = postprocess_map(ProbMap(m, image_size), base.model_copy(update=s.as_dict()))
+            assert len(predicted) > 0 and [p.tolist() for p in tuned[i]] == [p.tolist() for p in predicted], s
 
 
 def test_parallel_workers_equal_serial():

@@ -1,4 +1,5 @@
-"""The PNGs of `hrnet_sweep analyze` / `compare` (matplotlib, Agg, written atomically).
+"""The PNGs of `hrnet_sweep analyze` / `compare` and of the training benchmarks
+(matplotlib, Agg, written atomically).
 
 Figures are built on `matplotlib.figure.Figure` with an Agg canvas, never through
 `pyplot`: no global backend switch, no figure registry to leak, safe in a worker.
@@ -23,6 +24,7 @@ from ..files import atomic_path
 from ._rules import count_limits
 
 __all__ = [
+    "Curve",
     "Panel",
     "box_geometry",
     "boxes_per_image",
@@ -30,6 +32,7 @@ __all__ = [
     "compare_per_image",
     "hmean_per_image",
     "overlay",
+    "training_curves",
 ]
 
 GT = "#1a9641"
@@ -381,4 +384,44 @@ def compare_per_image(
         ax.set_ylabel(f"{others[0] if len(others) == 1 else 'other models'}: {what}")
         ax.set_title(f"{what[0].upper() + what[1:]} (above the diagonal: more than {ref})", fontsize=9)
         ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class Curve:
+    """One run's validation H-Mean by training minutes: `tuned` at each validation's best
+    post-processing, `fixed` at the preset's (None where not logged)."""
+
+    label: str
+    minutes: Sequence[float]
+    tuned: Sequence[float | None]
+    fixed: Sequence[float | None] = ()
+
+
+def training_curves(path, curves: Sequence[Curve], *, target: float | None = None, title: str = "") -> Path:
+    """Validation H-Mean against training minutes, one colour per run: tuned solid with
+    markers, fixed post-processing dashed; `target` as a dotted line."""
+    fig = _figure(8.0, 4.5)
+    ax = fig.add_subplot()
+    for i, curve in enumerate(curves):
+        color = MODEL_COLORS[i % len(MODEL_COLORS)]
+        for values, kind, style in (
+            (curve.tuned, "tuned", {"marker": "o", "markersize": 3}),
+            (curve.fixed, "fixed post-processing", {"linestyle": "--", "alpha": 0.5}),
+        ):
+            pts = [(m, v) for m, v in zip(curve.minutes, values) if v is not None]
+            if pts:
+                ax.plot(*zip(*pts), color=color, label=f"{curve.label}, {kind}", **style)
+    if target is not None:
+        ax.axhline(target, color="0.4", linewidth=0.8, linestyle=":", label=f"target {target:g}")
+    ax.set_xlabel("training minutes (validation included)")
+    ax.set_ylabel("validation H-Mean")
+    ax.set_ylim(0.5, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=10)
     return _save(fig, path)

@@ -1,8 +1,12 @@
-"""Inference: checkpoints -> probability maps in original-image coordinates (averaged over
-models, optionally with flip TTA) -> one post-processing pass -> prediction JSON + CSV.
+"""Inference: checkpoints -> probability maps (averaged over models, optionally with flip
+TTA) -> one post-processing pass -> prediction JSON + CSV.
 
-Averaging in original-image coordinates lets models of different backbones and input
-sizes form one ensemble: probability maps average well, voting on boxes does not.
+A map (`ProbMap`) is what validation post-processes: the content region of the network's
+output at the network's resolution, with the original image's size; `postprocess_map`
+reads it as uint8, as validation and the out-of-fold tuning do (`dbnet.postprocess`), so a
+setting tuned on either gives the same polygons here. An ensemble averages its models'
+maps in the first model's frame (models trained at another input size are resized to
+it): probability maps average well, voting on boxes does not.
 
 A checkpoint written with `models.postprocess.tune_on_val` holds the post-processing
 chosen at its validation epoch (`dbnet.validation.CHECKPOINT_KEY`); `load_checkpoint`
@@ -83,11 +87,19 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loa
     return LoadedModel(model, cfg, str(path), dict(tuned) if tuned else None)
 
 
+@dataclass(frozen=True)
+class ProbMap:
+    """A probability map of one image: float32 0..1 over the content region of the
+    letterboxed network output (padding cut off), and the original image's (h, w)."""
+
+    prob: np.ndarray
+    image_size: tuple[int, int]
+
+
 @torch.no_grad()
 def _model_prob(lm: LoadedModel, image: np.ndarray, tf, device, tta_flip: bool) -> np.ndarray:
-    """One model's probability map of one image, in original-image pixels."""
+    """One model's probability map of one image: the content region at network resolution."""
     from .data import letterbox_size, to_network_input
-    from .postprocess import resize_prob_to_image
 
     h0, w0 = image.shape[:2]
     inp, _ = tf(image, [])
@@ -103,7 +115,58 @@ def _model_prob(lm: LoadedModel, image: np.ndarray, tf, device, tta_flip: bool) 
         pf[:ch, :cw] = pf[:ch, :cw][:, ::-1]
         probs.append(pf)
     prob = np.mean(probs, axis=0) if len(probs) > 1 else probs[0]
-    return resize_prob_to_image(prob, content, (h0, w0))
+    return prob[: content[0], : content[1]]
+
+
+def average_maps(maps: Sequence[np.ndarray], image_size: tuple[int, int], weights: Sequence[float]) -> ProbMap:
+    """The weighted mean of models' maps of one image in the first map's frame (a map of
+    another size, from a model trained at another input size, is resized to it)."""
+    import cv2
+
+    h, w = maps[0].shape
+    acc = np.zeros((h, w), np.float64)
+    for m, wi in zip(maps, weights):
+        if m.shape != (h, w):
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+        acc += wi * m
+    return ProbMap(acc.astype(np.float32), image_size)
+
+
+def normalized_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+    """Ensemble weights summing to 1 (equal when None)."""
+    w = np.asarray(weights if weights is not None else [1.0] * n, dtype=np.float64)
+    if len(w) != n or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise UserError(f"--weights {list(w)}: need {n} non-negative weights with a positive sum")
+    return w / w.sum()
+
+
+def model_maps(
+    models: Sequence[LoadedModel],
+    image_dir: str | Path,
+    names: Sequence[str] | None = None,
+    *,
+    tta_flip: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> Iterator[tuple[str, tuple[int, int], list[np.ndarray]]]:
+    """Per image: (name, original (h, w), each model's map in its own frame), each image
+    read once."""
+    from .data import IMAGE_EXTENSIONS, build_transforms, read_image
+
+    if not models:
+        raise UserError("no checkpoints given")
+    image_dir = Path(image_dir)
+    if names is None:
+        if not image_dir.is_dir():
+            raise DataError(f"{image_dir}: not a folder")
+        names = sorted(p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not names:
+            raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    tfs = [build_transforms(None, m.cfg.data.image_height, m.cfg.data.image_width, train=False) for m in models]
+    for name in track(names, desc="predict", unit="img", enabled=progress):
+        image = read_image(image_dir / name)
+        size = (int(image.shape[0]), int(image.shape[1]))
+        yield name, size, [_model_prob(lm, image, tf, device, tta_flip) for lm, tf in zip(models, tfs)]
 
 
 def probability_maps(
@@ -115,38 +178,20 @@ def probability_maps(
     tta_flip: bool = False,
     device: torch.device | str = "cpu",
     progress: bool = True,
-) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield `(image name, averaged float32 probability map at original image size)`."""
-    from .data import IMAGE_EXTENSIONS, build_transforms, read_image
-
+) -> Iterator[tuple[str, ProbMap]]:
+    """Yield `(image name, the models' (weighted) average map)` (see `average_maps`)."""
     if not models:
         raise UserError("no checkpoints given")
-    w = np.asarray(weights if weights is not None else [1.0] * len(models), dtype=np.float64)
-    if len(w) != len(models) or (w < 0).any() or w.sum() <= 0:
-        raise UserError(f"--weights {list(w)}: need {len(models)} non-negative weights with a positive sum")
-    w = w / w.sum()
-    image_dir = Path(image_dir)
-    if names is None:
-        if not image_dir.is_dir():
-            raise DataError(f"{image_dir}: not a folder")
-        names = sorted(p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not names:
-            raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-    tfs = [build_transforms(None, m.cfg.data.image_height, m.cfg.data.image_width, train=False) for m in models]
-    for name in track(names, desc="predict", unit="img", enabled=progress):
-        image = read_image(image_dir / name)
-        acc = None
-        for lm, tf, wi in zip(models, tfs, w):
-            p = _model_prob(lm, image, tf, device, tta_flip) * wi
-            acc = p if acc is None else acc + p
-        yield name, acc.astype(np.float32)
+    w = normalized_weights(weights, len(models))
+    for name, size, maps in model_maps(models, image_dir, names, tta_flip=tta_flip, device=device, progress=progress):
+        yield name, average_maps(maps, size, w)
 
 
-def postprocess_map(prob: np.ndarray, pp: PostprocessConfig) -> tuple[list[np.ndarray], list[float]]:
-    """Post-process a map that is already at original image size (`postprocess.detect`)."""
-    from .postprocess import detect
+def postprocess_map(pm: ProbMap, pp: PostprocessConfig) -> tuple[list[np.ndarray], list[float]]:
+    """Post-process a map as validation does: read as uint8, polygons in original pixels."""
+    from .postprocess import detect, to_uint8
 
-    return detect(prob, pp)
+    return detect(to_uint8(pm.prob), pp, image_size=pm.image_size)
 
 
 def predict(

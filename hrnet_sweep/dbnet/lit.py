@@ -211,7 +211,7 @@ class DBNetModule(pl.LightningModule):
             self._searcher().begin_epoch()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        from .postprocess import detect
+        from .postprocess import detect, to_uint8
 
         out = self(batch["image"])
         probs = torch.sigmoid(out["prob_logits"].float())[:, 0].cpu().numpy()
@@ -223,10 +223,10 @@ class DBNetModule(pl.LightningModule):
             gt = batch["polygons"][i]
             self._val_gts[name] = gt
             if self._tuning:
-                prob = np.rint(probs[i, :ch, :cw] * 255).astype(np.uint8)
+                prob = to_uint8(probs[i, :ch, :cw])
                 items.append((prob, image_size, gt))
             else:
-                prob = probs[i, :ch, :cw]
+                prob = to_uint8(probs[i, :ch, :cw])
                 self._val_preds[name] = detect(prob, self.pp, image_size=image_size)[0]
             if len(self._shown) < self.val_images:
                 self._shown.append((name, _input_image(batch["image"][i], ch, cw), prob, image_size, gt))

@@ -21,9 +21,9 @@ The search is cheap where the algorithm allows (`dbnet.postprocess` stages):
   network) and each worker sums every setting's per-image precision, recall, H-Mean;
 - a coarse grid first, then half steps around the best coarse setting (`refine`).
 
-Maps are read in original-image pixels whatever their size (`min_size` included, see
-`dbnet.postprocess`): the validation maps are the letterboxed network maps' content as
-uint8, with the image size; the out-of-fold maps are PNGs of at most 1024 px a side.
+Maps are the letterboxed network maps' content as uint8 with the original image's size
+(validation's, and the out-of-fold PNGs): what prediction post-processes
+(`dbnet.postprocess`), so a setting chosen here gives the same polygons there.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ post-processing that `tune-postprocess` wrote into the preset" (`hrnet_sweep pre
 routes its arguments in `pipeline.predict`).
 
 Out-of-fold maps (`cache_oof_maps`): each fold's best checkpoint on its own validation
-images, stored once as 8-bit PNGs (longest side capped) under `<retrain>/oof/`, keyed by
-the checkpoint's size and mtime so a retrained fold is recomputed and nothing else.
+images, stored once as 8-bit PNGs under `<retrain>/oof/` in the frame prediction
+post-processes (`dbnet.inference.ProbMap`: network resolution, uint8), keyed by the
+checkpoint's size and mtime so a retrained fold is recomputed and nothing else.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ __all__ = ["OOFCache", "Retrain", "cache_oof_maps", "fold_and_ensemble_maps", "r
 
 OOF_DIR = "oof"
 OOF_INDEX = "index.json"
+OOF_VERSION = 2
+"""2: maps in the network's frame (1: resized to the original image, at most 1024 px)."""
 
 
 # ----------------------------------------------------------------------------- resolving a retrain
@@ -167,22 +170,12 @@ def _save_png(path: Path, prob: np.ndarray) -> None:
         tmp.write_bytes(buf.tobytes())
 
 
-def to_uint8(prob: np.ndarray, max_side: int | None) -> np.ndarray:
-    """A float 0..1 map as uint8 0..255, shrunk (INTER_AREA) so its longest side <= max_side."""
-    import cv2
-
-    h, w = prob.shape
-    if max_side and max(h, w) > max_side:
-        s = max_side / max(h, w)
-        prob = cv2.resize(prob, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
-
-
 def cache_oof_maps(
-    target: Retrain, *, max_side: int = 1024, device: str | None = None, tta_flip: bool = False, progress: bool = True
+    target: Retrain, *, device: str | None = None, tta_flip: bool = False, progress: bool = True
 ) -> OOFCache:
     """Each finished fold's best checkpoint on its own validation images, cached once."""
     from ..dbnet.inference import load_checkpoint, pick_device, probability_maps
+    from ..dbnet.postprocess import to_uint8
     from ..files import atomic_write_json, read_json
     from ..folds import read_manifest
     from ..formats import clamp_polygon, load_annotations
@@ -192,11 +185,10 @@ def cache_oof_maps(
     folder = target.root / OOF_DIR
     index_path = folder / OOF_INDEX
     index = read_json(index_path) if index_path.is_file() else {}
-    if index.get("max_side") != max_side or index.get("tta_flip") != tta_flip:
+    if index.get("version") != OOF_VERSION or index.get("tta_flip") != tta_flip:
         index = {}
     index = {
-        "version": 1,
-        "max_side": max_side,
+        "version": OOF_VERSION,
         "tta_flip": tta_flip,
         "folds": index.get("folds", {}),
         "images": index.get("images", {}),
@@ -219,10 +211,10 @@ def cache_oof_maps(
             continue
         print(f"out-of-fold maps: fold {k}, {len(names)} images, {ckpt.name}", flush=True)
         model = load_checkpoint(ckpt, dev)
-        for name, prob in probability_maps([model], image_dir, names, tta_flip=tta_flip, device=dev, progress=progress):
+        for name, pm in probability_maps([model], image_dir, names, tta_flip=tta_flip, device=dev, progress=progress):
             rel = f"fold{k}/{Path(name).stem}.png"
-            _save_png(folder / rel, to_uint8(prob, max_side))
-            index["images"][name] = {"fold": k, "size": list(prob.shape), "file": rel}
+            _save_png(folder / rel, to_uint8(pm.prob))
+            index["images"][name] = {"fold": k, "size": list(pm.image_size), "file": rel}
         index["folds"][str(k)] = {"ckpt": str(ckpt), "stamp": _stamp(ckpt), "images": len(names)}
         atomic_write_json(index_path, index, indent=1)
     paths, sizes, gts = {}, {}, {}
@@ -248,17 +240,10 @@ def fold_and_ensemble_maps(
     tta_flip: bool = False,
     device: Any = "cpu",
     progress: bool = False,
-) -> Iterator[tuple[str, list[np.ndarray], np.ndarray]]:
+) -> Iterator[tuple[str, list[Any], Any]]:
     """Per image: each model's map and their (weighted) average, each model run once."""
-    from ..dbnet.inference import probability_maps
+    from ..dbnet.inference import ProbMap, average_maps, model_maps, normalized_weights
 
-    w = np.asarray(weights if weights is not None else [1.0] * len(models), np.float64)
-    w = w / w.sum()
-    streams = [
-        probability_maps([m], image_dir, names, tta_flip=tta_flip, device=device, progress=progress and i == 0)
-        for i, m in enumerate(models)
-    ]
-    for items in zip(*streams):
-        name = items[0][0]
-        maps = [prob for _, prob in items]
-        yield name, maps, sum(wi * m for wi, m in zip(w, maps)).astype(np.float32)
+    w = normalized_weights(weights, len(models))
+    for name, size, maps in model_maps(models, image_dir, names, tta_flip=tta_flip, device=device, progress=progress):
+        yield name, [ProbMap(m, size) for m in maps], average_maps(maps, size, w)

@@ -138,7 +138,6 @@ def tune_retrain(
     grid: Grid,
     *,
     workers: int,
-    max_side: int = 1024,
     device: str | None = None,
     progress: bool = True,
     say: Callable[[str], None] | None = None,
@@ -148,7 +147,7 @@ def tune_retrain(
     from .ensemble import cache_oof_maps
 
     say = say or (lambda line: print(line, flush=True))
-    cache = cache_oof_maps(target, max_side=max_side, device=device, progress=progress)
+    cache = cache_oof_maps(target, device=device, progress=progress)
     say(
         f"tuning on {len(cache.paths)} out-of-fold maps of folds {cache.folds} ({cache.root}); "
         f"{len(grid.settings())} coarse settings, {workers} worker(s)"
@@ -184,16 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--no-refine", action="store_true", help="coarse grid only")
     ap.add_argument("--workers", type=flag(int, ge=1), default=min(8, os.cpu_count() or 1), help="scoring processes")
-    ap.add_argument(
-        "--max-side", type=flag(int, ge=16), default=1024, help="cached maps are at most this many pixels on a side"
-    )
     ap.add_argument("--device", help="device for computing missing maps (default: cuda if available)")
     ap.add_argument("--no-write", action="store_true", help="only report; do not change the preset")
     ap.add_argument("--top", type=flag(int, ge=1), default=10, help="rows of the table")
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     grid = parse_grid(args.grid, Grid(refine=not args.no_refine))
     target = resolve_retrain(args.target)
-    best, baseline, table = tune_retrain(target, grid, workers=args.workers, max_side=args.max_side, device=args.device)
+    best, baseline, table = tune_retrain(target, grid, workers=args.workers, device=args.device)
     print_table(table, baseline, args.top)
     print(
         f"best: {'polygon' if best['use_polygon'] else 'box'} mode, thresh {best['thresh']}, box_thresh "
