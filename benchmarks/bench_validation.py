@@ -126,10 +126,11 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", choices=["sroie", "synth"], default="sroie")
-    ap.add_argument("--size", type=canvas, default=canvas("320"), help="network input: 512 or HEIGHTxWIDTH")
+    ap.add_argument("--preset", default="hrnet_w18_small_cpu")
+    ap.add_argument("--size", type=canvas, help="network input: 512 or HEIGHTxWIDTH (default: the preset's)")
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch", type=int, help="default: the preset's")
+    ap.add_argument("--lr", type=float, help="default: the preset's")
     ap.add_argument("--workers", type=int, default=1, help="data workers")
     ap.add_argument("--tune-workers", type=int, default=1, help="search processes")
     ap.add_argument("--limit-train", type=float, default=1.0, help="trainer.limit_train_batches")
@@ -147,13 +148,13 @@ def main(argv=None) -> int:
             f"models.postprocess.tune_workers={args.tune_workers}",
             "logging.tensorboard=false",
             f"output_dir={args.out}",
-            f"run_name={args.data}-{args.size}-{time.strftime('%Y%m%d-%H%M%S')}",
+            f"run_name={args.data}-{canvas_of(args)}-{time.strftime('%Y%m%d-%H%M%S')}",
             *([f"ckpt_path={args.init}"] if args.init else []),
             *args.set,
         ]
     )
     print(
-        f"{cfg.models.name} at {args.size} px on {args.data}, {os.cpu_count()} cores, {args.tune_workers} search "
+        f"{cfg.models.name} at {canvas_of(args)} px on {args.data}, {os.cpu_count()} cores, {args.tune_workers} search "
         f"process(es); epochs alternate tuned / fixed validation",
         flush=True,
     )
@@ -177,23 +178,27 @@ def main(argv=None) -> int:
 
 
 def cpu_recipe(root: Path, data: list[str], args) -> list[str]:
-    """The CPU preset from scratch on `root` at `args.size` (a `Canvas`) with `args.batch`,
-    `args.workers`, `args.lr` and a cosine over `args.epochs` (no early stopping): the
-    overrides this benchmark and `train_cpu.py` share."""
-    return [
-        "preset=hrnet_w18_small_cpu",
+    """`args.preset` from scratch on `root` with `args.workers` data workers, no early
+    stopping, and what `args` sets of the recipe: `size` (a `Canvas`), `batch`, `lr`, and
+    `epochs` (the cosine's length too). The overrides this benchmark and `train_cpu.py`
+    share."""
+    out = [
+        f"preset={args.preset}",
         f"data.root={root}",
         *data,
-        f"data.image_height={args.size.height}",
-        f"data.image_width={args.size.width}",
-        f"data.batch_size={args.batch}",
         f"data.num_workers={args.workers}",
-        f"models.optimizer.lr={args.lr}",
-        f"trainer.max_epochs={args.epochs}",
-        f"models.scheduler.T_max={args.epochs}",
         "callbacks.early_stopping.enabled=false",
         "trainer.progress_bar=false",
     ]
+    if args.size is not None:
+        out += [f"data.image_height={args.size.height}", f"data.image_width={args.size.width}"]
+    if args.batch is not None:
+        out.append(f"data.batch_size={args.batch}")
+    if args.lr is not None:
+        out.append(f"models.optimizer.lr={args.lr}")
+    if args.epochs is not None:
+        out += [f"trainer.max_epochs={args.epochs}", f"models.scheduler.T_max={args.epochs}"]
+    return out
 
 
 class Canvas(NamedTuple):
@@ -217,6 +222,16 @@ def canvas(text: str) -> Canvas:
     if min(size) < 32 or size.height % 32 or size.width % 32:
         raise argparse.ArgumentTypeError(f"{text!r}: height and width must be multiples of 32")
     return size
+
+
+def canvas_of(args) -> Canvas:
+    """The canvas a run of `args` trains at: `--size`, else its preset's."""
+    if args.size is not None:
+        return args.size
+    from hrnet_sweep.config import load_config
+
+    d = load_config([f"preset={args.preset}"]).data
+    return Canvas(d.image_height, d.image_width)
 
 
 def _data(kind: str, out: Path) -> tuple[Path, list[str]]:

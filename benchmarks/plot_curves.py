@@ -1,9 +1,9 @@
 """Plot validation H-Mean against training minutes for runs of `benchmarks/train_cpu.py`
 (its summary JSON files): tuned at each validation (solid) and at the preset's fixed
-post-processing (dashed).
+post-processing (dashed); one panel per `--panel TITLE LABEL=summary.json ...`.
 
-    python benchmarks/plot_curves.py "512 px=outputs/bench_train_cpu/a.json" \\
-        "768x384 px=outputs/bench_train_cpu/b.json" --out docs/sroie_curves.png --target 0.95
+    python benchmarks/plot_curves.py --out docs/sroie_cpu_curves.png --target 0.95 \\
+        --panel "val.json" "512=a.json" "768x544=b.json" --panel "fold 0" "512=c.json" "768x544=d.json"
 """
 
 from __future__ import annotations
@@ -32,23 +32,31 @@ def curve(label: str, summary: dict) -> Curve:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", help="LABEL=summary.json")
+    ap.add_argument(
+        "--panel", action="append", nargs="+", required=True, metavar="TITLE LABEL=summary.json", help="one panel"
+    )
     ap.add_argument("--out", required=True, help="PNG to write")
     ap.add_argument("--target", type=float, help="draw a horizontal line at this H-Mean")
     ap.add_argument("--title", default="validation H-Mean while training from scratch (2 CPU cores)")
     args = ap.parse_args(argv)
-    curves = []
-    for spec in args.runs:
-        label, sep, path = spec.partition("=")
-        if not sep:
-            print(f"error: {spec!r} is not LABEL=summary.json", file=sys.stderr)
+    panels = []
+    for title, *runs in args.panel:
+        if not runs:
+            print(f"error: --panel {title!r}: no LABEL=summary.json after the title", file=sys.stderr)
             return 2
-        try:
-            curves.append(curve(label, json.loads(Path(path).read_text())))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            print(f"error: {path}: not a train_cpu.py summary ({e})", file=sys.stderr)
-            return 2
-    print(f"wrote {training_curves(args.out, curves, target=args.target, title=args.title)}")
+        curves = []
+        for spec in runs:
+            label, sep, path = spec.partition("=")
+            if not sep:
+                print(f"error: {spec!r} is not LABEL=summary.json", file=sys.stderr)
+                return 2
+            try:
+                curves.append(curve(label, json.loads(Path(path).read_text())))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                print(f"error: {path}: not a train_cpu.py summary ({e})", file=sys.stderr)
+                return 2
+        panels.append((title, curves))
+    print(f"wrote {training_curves(args.out, panels, target=args.target, title=args.title)}")
     return 0
 
 

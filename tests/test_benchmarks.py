@@ -110,17 +110,23 @@ def test_plot_curves_draws_train_cpu_summaries(tmp_path):
     a.write_text(json.dumps(_summary(enumerate([(True, 0.5, 0.4), (True, 0.9, 0.8)]))))
     b.write_text(json.dumps(_summary(enumerate([(True, 0.7, 0.6), (False, 0.85, None), (True, 0.95, 0.9)]))))
     png = tmp_path / "docs" / "curves.png"
-    out = _bench("plot_curves.py", f"512 px={a}", f"768x384={b}", "--out", str(png), "--target", "0.95")
+    out = _bench(
+        "plot_curves.py",
+        *("--panel", "val.json", f"512 px={a}", f"768x384={b}"),
+        *("--panel", "fold 0", f"768x384={b}"),
+        *("--out", str(png), "--target", "0.95"),
+    )
     assert f"wrote {png}" in out
     with Image.open(png) as im:
-        assert im.format == "PNG" and im.size[0] > 400
+        assert im.format == "PNG" and im.size[0] > 2 * im.size[1]  # two panels side by side
 
 
 def test_plot_curves_names_a_file_that_is_not_a_summary(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"epochs": []}')
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "plot_curves.py"), f"x={bad}", "--out", str(tmp_path / "c.png")],
+        [sys.executable, str(REPO / "benchmarks" / "plot_curves.py"), "--panel", "t", f"x={bad}"]
+        + ["--out", str(tmp_path / "c.png")],
         capture_output=True,
         text=True,
         timeout=120,

@@ -401,27 +401,32 @@ class Curve:
     fixed: Sequence[float | None] = ()
 
 
-def training_curves(path, curves: Sequence[Curve], *, target: float | None = None, title: str = "") -> Path:
-    """Validation H-Mean against training minutes, one colour per run: tuned solid with
-    markers, fixed post-processing dashed; `target` as a dotted line."""
-    fig = _figure(8.0, 4.5)
-    ax = fig.add_subplot()
-    for i, curve in enumerate(curves):
-        color = MODEL_COLORS[i % len(MODEL_COLORS)]
-        for values, kind, style in (
-            (curve.tuned, "tuned", {"marker": "o", "markersize": 3}),
-            (curve.fixed, "fixed post-processing", {"linestyle": "--", "alpha": 0.5}),
-        ):
-            pts = [(m, v) for m, v in zip(curve.minutes, values) if v is not None]
-            if pts:
-                ax.plot(*zip(*pts), color=color, label=f"{curve.label}, {kind}", **style)
-    if target is not None:
-        ax.axhline(target, color="0.4", linewidth=0.8, linestyle=":", label=f"target {target:g}")
-    ax.set_xlabel("training minutes (validation included)")
-    ax.set_ylabel("validation H-Mean")
-    ax.set_ylim(0.5, 1.0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+def training_curves(
+    path, panels: Sequence[tuple[str, Sequence[Curve]]], *, target: float | None = None, title: str = ""
+) -> Path:
+    """Validation H-Mean against training minutes, one panel per (title, runs) side by side,
+    one colour per run: tuned solid with markers, fixed post-processing dashed; `target` as
+    a dotted line."""
+    fig = _figure(5.0 * len(panels) + 1.0, 4.5)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (panel_title, curves) in zip(axes, panels):
+        for i, curve in enumerate(curves):
+            color = MODEL_COLORS[i % len(MODEL_COLORS)]
+            for values, kind, style in (
+                (curve.tuned, "tuned", {"marker": "o", "markersize": 3}),
+                (curve.fixed, "fixed post-processing", {"linestyle": "--", "alpha": 0.5}),
+            ):
+                pts = [(m, v) for m, v in zip(curve.minutes, values) if v is not None]
+                if pts:
+                    ax.plot(*zip(*pts), color=color, label=f"{curve.label}, {kind}", **style)
+        if target is not None:
+            ax.axhline(target, color="0.4", linewidth=0.8, linestyle=":", label=f"target {target:g}")
+        ax.set_xlabel("training minutes (validation included)")
+        ax.set_ylim(0.5, 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(panel_title, fontsize=10)
+    axes[0].set_ylabel("validation H-Mean")
     if title:
-        ax.set_title(title, fontsize=10)
+        fig.suptitle(title, fontsize=11)
     return _save(fig, path)
