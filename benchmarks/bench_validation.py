@@ -148,13 +148,13 @@ def main(argv=None) -> int:
             f"models.postprocess.tune_workers={args.tune_workers}",
             "logging.tensorboard=false",
             f"output_dir={args.out}",
-            f"run_name={args.data}-{canvas_of(args)}-{time.strftime('%Y%m%d-%H%M%S')}",
             *([f"ckpt_path={args.init}"] if args.init else []),
             *args.set,
         ]
     )
+    cfg = named(cfg, args.data)
     print(
-        f"{cfg.models.name} at {canvas_of(args)} px on {args.data}, {os.cpu_count()} cores, {args.tune_workers} search "
+        f"{cfg.models.name} at {Canvas.of(cfg)} px on {args.data}, {os.cpu_count()} cores, {args.tune_workers} search "
         f"process(es); epochs alternate tuned / fixed validation",
         flush=True,
     )
@@ -211,6 +211,18 @@ class Canvas(NamedTuple):
     def __str__(self) -> str:
         return f"{self.height}x{self.width}" if self.height != self.width else str(self.height)
 
+    @classmethod
+    def of(cls, cfg) -> Canvas:
+        """The canvas a resolved config trains at."""
+        return cls(cfg.data.image_height, cfg.data.image_width)
+
+
+def named(cfg, prefix: str):
+    """`cfg` with `run_name` `<prefix>-<canvas>-<time>` unless the overrides named the run."""
+    if cfg.run_name:
+        return cfg
+    return cfg.model_copy(update={"run_name": f"{prefix}-{Canvas.of(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"})
+
 
 def canvas(text: str) -> Canvas:
     """`512` (square) or `768x384` (height x width), multiples of 32."""
@@ -222,16 +234,6 @@ def canvas(text: str) -> Canvas:
     if min(size) < 32 or size.height % 32 or size.width % 32:
         raise argparse.ArgumentTypeError(f"{text!r}: height and width must be multiples of 32")
     return size
-
-
-def canvas_of(args) -> Canvas:
-    """The canvas a run of `args` trains at: `--size`, else its preset's."""
-    if args.size is not None:
-        return args.size
-    from hrnet_sweep.config import load_config
-
-    d = load_config([f"preset={args.preset}"]).data
-    return Canvas(d.image_height, d.image_width)
 
 
 def _data(kind: str, out: Path) -> tuple[Path, list[str]]:

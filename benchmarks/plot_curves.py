@@ -2,7 +2,7 @@
 (its summary JSON files): tuned at each validation (solid) and at the preset's fixed
 post-processing (dashed); one panel per `--panel TITLE LABEL=summary.json ...`.
 
-    python benchmarks/plot_curves.py --out docs/sroie_cpu_curves.png --target 0.95 \\
+    python benchmarks/plot_curves.py --out docs/train_cpu_curves.png --target 0.95 \\
         --panel "val.json" "512=a.json" "768x544=b.json" --panel "fold 0" "512=c.json" "768x544=d.json"
 """
 

@@ -31,16 +31,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_validation import ValidationTimer, canvas, canvas_of, cpu_recipe  # noqa: E402
+from bench_validation import Canvas, ValidationTimer, canvas, cpu_recipe, named  # noqa: E402
 
 from hrnet_sweep.config import load_config  # noqa: E402
 from hrnet_sweep.dbnet.inference import load_checkpoint, postprocess_map, probability_maps  # noqa: E402
 from hrnet_sweep.dbnet.postprocess import to_uint8  # noqa: E402
 from hrnet_sweep.dbnet.validation import Grid, tune_postprocess  # noqa: E402
-from hrnet_sweep.folds import fold_assignment  # noqa: E402
 from hrnet_sweep.formats import load_annotations  # noqa: E402
 from hrnet_sweep.metric import evaluate  # noqa: E402
-from hrnet_sweep.pipeline.train import run  # noqa: E402
+from hrnet_sweep.pipeline.train import data_split, run  # noqa: E402
 
 SROIE = Path(os.environ.get("HRNET_SWEEP_SROIE", REPO.parent / "shared" / "data" / "sroie-mini"))
 
@@ -94,18 +93,18 @@ def main() -> int:
 
     out = Path(args.out)
     root, data_overrides, held_out = prepare(args.data, out)
-    run_name = f"{args.data}-{canvas_of(args)}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = load_config(
         [
             *cpu_recipe(root, data_overrides, args),
             f"output_dir={out}",
-            f"run_name={run_name}",
             *([] if args.fold is None else [f"data.fold={args.fold}"]),
             *args.set,
         ]
     )
+    cfg = named(cfg, args.data)
+    run_name, size = cfg.run_name, Canvas.of(cfg)
     print(
-        f"training {cfg.models.name} from scratch at {canvas_of(args)} px on {args.data} "
+        f"training {cfg.models.name} from scratch at {size} px on {args.data} "
         f"(budget {args.minutes:.0f} min, {os.cpu_count()} cores)",
         flush=True,
     )
@@ -122,19 +121,15 @@ def main() -> int:
     # the last one (end of the cosine schedule); the better of the two is reported. Before
     # validation was tuned, the preset's fixed thresholds ranked checkpoints poorly: on
     # three sroie-mini runs the last checkpoint, tuned, beat the "best" one by 0.011-0.041.
-    val_ann = load_annotations(root / str(cfg.data.val_json))
-    if cfg.data.fold is not None:
-        train_ann = load_annotations(root / cfg.data.train_json)
-        assignment, _ = fold_assignment(train_ann, cfg.data.num_folds, cfg.data.fold_seed)
-        val_ann = {n: a for n, a in train_ann.items() if assignment[n] == cfg.data.fold}
-    gts = {n: a.polygons() for n, a in val_ann.items()}
+    split = data_split(cfg)
+    gts = {n: split.val_ann[n].polygons() for n in split.val_names}
     t1 = time.time()
     tuned = {}
     for label, ckpt in (("best", result.best_ckpt), ("last", result.last_ckpt)):
         if ckpt is None or (label == "last" and result.best_epoch == result.epochs - 1):  # the same weights
             continue
         model = load_checkpoint(ckpt)
-        maps = dict(probability_maps([model], root / cfg.data.train_images, list(val_ann), progress=False))
+        maps = dict(probability_maps([model], split.val_images, split.val_names, progress=False))
         b, table = tune_postprocess(
             {n: to_uint8(m.prob) for n, m in maps.items()},
             gts,
@@ -151,7 +146,7 @@ def main() -> int:
     tune_s = time.time() - t1
     summary = {
         "data": args.data,
-        "size": str(canvas_of(args)),
+        "size": str(size),
         "epochs_run": result.epochs,
         "train_minutes": round(train_s / 60, 2),
         "best_epoch": result.best_epoch,

@@ -133,7 +133,9 @@ def average_maps(maps: Sequence[np.ndarray], image_size: tuple[int, int], weight
 
 
 def normalized_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
-    """Ensemble weights summing to 1 (equal when None)."""
+    """Ensemble weights summing to 1 (equal when None) for `n` models (at least one)."""
+    if n < 1:
+        raise UserError("no checkpoints given")
     w = np.asarray(weights if weights is not None else [1.0] * n, dtype=np.float64)
     if len(w) != n or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise UserError(f"--weights {list(w)}: need {n} non-negative weights with a positive sum")
@@ -180,8 +182,6 @@ def probability_maps(
     progress: bool = True,
 ) -> Iterator[tuple[str, ProbMap]]:
     """Yield `(image name, the models' (weighted) average map)` (see `average_maps`)."""
-    if not models:
-        raise UserError("no checkpoints given")
     w = normalized_weights(weights, len(models))
     for name, size, maps in model_maps(models, image_dir, names, tta_flip=tta_flip, device=device, progress=progress):
         yield name, average_maps(maps, size, w)

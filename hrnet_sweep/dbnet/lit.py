@@ -222,11 +222,10 @@ class DBNetModule(pl.LightningModule):
             ch, cw = (int(v) for v in batch["content_size"][i])
             gt = batch["polygons"][i]
             self._val_gts[name] = gt
+            prob = to_uint8(probs[i, :ch, :cw])  # what prediction post-processes too
             if self._tuning:
-                prob = to_uint8(probs[i, :ch, :cw])
                 items.append((prob, image_size, gt))
             else:
-                prob = to_uint8(probs[i, :ch, :cw])
                 self._val_preds[name] = detect(prob, self.pp, image_size=image_size)[0]
             if len(self._shown) < self.val_images:
                 self._shown.append((name, _input_image(batch["image"][i], ch, cw), prob, image_size, gt))

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from ..config import Config, apply_overrides, load_config, save_config
 from ..constants import CONTROL_DIR_ENV, METRIC, VAL_PRECISION, VAL_RECALL
@@ -50,36 +51,61 @@ class TrainResult:
 # ----------------------------------------------------------------------------- data
 
 
-def build_datasets(cfg: Config, run_dir: Path | None = None):
-    """Train and validation datasets for fold mode (split of `train_json`) or the
-    baseline train/val mode (`data.fold=null`: `train_json` -> `val_json`)."""
-    from ..dbnet.data import DetectionDataset, build_transforms
-    from ..folds import fold_assignment, write_manifest
+class DataSplit(NamedTuple):
+    """A run's training and validation images: annotations, names and image folders, and
+    in fold mode the fold of each image and its word count (for the manifest)."""
+
+    train_ann: dict
+    train_names: list[str]
+    train_images: Path
+    val_ann: dict
+    val_names: list[str]
+    val_images: Path
+    assignment: dict[str, int] | None = None
+    word_counts: dict[str, int] | None = None
+
+
+def data_split(cfg: Config) -> DataSplit:
+    """Fold mode (a split of `train_json`) or the baseline train/val mode (`data.fold=null`:
+    `train_json` -> `val_json`)."""
+    from ..folds import fold_assignment
 
     d = cfg.data
     root = d.resolved_root()
-    train_json = root / d.train_json
-    train_ann = load_annotations(train_json)
+    train_ann = load_annotations(root / d.train_json)
     train_images = root / d.train_images
+    if d.fold is None:
+        val_ann = load_annotations(root / str(d.val_json))
+        val_images = root / (d.val_images or d.train_images)
+        return DataSplit(train_ann, list(train_ann), train_images, val_ann, list(val_ann), val_images)
+    assignment, counts = fold_assignment(train_ann, d.num_folds, d.fold_seed)
+    train_names = [n for n in train_ann if assignment[n] != d.fold]
+    val_names = [n for n in train_ann if assignment[n] == d.fold]
+    return DataSplit(train_ann, train_names, train_images, train_ann, val_names, train_images, assignment, counts)
+
+
+def build_datasets(cfg: Config, run_dir: Path | None = None):
+    """Train and validation datasets of the run's `data_split`; in fold mode the fold
+    manifest is written into `run_dir`."""
+    from ..dbnet.data import DetectionDataset, build_transforms
+    from ..folds import write_manifest
+
+    d = cfg.data
+    split = data_split(cfg)
     tp = d.targets.model_dump()
     train_tf = build_transforms(d.augment, d.image_height, d.image_width, train=True)
     eval_tf = build_transforms(d.augment, d.image_height, d.image_width, train=False)
-    if d.fold is None:
-        val_json = root / str(d.val_json)
-        val_ann = load_annotations(val_json)
-        train_names, val_names = list(train_ann), list(val_ann)
-        val_images = root / (d.val_images or d.train_images)
-    else:
-        assignment, counts = fold_assignment(train_ann, d.num_folds, d.fold_seed)
-        train_names = [n for n in train_ann if assignment[n] != d.fold]
-        val_names = [n for n in train_ann if assignment[n] == d.fold]
-        val_ann, val_images = train_ann, train_images
-        if run_dir is not None:
-            write_manifest(
-                run_dir / MANIFEST_FILE, train_json, assignment, d.num_folds, d.fold_seed, word_counts_by_name=counts
-            )
-    train_ds = DetectionDataset(train_images, train_ann, train_names, train_tf, **tp)
-    val_ds = DetectionDataset(val_images, val_ann, val_names, eval_tf, **tp)
+    if split.assignment is not None and run_dir is not None:
+        write_manifest(
+            run_dir / MANIFEST_FILE,
+            d.resolved_root() / d.train_json,
+            split.assignment,
+            d.num_folds,
+            d.fold_seed,
+            word_counts_by_name=split.word_counts,
+        )
+    train_ds = DetectionDataset(split.train_images, split.train_ann, split.train_names, train_tf, **tp)
+    val_ds = DetectionDataset(split.val_images, split.val_ann, split.val_names, eval_tf, **tp)
     return train_ds, val_ds
 
 
