@@ -180,12 +180,23 @@ def main() -> int:
         preds = {n: postprocess_map(m, pp)[0] for n, m in test_maps}
         summary["held_out_hmean"] = evaluate({n: a.polygons() for n, a in test_ann.items()}, preds).hmean
 
-    print("\nvalidation H-Mean per epoch, tuned and at the preset's post-processing; epoch and validation s:")
+    print(
+        "\nvalidation H-Mean per epoch, tuned and at the preset's post-processing; epoch and validation s; "
+        "s training waited for the search:"
+    )
     for r in summary["curve"]:
         tuned, fixed = (r["hmean"], r["hmean_fixed"]) if r["tuned"] else (None, r["hmean"])
         print(
             f"  {r['epoch']:3d}  {'-' if tuned is None else f'{tuned:.4f}':>6}  "
-            f"{'-' if fixed is None else f'{fixed:.4f}':>6}  {r['epoch_s']:6.1f}  {r['val_s']:5.1f}"
+            f"{'-' if fixed is None else f'{fixed:.4f}':>6}  {r['epoch_s']:6.1f}  {r['val_s']:5.1f}  "
+            f"{r['search_wait_s']:5.1f}"
+        )
+    waits = [r["search_wait_s"] for r in summary["curve"]]
+    if waits:
+        worst = summary["curve"][max(range(len(waits)), key=waits.__getitem__)]
+        print(
+            f"longest wait for the search: {worst['search_wait_s']:.1f} s (epoch {worst['epoch']}); "
+            f"all epochs: {sum(waits):.1f} s"
         )
     timing = summary["timing"]
     for kind in ("tuned", "fixed"):

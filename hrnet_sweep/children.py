@@ -12,6 +12,12 @@ starts one training process per fold and the demo starts agents. Each child:
   it, whatever the child's working directory), with unbuffered output for its log;
 * starts its own W&B service if it logs (`WANDB_SERVICE` of this process is not passed
   on: a child waiting on a service that belongs to another run can hang at exit).
+
+A child that stops answering is noticed too: `OutputWatch` says how long its log (and
+metrics) have stayed unchanged, and a parent stops a child silent for `STALL_TIMEOUT_S`.
+Helper processes that work for a run rather than run it (the post-processing search
+workers, DataLoader workers) fail in ways that `helper_failure` names in one line, so a
+caller can go on without them (or end the run with that line) instead of a traceback.
 """
 
 from __future__ import annotations
@@ -21,14 +27,36 @@ import functools
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-__all__ = ["child_env", "die_with_parent", "kill_group", "start"]
+__all__ = [
+    "DATA_WORKER_TIMEOUT_S",
+    "STALL_TIMEOUT_S",
+    "OutputWatch",
+    "child_env",
+    "die_with_parent",
+    "helper_failure",
+    "kill_group",
+    "one_line",
+    "start",
+]
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
 """The folder that holds `hrnet_sweep/`: a child's PYTHONPATH starts with it."""
+
+STALL_TIMEOUT_S = 3600.0
+"""A training child whose log and metrics stay unchanged this long is taken as hung and
+stopped (the agent's `--stall-timeout`): training prints a progress line every 10 % of an
+epoch and a metrics row per validation, so an hour of silence is no slow epoch."""
+
+DATA_WORKER_TIMEOUT_S = 600.0
+"""The longest a training waits for one batch from a DataLoader worker (its `timeout`):
+a worker stuck that long (a deadlock, a hung file system) ends the wait with an error
+that `helper_failure` names, where the default waits for ever. Far above any real batch,
+the first one included (worker start, dataset set-up)."""
 
 
 def child_env(
@@ -95,6 +123,29 @@ def start(
     )
 
 
+class OutputWatch:
+    """How long a child has shown no life: no change in size or time of any of `files`
+    (its log, its metrics; stat only, never read; a missing file counts as unchanged)."""
+
+    def __init__(self, files: Sequence[str | os.PathLike]):
+        self.files = [Path(f) for f in files]
+        self.seen: list = []
+        self.since = time.monotonic()
+
+    def still_for(self) -> float:
+        """Seconds since the last change seen (or since this watch began)."""
+        now = []
+        for f in self.files:
+            try:
+                st = f.stat()
+                now.append((st.st_size, st.st_mtime_ns))
+            except OSError:
+                now.append(None)
+        if now != self.seen:
+            self.seen, self.since = now, time.monotonic()
+        return time.monotonic() - self.since
+
+
 def kill_group(pid: int, sig: int) -> None:
     """Send `sig` to the process group led by `pid` (a child from `start`); a group that
     is already gone is not an error."""
@@ -102,3 +153,26 @@ def kill_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def one_line(err: BaseException) -> str:
+    """`Type: first line of the message`."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def helper_failure(err: BaseException) -> str | None:
+    """One line saying which helper process failed and how, when `err` is such a failure:
+    a process pool whose worker died (`BrokenProcessPool`), a DataLoader worker that died
+    or did not answer within its timeout; None for any other error."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    if isinstance(err, BrokenProcessPool):
+        return f"a worker process died ({one_line(err)})"
+    if isinstance(err, RuntimeError):
+        text = str(err)
+        if text.startswith("DataLoader worker"):  # "(pid(s) N) exited unexpectedly", "... is killed by signal"
+            return f"a DataLoader worker died ({one_line(err)}); data.num_workers=0 loads in the training process"
+        if text.startswith("DataLoader timed out"):
+            return f"a DataLoader worker did not answer ({one_line(err)})"
+    return None

@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "runs of a local sweep: state, params, best metric, stop reason",
     ),
     "clean": ("hrnet_sweep.sweep.status:main_clean", "delete checkpoints of runs outside the top N (never the best)"),
+    "dashboard": (
+        "hrnet_sweep.sweep.dashboard:main",
+        "open optuna-dashboard on a local sweep (folder or --storage): its runs, read-only, live",
+    ),
     "check": (
         "hrnet_sweep.sweep.check:main",
         "validate and lint sweep YAML files: hrnet_sweep check SWEEP.yaml [--strict]",
@@ -62,8 +66,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _presets(argv: Sequence[str]) -> int:
-    from .config import list_presets
+    import argparse
 
+    from .config import PRESET_DIR, list_presets
+
+    ap = argparse.ArgumentParser(
+        prog="hrnet_sweep presets",
+        description=f"List the presets shipped with the package ({PRESET_DIR}), one name a line: what "
+        "preset=NAME takes (a path to a preset YAML works too).",
+    )
+    ap.parse_args(list(argv))
     print("\n".join(list_presets()))
     return 0
 
@@ -93,13 +105,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hrnet_sweep: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     try:
-        return run_command(name, rest)
+        code = run_command(name, rest)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except UserError as err:
         print(f"hrnet_sweep {name}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"hrnet_sweep {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+EXIT_SIGPIPE = 128 + 13
+"""What a shell reports for a tool whose reader went away (`yes | head -1`): SIGPIPE."""
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (`hrnet_sweep status --json | head -1`): end quietly,
+    as a Unix tool does, with the SIGPIPE exit code. Python would print a traceback and
+    then complain again when it flushes stdout at exit: stdout goes to /dev/null first."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (an in-process capture)
+        pass
+    return EXIT_SIGPIPE
 
 
 if __name__ == "__main__":

@@ -13,3 +13,14 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """An annotation file, image or prediction file that cannot be used."""
+
+
+class CheckpointError(DataError):
+    """A checkpoint file that is refused: unreadable, not ours, holding more than tensors
+    and plain values, or not matching the model it is loaded into. The message names the
+    file (and the key)."""
+
+
+class BusyError(UserError):
+    """A folder another process holds (a second `kfold` on the same retrain). The message
+    names the holder."""

@@ -8,29 +8,55 @@
 * `check_readable_file`: before opening, that an input is a regular readable file (a
   FIFO would block the reader for ever; a folder or a device is no input either).
 * `read_text` / `read_json`: UTF-8 text and JSON whose every failure is a `DataError`
-  naming the file (and for JSON the line and column).
+  naming the file (and for JSON the line and column); `field` / `mapping`: the shape of
+  what was read (a key of the wrong type is a `DataError` naming the file and the key).
+* `read_tail`: the end of a file (logs), in bounded memory whatever its size.
+* `child_path`: a name that becomes a path (run name, image name) stays inside its folder.
+* `open_append` / `refuse_link`: files we append to or write in run, sweep and retrain
+  folders never follow a link planted there (`atomic_path` replaces a link, never writes
+  through it).
+* `check_folder_writable`: before a run folder is made, that a folder key (output,
+  cache) names a folder that can be created and written.
+* `hold_lock`: one process at a time in a folder (`flock`, released when the holder
+  dies, so a killed holder never blocks a resume); the next one is told who holds it.
+* `backup_copy`: a dated copy of a user's file before it is rewritten without something
+  it holds (comments).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import shutil
+import socket
 import stat
 import tempfile
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from pathlib import Path, PurePath
+from typing import Any, BinaryIO
 
-from .errors import DataError
+from .errors import BusyError, DataError
 
 __all__ = [
     "atomic_path",
     "atomic_write_json",
     "atomic_write_text",
+    "backup_copy",
+    "check_folder_writable",
     "check_readable_file",
     "check_writable",
+    "child_path",
+    "field",
+    "hold_lock",
+    "mapping",
+    "open_append",
     "read_json",
+    "read_tail",
     "read_text",
+    "refuse_link",
 ]
 
 
@@ -167,3 +193,223 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read it ({err.strerror or err})") from None
+
+
+# ----------------------------------------------------------------------------- shape of what was read
+
+
+_KINDS = {
+    str: "text",
+    int: "an integer",
+    float: "a finite number",
+    bool: "true or false",
+    dict: "an object",
+    list: "a list",
+}
+
+
+def _is(value: Any, kind: type) -> bool:
+    if kind is float:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if kind is int:
+        return not isinstance(value, bool) and isinstance(value, int)
+    return isinstance(value, kind)
+
+
+def mapping(doc: Any, path: str | os.PathLike, key: str = "") -> dict:
+    """`doc` when it is a JSON object (YAML mapping), else a `DataError` naming the file
+    (and the key it was read from)."""
+    if not isinstance(doc, dict):
+        where = f" at {key}" if key else ""
+        raise DataError(f"{path}: expected an object{where}, found {_found(doc)}")
+    return doc
+
+
+def field(
+    doc: Mapping[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    path: str | os.PathLike,
+    *,
+    optional: bool = False,
+    prefix: str = "",
+) -> Any:
+    """`doc[key]` when it is of `kind` (`float`: a finite number, `int` never a bool);
+    None when it is missing or null and `optional`; else a `DataError` naming the file and
+    the key (`prefix` + key, e.g. `folds.0.best`)."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    value = doc.get(key)
+    if value is None and optional:
+        return None
+    if not any(_is(value, k) for k in kinds):
+        want = " or ".join(_KINDS.get(k, k.__name__) for k in kinds)
+        missing = "missing" if key not in doc else f"{_found(value)}"
+        raise DataError(f"{path}: key {prefix}{key} is {missing}; expected {want}")
+    return value
+
+
+def _found(value: Any) -> str:
+    """A value read from a file, in words: `the number 3`, `text "x"`, `a list`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {json.dumps(value)}"
+    if isinstance(value, (int, float)):
+        return f"the number {json.dumps(value)[:40]}"
+    if isinstance(value, str):
+        return f"text {json.dumps(value)[:60]}"
+    return {dict: "an object", list: "a list"}.get(type(value), f"a {type(value).__name__}")
+
+
+# ----------------------------------------------------------------------------- logs, names, links
+
+
+def read_tail(path: str | os.PathLike, max_bytes: int = 64 * 1024) -> str:
+    """The last `max_bytes` of a text file from a line start ('' when it is missing or
+    no regular file): a log of any size is read in bounded memory, a FIFO never waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return ""
+        with os.fdopen(fd, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read(max_bytes)
+    except OSError:
+        return ""
+    if size > max_bytes and b"\n" in data:
+        data = data[data.index(b"\n") + 1 :]
+    return data.decode("utf-8", errors="replace")
+
+
+def child_path(folder: str | os.PathLike, name: str, *, what: str = "name") -> Path:
+    """`folder / name` for a name that becomes a path (a run name, an image name): a
+    relative path without `..` that stays inside `folder` (also where a link inside it
+    points elsewhere); else a `DataError` naming `what` and the name."""
+    text = str(name)
+    parts = PurePath(text).parts
+    if not text.strip() or "\x00" in text:
+        raise DataError(f"{what} {text!r}: not a usable name")
+    if PurePath(text).is_absolute() or ".." in parts:
+        raise DataError(f"{what} {text!r}: must stay inside {folder} (no absolute path, no '..')")
+    path = Path(folder) / text
+    base = Path(folder).resolve()
+    if not path.resolve().is_relative_to(base):
+        raise DataError(f"{what} {text!r}: {path} leads outside {folder} (through a link)")
+    return path
+
+
+def refuse_link(path: str | os.PathLike, what: str = "file") -> Path:
+    """`path` unless it is a symbolic link (a link planted where we write would send our
+    write elsewhere); a `DataError` naming it."""
+    path = Path(path)
+    if path.is_symlink():
+        raise DataError(f"{path}: is a symbolic link (to {os.readlink(path)}); refusing to write the {what} through it")
+    return path
+
+
+def open_append(path: str | os.PathLike, what: str = "file") -> BinaryIO:
+    """`path` opened for appending (binary), created when missing; a symbolic link, a
+    FIFO or anything but a regular file is refused by name (`O_NOFOLLOW`: a link planted
+    there is never followed, and a FIFO never blocks the writer)."""
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as err:
+        if path.is_symlink():
+            refuse_link(path, what)
+        raise DataError(f"{path}: cannot append to the {what} ({err.strerror or err})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DataError(f"{path}: the {what} is not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "ab")
+
+
+def check_folder_writable(path: str | os.PathLike, *, what: str) -> Path:
+    """Before a run folder is made: that the folder `path` (a folder key: output, cache)
+    exists or can be created, and can be written; else a `DataError` naming `what` and
+    the path. Nothing is created."""
+    text = str(path)
+    if not text.strip():
+        raise DataError(f"{what}: the path is empty; name a folder")
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{what}={text}: is a file, not a folder")
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DataError(f"{what}={text}: cannot be created, {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"{what}={text}: cannot write there ({folder} is not writable)")
+    return path
+
+
+# ----------------------------------------------------------------------------- locks, backups
+
+
+@contextlib.contextmanager
+def hold_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path` for the duration; when another process holds
+    it, a `BusyError` naming `what` and the holder (pid, host, since, command). The lock
+    dies with its holder: a killed holder never blocks the next one."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as err:
+        refuse_link(path, "lock")
+        raise DataError(f"{path}: cannot open the lock of {what} ({err.strerror or err})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip()
+            try:
+                h = json.loads(holder)
+                who = f"pid {h.get('pid')} on {h.get('host')} since {h.get('since')} ({h.get('command')})"
+            except (ValueError, AttributeError):
+                who = "another process"
+            raise BusyError(f"{what} is in use by {who} (lock {path}); wait for it to end, or stop it") from None
+        import sys
+
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)[:300],
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def backup_copy(path: str | os.PathLike) -> Path:
+    """Copy `path` to `<name>.<YYYYmmdd-HHMMSS>.bak` next to it (a new name, never an older
+    backup overwritten) and return the copy."""
+    path = Path(path)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        backup = path.with_name(f"{path.name}.{stamp}{f'-{i}' if i else ''}.bak")
+        try:
+            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        return backup
+    raise DataError(f"{path}: cannot make a backup copy next to it")  # pragma: no cover

@@ -195,27 +195,38 @@ def write_manifest(
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Read a manifest written by `write_manifest`; a malformed one raises DataError."""
-    doc = read_json(path)
-    try:
-        if doc.get("version") != MANIFEST_VERSION:
-            raise DataError(f"{path}: manifest version {doc.get('version')!r}, expected {MANIFEST_VERSION}")
-        num_folds, folds = int(doc["num_folds"]), doc["folds"]
-        assignment: dict[str, int] = {}
-        for entry in folds:
-            for name in entry["names"]:
-                if name in assignment:
-                    raise DataError(f"{path}: image {name!r} is in folds {assignment[name]} and {entry['fold']}")
-                assignment[name] = int(entry["fold"])
-        if sorted(int(e["fold"]) for e in folds) != list(range(num_folds)):
-            raise DataError(f"{path}: folds {[e['fold'] for e in folds]} do not match num_folds={num_folds}")
-        return Manifest(
-            annotations=str(doc["annotations"]),
-            sha256=str(doc["sha256"]),
-            num_folds=num_folds,
-            seed=int(doc["seed"]),
-            assignment=dict(sorted(assignment.items())),
-            fold_words=tuple(int(e["num_words"]) for e in sorted(folds, key=lambda e: int(e["fold"]))),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise DataError(f"{path}: not a fold manifest ({type(err).__name__}: {err})") from None
+    """Read a manifest written by `write_manifest`; one of the wrong shape raises a
+    `DataError` naming the file and the key (`folds.K.names`, ...)."""
+    from .files import field, mapping
+
+    doc = mapping(read_json(path), path)
+    version = doc.get("version")
+    if version != MANIFEST_VERSION:
+        raise DataError(f"{path}: manifest version {version!r}, expected {MANIFEST_VERSION}")
+    num_folds = field(doc, "num_folds", int, path)
+    seed = field(doc, "seed", int, path)
+    annotations = field(doc, "annotations", str, path)
+    sha = field(doc, "sha256", str, path)
+    folds = field(doc, "folds", list, path)
+    assignment: dict[str, int] = {}
+    words: dict[int, int] = {}
+    for i, entry in enumerate(folds):
+        mapping(entry, path, f"folds.{i}")
+        fold = field(entry, "fold", int, path, prefix=f"folds.{i}.")
+        words[fold] = field(entry, "num_words", int, path, prefix=f"folds.{i}.")
+        for name in field(entry, "names", list, path, prefix=f"folds.{i}."):
+            if not isinstance(name, str):
+                raise DataError(f"{path}: key folds.{i}.names holds {name!r}, not an image name")
+            if name in assignment:
+                raise DataError(f"{path}: image {name!r} is in folds {assignment[name]} and {fold}")
+            assignment[name] = fold
+    if sorted(words) != list(range(num_folds)) or len(folds) != num_folds:
+        raise DataError(f"{path}: folds {[e.get('fold') for e in folds]} do not match num_folds={num_folds}")
+    return Manifest(
+        annotations=annotations,
+        sha256=sha,
+        num_folds=num_folds,
+        seed=seed,
+        assignment=dict(sorted(assignment.items())),
+        fold_words=tuple(words[k] for k in range(num_folds)),
+    )

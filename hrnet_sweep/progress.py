@@ -20,6 +20,7 @@ __all__ = ["SparseLines", "is_terminal", "lightning_progress", "sparse_progress"
 
 T = TypeVar("T")
 EVERY_PERCENT = 10.0
+EPOCH_SUFFIX = "_epoch"  # Lightning's name for a value logged per step and averaged per epoch
 UNKNOWN_TOTAL_EVERY = 100  # steps between lines when the total is not known
 
 
@@ -161,7 +162,13 @@ def _sparse_progress_class() -> type:
                     for k, v in trainer.callback_metrics.items()
                     if k.startswith(prefix) and getattr(v, "numel", lambda: 1)() == 1
                 }
-                lines.close(" ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
+                # a value logged per step and per epoch: the epoch's mean (`<name>_epoch`), not
+                # the last batch's
+                means = {k.removesuffix(EPOCH_SUFFIX): v for k, v in metrics.items() if k.endswith(EPOCH_SUFFIX)}
+                if means:
+                    metrics = {k: v for k, v in {**metrics, **means}.items() if not k.endswith(EPOCH_SUFFIX)}
+                note = " ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))
+                lines.close(f"{note} (epoch mean)" if means and note else note)
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
             self._start(trainer, "train", trainer.num_training_batches, f"epoch {trainer.current_epoch}")

@@ -16,6 +16,11 @@ folder too:
   validation epoch end, saving `last.ckpt`.
 * `folds.json`: the fold manifest of a fold-mode run (its format: `hrnet_sweep.folds`).
 
+Files read back are checked for shape (`read_status(strict=True)`, `read_history(strict=True)`:
+a key of the wrong type is a `DataError` naming the file and the key); appends never
+follow a link planted in the folder (`files.open_append`); `previous_run` says what a
+folder already holds, so a finished run is never overwritten by a new one of its name.
+
 `best_in_history` is the one rule for "the best of a run's history": the largest finite
 value (the smallest when minimising), ties to the earlier epoch, which reached it in
 fewer epochs. Training's own summary, the sweep engine, the agent, `best`, `status`,
@@ -32,13 +37,17 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_json, atomic_write_text
+from .errors import DataError
+from .files import atomic_write_json, atomic_write_text, open_append
 
 __all__ = [
     "METRICS_FILE",
     "MANIFEST_FILE",
     "STATUS_FILE",
+    "STATES",
+    "RESUME_ENV",
     "STOP_FILE",
+    "USER_STOP",
     "HistoryTail",
     "append_history",
     "best_in_history",
@@ -47,10 +56,12 @@ __all__ = [
     "finite",
     "history_is_cut",
     "metric_values",
+    "previous_run",
     "read_history",
     "read_status",
     "request_stop",
     "rewrite_history",
+    "status_problem",
     "stop_requested",
     "write_status",
 ]
@@ -72,31 +83,69 @@ def finite(value: Any) -> float | None:
 # ----------------------------------------------------------------------------- metrics.jsonl
 
 
-def _rows(data: bytes) -> list[dict]:
+_READ_LIMIT = 64 << 20  # a metrics.jsonl holds a row per epoch; more than this is no history of ours
+
+
+def _row_problem(row: Any) -> str | None:
+    """Why a parsed metrics.jsonl line is no row of ours (the key and its value), or None."""
+    if not isinstance(row, dict):
+        return f"a {type(row).__name__}, not an object"
+    epoch = row.get("epoch")
+    if "epoch" in row and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
+        return f"key epoch is {epoch!r}, not an epoch number"
+    for key in ("step",):
+        v = row.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            return f"key {key} is {v!r}, not an integer"
+    for key, v in row.items():
+        if key.startswith("val/") and v is not None and (isinstance(v, bool) or not isinstance(v, Real)):
+            return f"key {key} is {v!r}, not a number"
+    return None
+
+
+def _rows(data: bytes, path: Path | None = None) -> list[dict]:
+    """The rows of complete lines; with `path` (strict), a line of the wrong shape is a
+    `DataError` naming the file, the line and the key; without, it is skipped."""
     rows = []
-    for line in data.splitlines():
+    for n, line in enumerate(data.splitlines(), 1):
         try:
             row = json.loads(line)
         except ValueError:
+            if path is not None and line.strip():
+                raise DataError(f"{path}: line {n} is not JSON") from None
             continue  # a foreign or damaged line: the others are still good
-        if isinstance(row, dict):
+        problem = _row_problem(row)
+        if problem is None:
             rows.append(row)
+        elif path is not None:
+            raise DataError(f"{path}: line {n}: {problem}")
     return rows
 
 
-def read_history(folder: str | os.PathLike) -> list[dict]:
-    """The complete rows of `folder/metrics.jsonl`, in order ([] when there is none)."""
+def read_history(folder: str | os.PathLike, *, strict: bool = False) -> list[dict]:
+    """The complete rows of `folder/metrics.jsonl`, in order ([] when there is none).
+
+    Rows of the wrong shape (an epoch that is no number, a metric that is text) are
+    skipped; with `strict` (a run about to be resumed) they are a `DataError` naming the
+    file, the line and the key.
+    """
+    path = Path(folder) / METRICS_FILE
     try:
-        data = (Path(folder) / METRICS_FILE).read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read(_READ_LIMIT + 1)
     except OSError:  # missing, or damaged (a folder in its place, unreadable): no rows to trust
         return []
-    return _rows(data[: data.rfind(b"\n") + 1])
+    if len(data) > _READ_LIMIT:
+        if strict:
+            raise DataError(f"{path}: larger than {_READ_LIMIT >> 20} MiB; not a metrics history of ours")
+        data = data[:_READ_LIMIT]
+    return _rows(data[: data.rfind(b"\n") + 1], path if strict else None)
 
 
 def append_history(folder: str | os.PathLike, row: Mapping[str, Any]) -> None:
     """Append one row (one validation epoch) to `folder/metrics.jsonl`."""
-    with open(Path(folder) / METRICS_FILE, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(dict(row)) + "\n")
+    with open_append(Path(folder) / METRICS_FILE, "metrics history") as fh:
+        fh.write((json.dumps(dict(row)) + "\n").encode("utf-8"))
 
 
 def rewrite_history(folder: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -137,7 +186,7 @@ class HistoryTail:
         try:
             with open(self.path, "rb") as fh:
                 fh.seek(self.offset)
-                data = fh.read()
+                data = fh.read(_READ_LIMIT)  # bounded: a run that writes more is read over several calls
         except FileNotFoundError:
             return []
         end = data.rfind(b"\n") + 1
@@ -175,13 +224,78 @@ def best_row(rows: Sequence[Mapping[str, Any]], metric: str, goal: str = "maximi
 # ----------------------------------------------------------------------------- status.json
 
 
-def read_status(folder: str | os.PathLike) -> dict | None:
-    """A run's status.json, or None when it is missing or unreadable (a killed run)."""
+STATES = ("finished", "failed", "stopped", "interrupted")
+RESUME_ENV = "HRNET_SWEEP_RESUME"
+"""Set (to `auto`) by the sweep agent when it runs a run stopped by the user again: the
+training continues from the run folder's `last.ckpt` (`resume_from_checkpoint=auto`)
+instead of refusing a folder that holds a run."""
+USER_STOP = "stopped by the user"
+"""The reason of a run that a signal stopped (SIGTERM, Ctrl-C, the launcher's or an agent's
+stop): status.json says `interrupted` with it, the sweep engine records the run `crashed`
+with it and runs the point again from its `last.ckpt`."""
+_STATUS_KEYS: dict[str, tuple[type, ...]] = {
+    "reason": (str,),
+    "best": (Real,),
+    "best_epoch": (int,),
+    "run_dir": (str,),
+    "best_ckpt": (str,),
+    "last_ckpt": (str,),
+    "epochs": (int,),
+}
+
+
+def status_problem(doc: Any) -> str | None:
+    """Why a parsed status.json is not one we write (the key and its value), or None."""
+    if not isinstance(doc, dict):
+        return f"a {type(doc).__name__}, not an object"
+    if doc.get("state") not in STATES:
+        return f"key state is {doc.get('state')!r}; expected one of {', '.join(STATES)}"
+    for key, kinds in _STATUS_KEYS.items():
+        v = doc.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, kinds) or (key == "best" and finite(v) is None):
+            return f"key {key} is {v!r}, not {'a finite number' if key == 'best' else kinds[0].__name__}"
+    return None
+
+
+def read_status(folder: str | os.PathLike, *, strict: bool = False) -> dict | None:
+    """A run's status.json, or None when it is missing or unreadable (a killed run).
+
+    A file of the wrong shape (not an object, an unknown state, a key of the wrong type)
+    reads as None too, the run's state being unknown; with `strict` it is a `DataError`
+    naming the file and the key.
+    """
+    path = Path(folder) / STATUS_FILE
     try:
-        doc = json.loads((Path(folder) / STATUS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return None
-    return doc if isinstance(doc, dict) else None
+    except (OSError, ValueError) as err:
+        if strict and path.exists():
+            raise DataError(f"{path}: unreadable status ({type(err).__name__}: {err})") from None
+        return None
+    problem = status_problem(doc)
+    if problem is None:
+        return doc
+    if strict:
+        raise DataError(f"{path}: {problem}")
+    return None
+
+
+def previous_run(folder: str | os.PathLike) -> str | None:
+    """What `folder` holds of a completed run (finished, or stopped by the sweep engine),
+    in words, or None: such a folder is never the folder of a new run."""
+    doc = read_status(folder)
+    if not doc or doc.get("state") not in ("finished", "stopped"):
+        return None
+    best = finite(doc.get("best"))
+    rows = len(read_history(folder))
+    return (
+        f"a {doc['state']} run (status.json"
+        + (f", best {best:.4f} at epoch {doc.get('best_epoch')}" if best is not None else "")
+        + f"; {rows} epoch(s) in {METRICS_FILE})"
+    )
 
 
 def write_status(folder: str | os.PathLike, doc: Mapping[str, Any]) -> None:

@@ -1,6 +1,8 @@
 """Embedded agent with the fake training (tests/fake_train.py, a test double of
 `python -m hrnet_sweep.train`): launch as `wandb agent` does, Hyperband STOP, failures
-and killed runs recorded while the sweep goes on, clean stop on SIGTERM."""
+and killed runs recorded while the sweep goes on, an agent that gives up after failed
+runs in a row (whatever ran before) and stops a run that stops answering, clean stop on
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from test_engine import REPO, make_sweep_yaml
+from test_engine import FAKE_TRAIN, REPO, make_sweep_yaml
 
 from _util import pid_alive
-from hrnet_sweep.sweep.agent import EXIT_GAVE_UP, classify_exit, run_agent
+from hrnet_sweep.sweep.agent import EXIT_GAVE_UP, GAVE_UP, MAX_CONSECUTIVE_FAILURES, classify_exit, run_agent
 from hrnet_sweep.sweep.command import expand_command, read_param_file
 from hrnet_sweep.sweep.engine import LocalSweep, RunOutcome
 
@@ -45,7 +47,7 @@ def _quiet(lines: list[str]):
     [
         (-9, None, [0.1], {}, ("crashed", None, "killed by SIGKILL")),
         (0, None, [], {}, ("crashed", None, "exited with code 0 without writing status.json")),
-        (-15, None, [], {"interrupted": True}, ("crashed", None, "the agent was stopped")),
+        (-15, None, [], {"interrupted": True}, ("crashed", None, "stopped by the user")),
         (0, {"state": "finished", "best": 0.7}, [0.5, 0.7, 0.6], {}, ("finished", 0.7, None)),
         (0, {"state": "finished", "best": None}, [0.5, 0.6], {}, ("finished", 0.6, None)),
         (0, {"state": "finished", "best": None}, [], {}, ("failed", None, "finished without a finite val/hmean")),
@@ -184,7 +186,69 @@ def test_agent_gives_up_when_its_first_runs_all_fail(in_tmp, monkeypatch):
         run_cap=20,
     )
     result = run_agent(LocalSweep.create(path), poll_s=0.05, out=_quiet([]))
-    assert result.exit_code == EXIT_GAVE_UP and len(result.outcomes) == 5
+    assert result.exit_code == EXIT_GAVE_UP == 1 and len(result.outcomes) == MAX_CONSECUTIVE_FAILURES == 3
+
+
+def _failing_after(folder: Path, good_runs: int) -> Path:
+    """A sweep command that trains (the fake training) `good_runs` times, then fails at
+    once every time, as when the data folder went away: a wrapper that counts its calls."""
+    wrapper = folder / "train_then_fail.py"
+    wrapper.write_text(
+        "import os, runpy, sys\n"
+        f"calls = {str(folder / 'calls')!r}\n"
+        "with open(calls, 'a') as fh:\n"
+        "    fh.write('x')\n"
+        f"if os.path.getsize(calls) > {good_runs}:\n"
+        "    sys.exit('data root data/ not found')\n"
+        f"sys.argv[0] = {FAKE_TRAIN!r}\n"
+        f"runpy.run_path({FAKE_TRAIN!r}, run_name='__main__')\n"
+    )
+    path = make_sweep_yaml(
+        folder,
+        {
+            "models.optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-3},
+            "trainer.max_epochs": {"value": 2},
+        },
+        run_cap=20,
+    )
+    doc = path.read_text().replace(FAKE_TRAIN, str(wrapper))
+    path.write_text(doc)
+    return path
+
+
+def test_agent_gives_up_after_failed_runs_in_a_row_whatever_ran_before(in_tmp):
+    # Two runs finish, then every run fails at once: the agent used to start a new failing
+    # run every few seconds until the run cap (or for ever without one).
+    sweep = LocalSweep.create(_failing_after(in_tmp, good_runs=2))
+    agent = _agent_subprocess(sweep.root)
+    out, _ = agent.communicate(timeout=120)
+    assert agent.returncode == 1, out
+    states = [r.state for r in sweep.runs()]
+    assert states == ["finished", "finished", "crashed", "crashed", "crashed"], out
+    last = out.strip().splitlines()[-1]
+    assert GAVE_UP + "its last 3 runs failed" in last, out
+    assert f"({sweep.runs()[-1].run_id}) with: exited with code 1 without writing status.json" in last
+    # a limit of its own (--max-failures), from the same history
+    (in_tmp / "again").mkdir()
+    sweep = LocalSweep.create(_failing_after(in_tmp / "again", good_runs=1))
+    result = run_agent(sweep, poll_s=0.05, max_failures=1, out=_quiet([]))
+    assert result.exit_code == EXIT_GAVE_UP and [o.state for o in result.outcomes.values()] == ["finished", "crashed"]
+
+
+def test_a_run_that_stops_answering_is_stopped_and_recorded_crashed(in_tmp, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAIN_EPOCH_S", "60")  # silent for a minute: no output, no metrics
+    path = make_sweep_yaml(in_tmp, {"seed": {"values": [1]}, "trainer.max_epochs": {"value": 2}}, method="grid")
+    sweep = LocalSweep.create(path)
+    lines: list[str] = []
+    t = time.monotonic()
+    result = run_agent(sweep, count=1, poll_s=0.05, stall_timeout_s=1.0, out=lines.append)
+    assert time.monotonic() - t < 30
+    ((run_id, outcome),) = result.outcomes.items()
+    assert outcome.state == "crashed" and outcome.reason.startswith("stalled: no output for 1 s"), outcome
+    (run,) = sweep.runs()
+    assert run.state == "crashed" and run.reason == outcome.reason
+    assert not pid_alive(int((Path(run.control_dir) / "fake_train.pid").read_text()))
+    assert any(f"run {run_id}: stalled" in ln and "stopping it" in ln for ln in lines), lines
 
 
 def _agent_subprocess(root: Path, *extra: str) -> subprocess.Popen:
@@ -237,7 +301,7 @@ def test_sigterm_to_the_agent_stops_its_run_and_leaves_no_process(in_tmp, monkey
     assert agent.returncode == 128 + signal.SIGTERM, out
     assert not pid_alive(pid)
     (run,) = sweep.runs()  # no further run was started
-    assert run.state == "crashed" and run.reason == "the agent was stopped"
+    assert run.state == "crashed" and run.reason == "stopped by the user"  # continued by `sweep --resume`
     assert json.loads((control / "status.json").read_text())["state"] == "interrupted"
 
 
@@ -267,3 +331,23 @@ def test_status_and_clean_keep_the_best_runs_checkpoints(in_tmp, capsys):
     assert main_clean([str(sweep.root), "--keep-top", "0"]) == 0  # never the best run's
     assert "freed 0.0 MB (6000 bytes)" in capsys.readouterr().out
     assert all(p.exists() for p in ckpts[9]) and not any(p.exists() for p in ckpts[3] + ckpts[5])
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["agent", "sw", "--max-failures", "0"],
+        ["agent", "sw", "--stall-timeout", "0"],
+        ["agent", "sw", "--stall-timeout", "nan"],
+        ["sweep", "s.yaml", "--max-failures", "0"],
+    ],
+    ids=lambda argv: f"{argv[0]} {argv[-2]} {argv[-1]}",
+)
+def test_failure_and_stall_limits_refuse_bad_numbers(argv, capsys):
+    from hrnet_sweep.cli import main as cli
+
+    with pytest.raises(SystemExit) as stop:  # argparse
+        cli(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {argv[-2]}: " in err and "Traceback" not in err, err

@@ -265,6 +265,9 @@ def test_best_cli_prints_table_and_exports(fake_wandb, tmp_path, capsys):
         "base": "hrnet_w18_small_cpu",
         "models": {"optimizer": {"lr": 1e-3}, "scheduler": {"T_max": 8}},
         "trainer": {"max_epochs": 8},
+        # a W&B sweep's preset logs to W&B in the sweep's project: kfold's folds land beside it
+        "wandb": True,
+        "logging": {"project": "receipts", "entity": "acme"},
     }
     prov = read_provenance(out)
     assert prov["sweep"] == SWEEP_PATH and prov["run"] == "a1" and prov["metric"] == "val/hmean"
@@ -364,7 +367,8 @@ def test_best_on_a_local_sweep(tmp_path, capsys):
     assert prov["run"] == ids["finished"] and prov["best"] == 0.6 and prov["epoch"] == 1
     assert prov["source"] == "local"
     cfg = load_config([f"preset={out}"])
-    assert cfg.trainer.max_epochs == 6 and cfg.data.image_height == 256
+    fixed = sweep.spec.fixed()  # the sweep's `value:` parameters are in the preset
+    assert cfg.trainer.max_epochs == fixed["trainer.max_epochs"] and cfg.data.image_height == fixed["data.image_height"]
     assert cfg.models.optimizer.lr == pytest.approx(sweep.runs()[0].params["models.optimizer.lr"])
 
 
@@ -372,9 +376,10 @@ def test_best_on_a_local_sweep(tmp_path, capsys):
 
 
 @pytest.mark.integration
-def test_exported_preset_trains_one_tiny_epoch(fake_wandb, tmp_path, synth_data):
+def test_exported_preset_trains_one_tiny_epoch(fake_wandb, tmp_path, synth_data, monkeypatch):
     from hrnet_sweep.pipeline.train import run
 
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the preset of a W&B sweep logs to W&B: offline here
     out = tmp_path / "best.yaml"
     assert best_cmd.main([SWEEP_PATH, "--export", str(out)]) == 0
     cfg = load_config(
@@ -398,3 +403,4 @@ def test_exported_preset_trains_one_tiny_epoch(fake_wandb, tmp_path, synth_data)
     result = run(cfg)
     assert result.state == "finished" and result.epochs == 1
     assert (tmp_path / "runs" / "r" / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "runs" / "r" / "wandb").glob("offline-run-*"))

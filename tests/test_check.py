@@ -63,8 +63,8 @@ def test_user_plan_lr_range_excludes_preset_lr_and_is_kept():
 
 def test_cpu_demo_bands_fire_within_its_epochs():
     s = load_sweep(SWEEPS / "cpu_demo.yaml")
-    assert s.fixed()["trainer.max_epochs"] == 6 and s.run_cap
-    assert s.early_terminate.bands(upto=5) == [2]  # judged at epoch 2, before the run ends
+    assert s.fixed()["trainer.max_epochs"] == 10 and s.run_cap
+    assert s.early_terminate.bands(upto=9) == [2, 6]  # judged at epochs 2 and 6, before the run ends
 
 
 # ----------------------------------------------------------------------------- each lint

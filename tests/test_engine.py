@@ -17,7 +17,7 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hrnet_sweep.errors import UserError
+from hrnet_sweep.errors import DataError, UserError
 from hrnet_sweep.sweep._validate import validate_sweep
 from hrnet_sweep.sweep.engine import LocalSweep, RunOutcome, build_search_space, resolve_sweep_dir
 
@@ -369,3 +369,47 @@ def test_opening_a_damaged_sweep_folder_is_a_user_error(tmp_path, damage, needle
         LocalSweep(root)
     assert needle in str(err.value) and str(root) in str(err.value)
     assert (root / "optuna.journal").exists() or "missing" in needle and not (root / "optuna.journal").exists()
+
+
+# ----------------------------------------------------------------------------- the folder as a store
+
+
+def test_a_folder_sweep_names_itself_by_its_folder_and_keeps_its_cap_in_sweep_json(tmp_path):
+    """What the launcher and the CLI ask of a sweep, for the default store: the folder is the
+    sweep's name, its location and what agents get; it carries no credentials."""
+    path = make_sweep_yaml(tmp_path, {"seed": {"values": [1, 2, 3]}}, method="grid", run_cap=1)
+    sweep = LocalSweep.create(path, sweeps_root=tmp_path / "sweeps")
+    assert not sweep.in_database and sweep.location == str(sweep.root) and sweep.ref_args() == [str(sweep.root)]
+    assert sweep.agent_args() == (str(sweep.root), [], {}) and sweep.private_env() == ()
+    s = sweep.suggest()
+    assert sweep.is_here(sweep.runs()[0]) and sweep.suggest() is None
+    sweep.set_run_cap(2)  # `sweep --resume --run-cap 2`
+    assert json.loads((sweep.root / "sweep.json").read_text())["run_cap"] == 2
+    again = sweep.reopen()
+    assert again.run_cap == 2 and again.suggest() is not None
+    _finish(again, s)
+    assert not again.finish(s.number, RunOutcome("finished", value=0.1, exit_code=0))  # closed once
+    with pytest.raises(UserError, match="not a database URL"):
+        LocalSweep.open("abc", storage="outputs/sweeps")
+
+
+def test_names_read_back_from_a_sweep_folder_never_lead_outside_it(tmp_path):
+    """sweep.json's sweep_id and the run ids become paths: a tampered file cannot send the
+    engine's writes elsewhere, and a link planted as engine.lock is not followed."""
+    path = make_sweep_yaml(tmp_path, {"seed": {"values": [1, 2]}}, method="grid")
+    root = LocalSweep.create(path, sweeps_root=tmp_path / "sweeps").root
+    sweep = LocalSweep(root)
+    with pytest.raises(DataError, match="run id"):
+        sweep.control_dir("../../escaped")
+    meta = json.loads((root / "sweep.json").read_text())
+    (root / "sweep.json").write_text(json.dumps({**meta, "sweep_id": "../x"}))
+    with pytest.raises(UserError, match="must be a plain name"):
+        LocalSweep(root)
+    (root / "sweep.json").write_text(json.dumps(meta))
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("keep")
+    (root / "engine.lock").unlink(missing_ok=True)
+    (root / "engine.lock").symlink_to(target)
+    with pytest.raises(DataError, match="engine.lock"):
+        LocalSweep(root).suggest()
+    assert target.read_text() == "keep"

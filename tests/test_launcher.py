@@ -1,6 +1,7 @@
 """Launcher with test doubles: a fake `wandb` executable on PATH (tests/fake_bin/wandb)
 and fake GPU lists (`--gpus`, a fake `nvidia-smi`): one pinned agent per GPU, restart
-of a crashed agent up to the cap, SIGTERM stopping everything (no orphans), and the
+of a crashed agent up to the cap, SIGTERM stopping everything (no orphans), an agent that
+gives up on failing runs never restarted and the sweep's exit 1 naming why, and the
 choice between W&B and the embedded engine."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from test_engine import REPO
 from _util import pid_alive
 from hrnet_sweep.errors import UserError
 from hrnet_sweep.sweep import launcher
+from hrnet_sweep.sweep.agent import wandb_failure_args
 from hrnet_sweep.sweep.launcher import detect_gpus, parse_gpus, run_agents
 from hrnet_sweep.wandb_auth import credentials as wandb_credentials
 
@@ -104,7 +106,8 @@ def test_one_pinned_agent_per_gpu(tmp_path, fake_wandb):
     assert result.exit_code == 0
     calls = fake_wandb()
     assert sorted(c["cuda"] for c in calls) == ["0", "1", "2"]
-    assert all(c["argv"] == ["agent", "--count", "2", "ent/proj/abc123"] for c in calls)
+    flags = wandb_failure_args(3)  # `--max-consecutive-failed-runs 3` where this wandb has it
+    assert all(c["argv"] == ["agent", *flags, "--count", "2", "ent/proj/abc123"] for c in calls)
     assert len({c["sid"] for c in calls}) == 3, "each agent in its own session"
     for i, gpu in enumerate("012"):
         log = (tmp_path / "logs" / f"agent-{i}-gpu{gpu}.log").read_text()
@@ -125,11 +128,17 @@ def test_per_gpu_and_total_agents(tmp_path, fake_wandb):
     assert sorted(c["cuda"] for c in fake_wandb()) == ["0", "0", "1", "1"]
 
 
-def test_no_gpu_means_one_cpu_agent_announced(tmp_path, fake_wandb):
+def test_no_gpu_means_one_cpu_agent_announced(tmp_path, fake_wandb, monkeypatch):
+    import hrnet_sweep.sweep.launcher as launcher
+
+    monkeypatch.setattr(launcher, "detect_gpus", lambda: [])  # looked for, none found: said
     lines: list[str] = []
-    run_agents("e/p/s", gpus=[], mode="wandb", stagger_s=0, log_dir=tmp_path / "a", poll_s=0.05, out=lines.append)
+    run_agents("e/p/s", gpus=None, mode="wandb", stagger_s=0, log_dir=tmp_path / "a", poll_s=0.05, out=lines.append)
     assert [c["cuda"] for c in fake_wandb()] == [None]
     assert any("no GPU found" in ln for ln in lines)
+    lines.clear()  # `--gpus cpu` asked for the CPU: nothing to say about nvidia-smi
+    run_agents("e/p/s", gpus=[], mode="wandb", stagger_s=0, log_dir=tmp_path / "b", poll_s=0.05, out=lines.append)
+    assert not any("nvidia-smi" in ln for ln in lines)
 
 
 def test_crashed_agent_is_restarted_up_to_the_cap(tmp_path, fake_wandb, monkeypatch):
@@ -328,3 +337,76 @@ def test_agents_whose_runs_all_fail_make_the_sweep_exit_1(tmp_path, monkeypatch,
     assert run_agent(mixed, out=lambda s: None).exit_code == 0
     bad = LocalSweep.create(grid("bad", [1]), sweep_dir=tmp_path / "bad")
     assert run_agent(bad, out=lambda s: None).exit_code == EXIT_RUNS_FAILED
+
+
+# ----------------------------------------------------------------------------- agents that give up
+
+
+def test_local_sweep_stops_with_exit_1_naming_the_cause_when_runs_keep_failing(tmp_path, monkeypatch, capsys):
+    from test_agent import _failing_after
+
+    from hrnet_sweep.sweep.engine import LocalSweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("FAKE_TRAIN_EPOCH_S", "0.05")
+    path = _failing_after(tmp_path, good_runs=1)  # one run finishes, then every run fails at once
+    code = launcher.main([str(path), "--local", "--gpus", "cpu", "--stagger", "0", "--sweep-dir", "sw"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert [r.state for r in LocalSweep(tmp_path / "sw").runs()] == ["finished", "crashed", "crashed", "crashed"]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("stopped: agent 0 (CPU) gave up: its last 3 runs failed, the last one ("), out
+    assert last.endswith(f"and the logs in {tmp_path / 'sw' / 'runs'}") and "without writing status.json" in last
+    assert (tmp_path / "sw" / "agents" / "agent-0-cpu.log").read_text().count("===") == 1  # not restarted
+
+
+def _fake_wandb(folder: Path) -> Path:
+    """A `wandb` executable (test double) whose `wandb agent` records its arguments, then
+    does what $FAKE_WANDB_END says: `gave_up` prints W&B's line for
+    --max-consecutive-failed-runs and exits 0 (as wandb 0.31 does); `crash` exits 1."""
+    fake = folder / "bin" / "wandb"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        f"with open({str(folder / 'calls.jsonl')!r}, 'a') as fh:\n"
+        "    fh.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "if os.environ['FAKE_WANDB_END'] == 'crash':\n"
+        "    sys.exit('Traceback (most recent call last): ...')\n"
+        "print('wandb: ERROR Detected 3 consecutive failed runs, shutting down.', file=sys.stderr)\n"
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+@pytest.mark.parametrize("end", ["gave_up", "crash"])
+def test_a_wandb_agent_that_gives_up_is_not_restarted(tmp_path, monkeypatch, end):
+    fake = _fake_wandb(tmp_path)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_WANDB_END", end)
+    log = tmp_path / "logs" / "agent-0-gpu0.log"
+    log.parent.mkdir()
+    log.write_text("wandb: ERROR Detected 3 consecutive failed runs, shutting down.\n")  # an earlier launch's
+    lines: list[str] = []
+    result = run_agents(
+        "e/p/s",
+        gpus=["0"],
+        mode="wandb",
+        stagger_s=0,
+        max_restarts=2,
+        restart_delay_s=0.05,
+        log_dir=tmp_path / "logs",
+        poll_s=0.05,
+        out=lines.append,
+    )
+    calls = [json.loads(x) for x in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert all(c == ["agent", *wandb_failure_args(3), "e/p/s"] for c in calls)
+    assert result.exit_code == 1
+    if end == "gave_up":
+        assert len(calls) == 1 and result.slots[0].restarts == 0
+        assert result.gave_up == (
+            "stopped: agent 0 (GPU 0) gave up: wandb: ERROR Detected 3 consecutive failed runs, shutting down."
+        )
+    else:  # a crash is restarted as before, whatever the log held before this launch
+        assert len(calls) == 3 and result.gave_up is None

@@ -2,16 +2,24 @@
 never below the fixed setting's; the worker pool equals the in-process search; the
 checkpoint's setting is what `predict` uses; a tiny training logs the rows, the
 checkpoint entry and the validation images (TensorBoard, W&B offline); with
-`tune_on_val=false` it logs what the fixed post-processing gives."""
+`tune_on_val=false` it logs what the fixed post-processing gives; a training whose search
+worker is SIGKILLed finishes (the budget and the worker faults themselves:
+`test_search_faults.py`)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from test_tune import constructed_map
 
@@ -310,3 +318,136 @@ def test_fixed_validation_logs_the_fixed_postprocessing(synth_data, tmp_path, li
     assert CHECKPOINT_KEY not in torch.load(last, map_location="cpu", weights_only=False)
     # what `predict` gives with this checkpoint on the validation images (the fixed setting)
     assert row[METRIC] > 0 and row[METRIC] == pytest.approx(_hmean_at_prediction(last, cfg), abs=1e-9)
+
+
+def _continue(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"])
+def test_a_search_worker_killed_or_stuck_during_training_the_run_finishes(
+    synth_data, tmp_path, caplog, monkeypatch, lively, sig
+):
+    """Issue 20's example (SIGKILL): the next validation's hand-over raised BrokenProcessPool
+    and the training failed with a traceback. A stopped worker (SIGSTOP: alive, never
+    answering) kept the validation waiting for ever; now the epoch's budget cuts it."""
+    import pytorch_lightning as pl
+    from test_search_faults import _wait_gone
+
+    from _util import pid_alive
+    from hrnet_sweep.pipeline.train import run
+
+    hit: list[int] = []
+    seen: list[list[tuple]] = []
+
+    class Signal(pl.Callback):
+        """`sig` to the search worker in the middle of the second training epoch."""
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1 and not hit:
+                (pid,) = pl_module._searcher().worker_pids()
+                os.kill(pid, sig)
+                if sig == signal.SIGKILL:
+                    _wait_gone(pid)
+                else:  # a search that waits without a bound would hang the test: wake the worker then
+                    wake = threading.Timer(90, _continue, (pid,))
+                    wake.daemon = True
+                    wake.start()
+                hit.append(pid)
+
+    begin, add = ValidationSearch.begin_epoch, ValidationSearch.add  # what each epoch's search was given
+    monkeypatch.setattr(ValidationSearch, "begin_epoch", lambda self: (seen.append([]), begin(self))[1])
+    monkeypatch.setattr(ValidationSearch, "add", lambda self, items: (seen[-1].extend(items), add(self, items))[1])
+    cfg = load_config(
+        [
+            *TINY,
+            f"data.root={synth_data}",
+            f"output_dir={tmp_path}",
+            "run_name=worker",
+            "trainer.max_epochs=2",
+            "logging.tensorboard=false",
+            "models.postprocess.tune_workers=1",
+            *lively,
+        ]
+    )
+    with caplog.at_level(logging.WARNING, logger="hrnet_sweep.dbnet.validation"):
+        res = run(cfg, extra_callbacks=[Signal()])
+    assert hit and res.state == "finished" and res.exit_code == 0, res.reason
+    rows = _rows(tmp_path / "worker")
+    assert [r["epoch"] for r in rows] == [0, 1]
+    row, items = rows[1], seen[1]
+    gts = {f"{i}": gt for i, (_, _, gt) in enumerate(items)}
+    pp = cfg.models.postprocess
+    assert row[VAL_HMEAN_FIXED] == pytest.approx(_metric_at(items, gts, pp), abs=1e-9)
+    if sig == signal.SIGKILL:  # the search went on in the training process: the whole search
+        assert "post-processing search worker failed (a worker process died" in caplog.text
+        chosen = pp.model_copy(
+            update={k: row[key] if k != "use_polygon" else bool(row[key]) for k, key in VAL_PP_KEYS.items()}
+        )
+        assert row[METRIC] == pytest.approx(_metric_at(items, gts, chosen), abs=1e-9)
+    else:  # cut at the epoch's budget: the fixed setting, scored in the training process
+        assert re.search(
+            r"post-processing search cut at its budget of \d+\.\d s \(models\.postprocess\.tune_budget=0\.25 "
+            r"of a \d+\.\d s training epoch, at least 2 s\): 1 of 37 coarse settings scored on all \d+ images",
+            caplog.text,
+        ), caplog.text
+        assert row[METRIC] == row[VAL_HMEAN_FIXED]
+        _wait_gone(hit[0])  # the stuck worker was killed
+        assert not pid_alive(hit[0])
+
+
+def _children() -> list[int]:
+    """The pids of this process's children (Linux /proc)."""
+    out = []
+    for task in Path("/proc/self/task").iterdir():
+        out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
+@pytest.mark.integration
+def test_a_data_worker_killed_during_training_the_run_goes_on_without_workers(synth_data, tmp_path, caplog):
+    """A DataLoader worker SIGKILLed mid-epoch: Lightning raised `RuntimeError: DataLoader
+    worker (pid N) is killed by signal` and the run failed with a traceback. Now one
+    warning, and the run resumes from its last finished epoch with data.num_workers=0."""
+    import pytorch_lightning as pl
+
+    from hrnet_sweep.pipeline.train import run
+
+    hit: list[int] = []
+
+    class KillWorker(pl.Callback):
+        def setup(self, trainer, pl_module, stage):
+            # children from before the run (a W&B service an earlier test left) are not ours
+            self.before = set(_children())
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1 and not hit:
+                pids = [p for p in _children() if p not in self.before]  # the loader's worker
+                assert pids, "the training loader runs a worker process"
+                os.kill(pids[0], signal.SIGKILL)
+                hit.append(pids[0])
+
+    cfg = load_config(
+        [
+            *(a for a in TINY if a != "data.num_workers=0"),
+            "data.num_workers=1",
+            f"data.root={synth_data}",
+            f"output_dir={tmp_path}",
+            "run_name=dataworker",
+            "trainer.max_epochs=3",
+            "logging.tensorboard=false",
+            "data.persistent_workers=false",
+            "models.postprocess.tune_on_val=false",
+        ]
+    )
+    with caplog.at_level(logging.WARNING, logger="hrnet_sweep.pipeline.train"):
+        res = run(cfg, extra_callbacks=[KillWorker()])
+    assert hit and res.state == "finished" and res.exit_code == 0, res.reason
+    assert "DataLoader worker" in caplog.text and "data.num_workers=0" in caplog.text
+    assert [r["epoch"] for r in _rows(tmp_path / "dataworker")] == [0, 1, 2]  # each epoch once
+    saved = yaml.safe_load((tmp_path / "dataworker" / "config.yaml").read_text())
+    assert saved["data"]["num_workers"] == 0

@@ -32,6 +32,8 @@ __all__ = [
     "compare_per_image",
     "hmean_per_image",
     "overlay",
+    "recorded_curves",
+    "regret_curves",
     "training_curves",
 ]
 
@@ -429,4 +431,88 @@ def training_curves(
     axes[0].set_ylabel("validation H-Mean")
     if title:
         fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def regret_curves(
+    path,
+    panels: Sequence[tuple[str, Mapping[str, Sequence[Sequence[tuple[float, float | None]]]]]],
+    *,
+    target: float,
+    within: float | None = None,
+    title: str = "",
+) -> Path:
+    """Regret (target - best finished val/hmean so far) against training hours, the
+    median over repetitions, one line per method and one panel per setting. A method
+    named "SAMPLER + VARIANT" gets its sampler's colour and its variant's line style.
+
+    Each method's repetitions are step functions given as (hours, best so far) points;
+    before a repetition's first finished run its regret is `target` (nothing found).
+    The y axis is logarithmic, floored at 1e-4; `within` is drawn as a dotted line.
+    """
+    fig = _figure(5.0 * len(panels) + 2.5, 4.6)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    styles = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))]
+    names = list(dict.fromkeys(n for _, by_method in panels for n in by_method))
+    kinds = list(dict.fromkeys(n.split(" + ")[0] for n in names))
+    variants = list(dict.fromkeys(n.split(" + ", 1)[-1] for n in names))
+    for ax, (panel_title, by_method) in zip(axes, panels):
+        end = max((pts[-1][0] for reps in by_method.values() for pts in reps if pts), default=1.0)
+        grid = np.linspace(0.0, end, 400)
+        for name, reps in by_method.items():
+            regret = np.array([_steps(pts, grid, target) for pts in reps])
+            ax.plot(
+                grid,
+                np.maximum(np.median(regret, axis=0), 1e-4),
+                color=MODEL_COLORS[kinds.index(name.split(" + ")[0]) % len(MODEL_COLORS)],
+                linestyle=styles[variants.index(name.split(" + ", 1)[-1]) % len(styles)],
+                linewidth=1.3,
+                label=name,
+            )
+        if within is not None:
+            ax.axhline(within, color="0.4", linewidth=0.8, linestyle=":", label=f"within {within:g}")
+        ax.set_yscale("log")
+        ax.set_xlabel("training hours, all agents (CPU proxy)")
+        ax.grid(alpha=0.3, which="both")
+        ax.set_title(panel_title, fontsize=10)
+    axes[0].set_ylabel("median regret (best config - best found)")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def _steps(points: Sequence[tuple[float, float | None]], grid: np.ndarray, target: float) -> np.ndarray:
+    """target - best so far at each grid time, from (time, best) points (a step function)."""
+    out = np.full(grid.shape, float(target))
+    for t, best in points:
+        if best is not None:
+            out[grid >= t] = target - best
+    return out
+
+
+def recorded_curves(path, runs: Sequence[tuple[float, Sequence[float]]], *, label: str, title: str = "") -> Path:
+    """Every recorded learning curve (val/hmean per epoch), coloured by a parameter
+    (`runs`: (parameter value, curve)), on a log colour scale."""
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm
+
+    fig = _figure(7.0, 4.6)
+    ax = fig.subplots()
+    values = [v for v, _ in runs]
+    norm = LogNorm(min(values), max(values))
+    cmap = colormaps["viridis"]
+    for v, curve in runs:
+        ax.plot(range(1, len(curve) + 1), curve, color=cmap(norm(v)), linewidth=0.9, alpha=0.8)
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val/hmean (tuned)")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
     return _save(fig, path)

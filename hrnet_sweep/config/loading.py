@@ -162,6 +162,11 @@ def _preset_chain(name: str, seen: tuple[str, ...] = ()) -> list[tuple[Path, dic
     return chain + [(path, doc)]
 
 
+def preset_files(name: str) -> list[Path]:
+    """The files of a preset and of its `base:` chain, base first."""
+    return [path for path, _ in _preset_chain(name)]
+
+
 def load_config(overrides: Sequence[str] | Mapping[str, Any] = (), *, preset: str | None = None) -> Config:
     """Resolve a config: preset chain, then overrides, then validation.
 
@@ -179,6 +184,24 @@ def load_config(overrides: Sequence[str] | Mapping[str, Any] = (), *, preset: st
             merged[key] = checked_number(key, value, where=f"{path}: ")
     merged["preset"] = name
     return _build(merged, flat)
+
+
+def config_from_dict(doc: Any, where: str) -> Config:
+    """A whole config read back from a file we wrote (a run folder's `config.yaml`, a
+    checkpoint's `hyper_parameters.config`), checked as a preset is: every key known,
+    every number finite and of its type. A `ConfigError` on one line that starts with
+    `where` (the file and the key it was read from)."""
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of config keys, found {type(doc).__name__}")
+    flat = _flatten(doc)
+    try:
+        for key, value in flat.items():
+            check_key(key, value, where=f"{where}: ")
+            flat[key] = checked_number(key, value, where=f"{where}: ")
+        return _build(flat, {})
+    except ConfigError as err:
+        text = str(err).replace("invalid config:\n  ", f"{where}: ").replace("\n  ", "; ")
+        raise ConfigError(text) from None
 
 
 def _build(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Config:
@@ -257,6 +280,63 @@ def _validation_message(err: ValidationError, given: Mapping[str, Any]) -> str:
         allowed = _allowed(key)
         lines.append(f"{key}={value!r}: {e['msg'].removeprefix('Value error, ')}; allowed: {allowed}")
     return "invalid config:\n  " + "\n  ".join(lines)
+
+
+_SCHEDULER_KEYS = {
+    "cosine": ("T_max", "eta_min", "warmup_epochs"),
+    "onecycle": ("pct_start", "div_factor", "final_div_factor"),
+    "plateau": ("factor", "patience"),
+    "none": (),
+}
+
+
+def ignored_keys(cfg: Config, keys: Sequence[str]) -> list[str]:
+    """Those of `keys` (given by the user) that `cfg` does not use, each with why:
+    validation files in fold mode, fold settings in train/val mode, another optimizer's
+    or scheduler's settings, compile settings without `trainer.compile`, the search's
+    processes without tuned validation, early-stopping settings when it is off, and data
+    worker settings without workers."""
+    d, m, t = cfg.data, cfg.models, cfg.trainer
+    rules: dict[str, str | None] = {
+        "data.val_json": "fold mode validates on a fold of data.train_json" if d.fold is not None else None,
+        "data.val_images": "fold mode validates on a fold of data.train_json" if d.fold is not None else None,
+        "data.num_folds": "data.fold=null is train/val mode, without folds" if d.fold is None else None,
+        "data.fold_seed": "data.fold=null is train/val mode, without folds" if d.fold is None else None,
+        "data.prefetch_factor": "data.num_workers=0" if d.num_workers == 0 else None,
+        "data.persistent_workers": "data.num_workers=0" if d.num_workers == 0 else None,
+        "models.optimizer.momentum": f"models.optimizer.name={m.optimizer.name} (sgd only)"
+        if m.optimizer.name != "sgd"
+        else None,
+        "models.optimizer.betas": "models.optimizer.name=sgd" if m.optimizer.name == "sgd" else None,
+        "models.optimizer.eps": "models.optimizer.name=sgd" if m.optimizer.name == "sgd" else None,
+        "models.postprocess.tune_workers": "models.postprocess.tune_on_val=false"
+        if not m.postprocess.tune_on_val
+        else None,
+        "models.postprocess.tune_budget": "models.postprocess.tune_on_val=false"
+        if not m.postprocess.tune_on_val
+        else None,
+        "trainer.compile_scope": "trainer.compile=false" if not t.compile else None,
+        "trainer.compile_mode": "trainer.compile=false" if not t.compile else None,
+        "trainer.compile_cache_dir": "trainer.compile=false" if not t.compile else None,
+        "callbacks.early_stopping.patience": "callbacks.early_stopping.enabled=false"
+        if not cfg.callbacks.early_stopping.enabled
+        else None,
+        "callbacks.early_stopping.min_delta": "callbacks.early_stopping.enabled=false"
+        if not cfg.callbacks.early_stopping.enabled
+        else None,
+    }
+    used = _SCHEDULER_KEYS[m.scheduler.name]
+    for name in {k for keys_ in _SCHEDULER_KEYS.values() for k in keys_} - set(used):
+        rules[f"models.scheduler.{name}"] = f"models.scheduler.name={m.scheduler.name}"
+    return [f"{k}: ignored ({why})" for k in keys if (why := rules.get(k))]
+
+
+def warn_ignored_keys(cfg: Config, keys: Sequence[str]) -> list[str]:
+    """Warn once per key the user gave that `cfg` would ignore (`ignored_keys`)."""
+    found = ignored_keys(cfg, list(keys))
+    for line in found:
+        log.warning("%s", line)
+    return found
 
 
 def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:

@@ -64,6 +64,13 @@ class PostprocessConfig(_Node):
     tune_workers: int = Field(
         1, ge=0, description="processes running that search beside training; 0 = in the training process"
     )
+    tune_budget: float = Field(
+        0.25,
+        gt=0,
+        description="the longest that search may keep training waiting at a validation epoch, as a fraction "
+        "of that epoch's training time (at least 2 s); a search cut short keeps the best setting found "
+        "and says so in the log",
+    )
 
 
 class DecoderConfig(_Node):

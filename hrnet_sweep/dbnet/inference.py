@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..config import Config, PostprocessConfig
-from ..errors import DataError, UserError
+from ..errors import CheckpointError, DataError, UserError
 from ..formats import save_predictions, write_submission
 from ..progress import track
 
@@ -49,23 +49,16 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Rebuild the DBNet of a training checkpoint (its config is stored inside)."""
+    """Rebuild the DBNet of a training checkpoint (its config is stored inside), read and
+    checked by `dbnet.checkpoint` (nothing in the file runs; a bad config, setting or
+    weight is a `CheckpointError` naming the file and the key)."""
+    from .checkpoint import Checkpoint, check_weights
     from .model import build_model
-    from .validation import CHECKPOINT_KEY, PARAMS
+    from .validation import PARAMS
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or foreign files
-        raise DataError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
-    try:
-        cfg_dict = ckpt["hyper_parameters"]["config"]
-    except (KeyError, TypeError):
-        raise DataError(f"{path}: no hrnet_sweep config inside; was it written by hrnet_sweep train?") from None
-    cfg = Config.model_validate({**cfg_dict, "models": {**cfg_dict["models"], "pretrained": False}})
-    tuned = ckpt.get(CHECKPOINT_KEY)
+    ckpt = Checkpoint.read(path)
+    cfg = ckpt.config()
+    tuned = ckpt.tuned_postprocess()
     if tuned:
         cfg.models.postprocess = PostprocessConfig.model_validate(
             {**cfg.models.postprocess.model_dump(), **{k: tuned[k] for k in PARAMS}}
@@ -77,14 +70,16 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loa
             {k: tuned[k] for k in PARAMS},
         )
     model = build_model(cfg)
-    state = {
-        k.removeprefix("model.").removeprefix("_orig_mod."): v
-        for k, v in ckpt["state_dict"].items()
-        if k.startswith("model.")
-    }
+    state = ckpt.model_state()
+    extra = check_weights(state, model, ckpt.path, describe=f" (models.name={cfg.models.name})")
+    if extra:
+        raise CheckpointError(
+            f"{ckpt.path}: {len(extra)} weights the model (models.name={cfg.models.name}) does not have, "
+            f"e.g. {extra[0]}: the checkpoint's config does not describe its weights"
+        )
     model.load_state_dict(state)
     model.eval().to(device)
-    return LoadedModel(model, cfg, str(path), dict(tuned) if tuned else None)
+    return LoadedModel(model, cfg, str(path), tuned)
 
 
 @dataclass(frozen=True)
@@ -137,9 +132,13 @@ def normalized_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
     if n < 1:
         raise UserError("no checkpoints given")
     w = np.asarray(weights if weights is not None else [1.0] * n, dtype=np.float64)
-    if len(w) != n or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise UserError(f"--weights {list(w)}: need {n} non-negative weights with a positive sum")
-    return w / w.sum()
+    with np.errstate(over="ignore"):
+        total = w.sum() if len(w) else 0.0
+    if len(w) != n or not np.isfinite(w).all() or (w < 0).any() or not 0 < total < np.inf:
+        shown = " ".join(f"{x:g}" for x in w)
+        why = "their sum is infinite" if np.isfinite(w).all() and total == np.inf else "need a positive, finite sum"
+        raise UserError(f"--weights {shown}: need {n} weight(s), one per checkpoint / fold, >= 0 and finite; {why}")
+    return w / total
 
 
 def model_maps(

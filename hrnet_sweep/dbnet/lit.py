@@ -12,7 +12,9 @@ epochs), and puts the same values in `last_val` for `metrics.jsonl`:
   processes while the next batches run; `val/hmean`, `val/precision`, `val/recall` are
   those of the best setting, `val/hmean_fixed` the configured setting's, `val/pp_*` the
   chosen setting, which every checkpoint then holds (`validation.CHECKPOINT_KEY`) for
-  `predict`;
+  `predict`. Training waits for the search at most `postprocess.tune_budget` times that
+  epoch's training time; a search cut by it, or whose worker died, is logged and gives
+  the best setting it scored (never less than the configured one);
 * otherwise the configured setting, in this process: `val/hmean`, `val/precision`,
   `val/recall`.
 
@@ -41,6 +43,10 @@ VAL_PP_KEYS = {
     "use_polygon": "val/pp_polygon",
 }
 """Logged with tune_on_val: the chosen setting (use_polygon as 1.0 / 0.0)."""
+LOSS_PARTS = ("prob", "thresh", "binary")
+EPOCH_SUFFIX = "_epoch"
+"""`train/loss` is logged per step, `train/loss_epoch` once per epoch (its mean); the same
+for `train/loss_prob`, `train/loss_thresh`, `train/loss_binary`."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -122,7 +128,8 @@ class DBNetModule(pl.LightningModule):
         self.channels_last = channels_last
         self.tune_on_val = postprocess.tune_on_val  # read at each validation epoch's start
         if config is not None:
-            self.save_hyperparameters({"config": config})
+            # in the checkpoint only: the loggers get the config from pipeline.loggers, once
+            self.save_hyperparameters({"config": config}, logger=False)
         self.last_val: dict[str, float] = {}
         self.tuned: dict[str, Any] | None = None  # the setting chosen at the last validation epoch
         self._search = None
@@ -130,6 +137,8 @@ class DBNetModule(pl.LightningModule):
         self._val_preds: dict[str, list] = {}
         self._val_gts: dict[str, list] = {}
         self._shown: list[tuple] = []
+        self._train_started: float | None = None  # this training epoch's start (perf_counter)
+        self._train_s = 0.0  # its training seconds before validation: the search's budget
         self.val_stats: dict[str, float] = {}  # seconds of the last validation's post-processing (benchmarks)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -180,10 +189,11 @@ class DBNetModule(pl.LightningModule):
                 f"lower models.optimizer.lr={self.optimizer_cfg.lr} or use trainer.precision=32"
             )
         bs = batch["image"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        for k in ("prob", "thresh", "binary"):
-            if k in parts:
-                self.log(f"train/loss_{k}", parts[k], batch_size=bs)
+        # Each loss twice: per step (every trainer.log_every_n_steps) and as the epoch's mean
+        # (`_epoch`, weighted by batch size), which the end-of-epoch console line shows.
+        for name, value in (("train/loss", loss), *((f"train/loss_{k}", parts[k]) for k in LOSS_PARTS if k in parts)):
+            self.log(name, value, on_step=True, on_epoch=False, prog_bar=name == "train/loss", batch_size=bs)
+            self.log(f"{name}{EPOCH_SUFFIX}", value, on_step=False, on_epoch=True, batch_size=bs)
         return loss
 
     # ------------------------------------------------------------------ validation
@@ -203,7 +213,12 @@ class DBNetModule(pl.LightningModule):
         if self._search is not None:
             self._search.close()
 
+    def on_train_epoch_start(self) -> None:
+        self._train_started = time.perf_counter()
+
     def on_validation_epoch_start(self) -> None:
+        if self._train_started is not None:
+            self._train_s = time.perf_counter() - self._train_started
         self._val_preds, self._val_gts, self._shown = {}, {}, []
         self.val_stats = {"postprocess_s": 0.0}
         self._tuning = self.tune_on_val and not self.trainer.sanity_checking
@@ -238,7 +253,7 @@ class DBNetModule(pl.LightningModule):
             return
         start = time.process_time()
         if self._tuning:
-            result = self._searcher().finish()
+            result = self._searcher().finish(train_s=self._train_s)
             self.val_stats.update(self._searcher().stats)
             best = result.best
             values = {METRIC: best["hmean"], VAL_PRECISION: best["precision"], VAL_RECALL: best["recall"]}
@@ -269,6 +284,9 @@ class DBNetModule(pl.LightningModule):
         loggers = [lg for lg in self.trainer.loggers if isinstance(lg, (TensorBoardLogger, WandbLogger))]
         if not self._shown or not loggers:
             return
+        # the step Lightning logs this validation's scalars at (global_step is one ahead of it
+        # at the end of an epoch), so the images sit beside their val/* values
+        step = getattr(self.trainer.fit_loop.epoch_loop, "_batches_that_stepped", self.global_step)
         drawn = []
         for name, image, prob, image_size, gt in self._shown:
             polys, _ = detect(prob, pp, image_size=image_size)
@@ -277,14 +295,14 @@ class DBNetModule(pl.LightningModule):
         for logger in loggers:
             if isinstance(logger, TensorBoardLogger):
                 for name, img in drawn:
-                    logger.experiment.add_image(f"val/predictions/{name}", img, self.global_step, dataformats="HWC")
+                    logger.experiment.add_image(f"val/predictions/{name}", img, step, dataformats="HWC")
             else:
                 import wandb
 
                 logger.experiment.log(
                     {
                         "val/predictions": [wandb.Image(img, caption=name) for name, img in drawn],
-                        "trainer/global_step": self.global_step,
+                        "trainer/global_step": step,
                     }
                 )
 

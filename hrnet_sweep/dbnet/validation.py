@@ -19,7 +19,11 @@ The search is cheap where the algorithm allows (`dbnet.postprocess` stages):
 - the macro H-Mean is a mean over images, so images are split across worker processes
   (at validation: one task per batch, sent while the next batches run through the
   network) and each worker sums every setting's per-image precision, recall, H-Mean;
-- a coarse grid first, then half steps around the best coarse setting (`refine`).
+- a coarse grid first, then half steps around the best coarse setting (`refine`);
+- at validation, training waits for the search at most `models.postprocess.tune_budget`
+  times the epoch's training time (speckled maps of a model leaving its plateau made
+  early epochs wait 30-36 s against 60 s of training): the fixed setting first, then one
+  thresh at a time over every image, so a cut keeps whole passes and their best.
 
 Maps are the letterboxed network maps' content as uint8 with the original image's size
 (validation's, and the out-of-fold PNGs): what prediction post-processes
@@ -28,6 +32,7 @@ Maps are the letterboxed network maps' content as uint8 with the original image'
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import multiprocessing
@@ -35,12 +40,14 @@ import os
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..children import helper_failure, one_line
 from ..config import PostprocessConfig
 from ..errors import UserError
 from .postprocess import find_contours, map_frame, score_candidates, to_image, unclip_candidates
@@ -304,11 +311,24 @@ def score_settings(
         raise UserError("no probability maps to tune on")
     workers = max(1, min(int(workers), len(items)))
     if workers == 1:
-        sums = score_chunk(items, settings, fixed)
-    else:
-        chunks = [items[i::workers] for i in range(workers)]
-        with _pool(workers) as pool:
-            sums = sum(pool.map(score_chunk, chunks, [settings] * workers, [fixed] * workers))
+        return _rows(settings, score_chunk(items, settings, fixed), len(items))
+    chunks = [items[i::workers] for i in range(workers)]
+    sums = np.zeros((len(settings), 3), np.float64)
+    pool = _pool(workers)
+    try:
+        futures = [pool.submit(score_chunk, chunk, settings, fixed) for chunk in chunks]
+        for future, chunk in zip(futures, chunks):
+            try:
+                sums += future.result()
+            except Exception as err:  # a worker killed or out of memory: its images are scored here
+                log.warning(
+                    "post-processing search worker failed (%s); scoring its %d images in this process",
+                    helper_failure(err) or one_line(err),
+                    len(chunk),
+                )
+                sums += score_chunk(chunk, settings, fixed)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     return _rows(settings, sums, len(items))
 
 
@@ -351,114 +371,272 @@ def tune_postprocess(
 
 # ----------------------------------------------------------------------------- at validation
 
+MIN_BUDGET_S = 2.0
+"""The search's budget at a validation epoch is never below this: toy epochs of a second
+(tests, the demo) would otherwise cut every search."""
+
 
 @dataclass
 class SearchResult:
     """One validation epoch's search: the best setting and the fixed (preset's) one, each
-    a row of `PARAMS` with its macro precision, recall and hmean; the table, best first."""
+    a row of `PARAMS` with its macro precision, recall and hmean; the table, best first;
+    `cut`: why the search stopped short of its plan (its budget), None when it did not."""
 
     best: dict
     fixed: dict
     table: list[dict]
+    cut: str | None = None
 
     def postprocess(self, pp: PostprocessConfig) -> PostprocessConfig:
         """`pp` with the best setting."""
         return pp.model_copy(update=Setting.of(self.best).as_dict())
 
 
-class ValidationSearch:
-    """The search over one validation epoch's maps at a time.
+def _by_thresh(settings: Sequence[Setting], near: float) -> list[list[Setting]]:
+    """`settings` grouped by thresh (a task's contours are found once per thresh), the
+    groups nearest `near` first (the preset's thresh, or the best coarse one)."""
+    groups: dict[float, list[Setting]] = {}
+    for s in settings:
+        groups.setdefault(s.thresh, []).append(s)
+    return [groups[t] for t in sorted(groups, key=lambda t: (abs(t - near), -t))]
 
-    `add` hands a batch's images (uint8 map of the content, image size, GT) to the worker
-    processes at once; `finish` sums their coarse grid, scores the refined settings over
-    all images and returns a `SearchResult`. `workers=0` scores in this process. The fixed
-    setting of `pp` is added to the coarse grid, and chosen when no setting beats it. A
-    worker that dies is replaced by scoring in this process, with a warning.
+
+class ValidationSearch:
+    """The search over one validation epoch's maps at a time, within a time budget.
+
+    `add` queues a batch's images (uint8 map of the content, image size, GT) and hands
+    tasks to the worker processes at once; `finish` waits for the rest, scores the refined
+    settings and returns a `SearchResult`. `workers=0` scores in this process, in `finish`.
+
+    A task is one batch under one pass of settings that share a thresh. The passes run in
+    order, each over every image before the next starts: first the fixed setting of `pp`
+    alone (always scored: it is `val/hmean_fixed`, and the choice when nothing beats it),
+    then the coarse grid's passes, then the refinement's. `finish(train_s=...)` waits at
+    most `pp.tune_budget` x `train_s` (at least `MIN_BUDGET_S`); at the deadline the passes
+    scored on every image are kept, the best of them is the result, and the cut is logged.
+    The fixed setting's images not scored by then are scored in this process.
+
+    Helper processes: a worker that dies (killed, out of memory) is noticed at the next
+    hand-over or result, with a warning, and the search goes on in this process for the
+    rest of the run; a worker still busy at the deadline (slow, or stuck) is killed and
+    replaced, so no leftover work competes with the next training epoch.
     """
 
     def __init__(self, pp: PostprocessConfig, *, workers: int = 1, grid: Grid = VAL_GRID):
         self.fixed_setting = Setting.of(pp)
         self.fixed = {"max_candidates": pp.max_candidates, "min_size": pp.min_size}
         self.grid = grid
-        coarse = grid.settings()
-        self.coarse = coarse + ([self.fixed_setting] if self.fixed_setting not in coarse else [])
+        self.budget = float(pp.tune_budget)
+        coarse = [s for s in grid.settings() if s != self.fixed_setting]
+        self.plan = [[self.fixed_setting], *_by_thresh(coarse, self.fixed_setting.thresh)]
         self.workers = int(workers)
         self._pool: ProcessPoolExecutor | None = None
-        self._parts: list[tuple[list, Any]] = []
-        self.stats: dict[str, float] = {}
+        self._finalizer: weakref.finalize | None = None
+        self._running: dict[Future, tuple[int, int]] = {}
+        self._reset()
 
-    def start(self) -> None:
-        """Start the workers now (they import their modules while training runs)."""
-        if self.workers > 0 and self._pool is None:
-            self._pool = _pool(self.workers)
-            # shut down with this object, also when training ends by an exception (no teardown)
-            weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
-            for _ in range(self.workers):
-                self._pool.submit(_ready)
+    # -- the epoch's work: tasks (pass, batch), done in that order
+
+    def _reset(self) -> None:
+        self._batches: list[list[tuple]] = []
+        self._passes = [list(p) for p in self.plan]
+        self._sums: list[dict[int, np.ndarray]] = [{} for _ in self._passes]
+        self._todo: list[tuple[int, int]] = []
+        self.stats: dict[str, float] = {"search_cpu_s": 0.0, "search_wait_s": 0.0, "search_cut": 0.0}
 
     def begin_epoch(self) -> None:
-        self._parts = []
-        self.stats = {"search_cpu_s": 0.0, "search_wait_s": 0.0}
+        self._running.clear()  # a task left from an interrupted epoch: its result is not wanted
+        self._reset()
 
     def add(self, items: Sequence[tuple]) -> None:
         items = list(items)
         if not items:
             return
         self.start()
-        if self._pool is not None:
-            self._parts.append((items, self._pool.submit(_timed_chunk, items, self.coarse, self.fixed)))
-        else:
-            self._parts.append((items, _timed_chunk(items, self.coarse, self.fixed)))
+        batch = len(self._batches)
+        self._batches.append(items)
+        for p in range(len(self._passes)):
+            heapq.heappush(self._todo, (p, batch))
+        self._harvest()
+        self._hand_over()
 
-    def finish(self) -> SearchResult:
-        """The epoch's result; `stats` then holds the search's CPU seconds (all processes)
-        and the seconds `finish` waited for it."""
+    def _add_passes(self, passes: list[list[Setting]]) -> None:
+        for settings in passes:
+            self._passes.append(settings)
+            self._sums.append({})
+            for batch in range(len(self._batches)):
+                heapq.heappush(self._todo, (len(self._passes) - 1, batch))
+
+    def _score_here(self, task: tuple[int, int]) -> None:
+        p, batch = task
+        self._record(task, _timed_chunk(self._batches[batch], self._passes[p], self.fixed))
+
+    def _record(self, task: tuple[int, int], result: tuple[np.ndarray, float]) -> None:
+        sums, cpu_s = result
+        self._sums[task[0]][task[1]] = sums
+        self.stats["search_cpu_s"] += cpu_s
+
+    def _run_until(self, deadline: float) -> bool:
+        """Score the queued tasks until none is left (True) or `deadline` passes (False)."""
+        while True:
+            self._harvest()
+            if not self._todo and not self._running:
+                return True
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return False
+            if self._pool is None:
+                self._score_here(heapq.heappop(self._todo))
+                continue
+            self._hand_over()
+            if self._running:
+                wait(list(self._running), timeout=None if math.isinf(left) else left, return_when=FIRST_COMPLETED)
+
+    def _rows(self) -> list[dict]:
+        """Rows of the passes scored on every image."""
+        n, batches = sum(map(len, self._batches)), range(len(self._batches))
+        rows = []
+        for p, settings in enumerate(self._passes):
+            if len(self._sums[p]) == len(self._batches):
+                stage = "coarse" if p < len(self.plan) else "refine"
+                rows += _rows(settings, sum(self._sums[p][b] for b in batches), n, stage)
+        return rows
+
+    def budget_s(self, train_s: float) -> float:
+        """The longest `finish` waits after `train_s` seconds of training."""
+        return max(MIN_BUDGET_S, self.budget * train_s)
+
+    def finish(self, train_s: float | None = None, *, budget_s: float | None = None) -> SearchResult:
+        """The epoch's result, waiting at most `budget_s` (default: `budget_s(train_s)`;
+        neither: no limit); `stats` then holds the search's CPU seconds (all processes), the
+        seconds `finish` waited, and `search_cut` (1.0 when the budget cut the search)."""
         start = time.perf_counter()
-        items = [it for chunk, _ in self._parts for it in chunk]
-        if not items:
+        if not self._batches:
             raise ValueError("no validation maps were added this epoch")
-        sums = sum(self._collect(chunk, part, self.coarse) for chunk, part in self._parts)
-        self._parts = []
-        rows = _rows(self.coarse, sums, len(items), "coarse")
-        fine = refine_settings(self.grid, rows)
-        if fine:
-            n = max(1, min(self.workers, len(items)))
-            chunks = [items[i::n] for i in range(n)]
-            parts = [(c, self._pool.submit(_timed_chunk, c, fine, self.fixed) if self._pool else None) for c in chunks]
-            sums = sum(self._collect(c, part, fine) for c, part in parts)
-            rows += _rows(fine, sums, len(items), "refine")
+        if budget_s is None and train_s is not None:
+            budget_s = self.budget_s(train_s)
+        deadline = math.inf if budget_s is None else start + budget_s
+        done = self._run_until(deadline)
+        rows = self._rows()
+        refined = False
+        if done:
+            fine = refine_settings(self.grid, rows)
+            if fine:
+                refined = True
+                self._add_passes(_by_thresh(fine, Setting.of(rank(rows)[0]).thresh))
+                done = self._run_until(deadline)
+                rows = self._rows()
+        cut = None
+        if not done:
+            for batch in range(len(self._batches)):  # the fixed setting is always scored
+                if batch not in self._sums[0]:
+                    self._score_here((0, batch))
+            rows = self._rows()
+            cut = self._cut_message(rows, budget_s, train_s, refined)
+            log.warning(cut)
+            if self._pool is not None:  # its leftover tasks would compete with the next epoch
+                self._kill()
+                self.start()
+        self._todo, self._running = [], {}
         table = rank(rows)
         fixed = next(r for r in table if Setting.of(r) == self.fixed_setting)
         best = fixed if round(fixed["hmean"], 9) >= round(table[0]["hmean"], 9) else table[0]  # ties: keep the preset's
         self.stats["search_wait_s"] = time.perf_counter() - start
-        return SearchResult(best, fixed, table)
+        self.stats["search_cut"] = float(cut is not None)
+        return SearchResult(best, fixed, table, cut)
 
-    def _collect(self, items: list, part: Any, settings: Sequence[Setting]) -> np.ndarray:
-        if isinstance(part, Future):
+    def _cut_message(self, rows: list[dict], budget_s: float, train_s: float | None, refined: bool) -> str:
+        planned = sum(map(len, self._passes)) if refined else f"{sum(map(len, self.plan))} coarse"
+        origin = (
+            f" (models.postprocess.tune_budget={self.budget:g} of a {train_s:.1f} s training epoch, "
+            f"at least {MIN_BUDGET_S:g} s)"
+            if train_s is not None
+            else ""
+        )
+        return (
+            f"post-processing search cut at its budget of {budget_s:.1f} s{origin}: {len(rows)} of {planned} "
+            f"settings scored on all {sum(map(len, self._batches))} images; val/hmean is the best of those"
+        )
+
+    # -- the worker processes
+
+    def start(self) -> None:
+        """Start the workers now (they import their modules while training runs)."""
+        if self.workers <= 0 or self._pool is not None:
+            return
+        pool = _pool(self.workers)
+        self._pool = pool
+        # shut down with this object, also when training ends by an exception (no teardown)
+        self._finalizer = weakref.finalize(self, pool.shutdown, wait=False, cancel_futures=True)
+        try:
+            for _ in range(self.workers):
+                pool.submit(_ready)
+        except (BrokenProcessPool, RuntimeError, OSError) as err:
+            self._workers_lost(err)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current workers (started on the first task)."""
+        return sorted(getattr(self._pool, "_processes", None) or {})
+
+    def _hand_over(self) -> None:
+        # A batch's tasks in flight per worker: a worker slower than the network then never
+        # idles between two batches (one that is faster keeps up anyway); tasks not yet handed
+        # over stay in pass order, and those in flight are all that a cut throws away.
+        depth = self.workers * len(self.plan)
+        while self._pool is not None and self._todo and len(self._running) < depth:
+            task = heapq.heappop(self._todo)
+            p, batch = task
             try:
-                part = part.result()
+                future = self._pool.submit(_timed_chunk, self._batches[batch], self._passes[p], self.fixed)
+            except (BrokenProcessPool, RuntimeError, OSError) as err:  # the pool broke since the last task
+                heapq.heappush(self._todo, task)
+                self._workers_lost(err)
+                return
+            self._running[future] = task
+
+    def _harvest(self) -> None:
+        for future in [f for f in self._running if f.done()]:
+            task = self._running.pop(future, None)
+            if task is None:  # requeued by a failure seen earlier in this loop
+                continue
+            try:
+                result = future.result()
             except Exception as err:  # a worker killed or out of memory: go on without workers
-                log.warning(
-                    "post-processing search worker failed (%s: %s); searching in the training process",
-                    type(err).__name__,
-                    err,
-                )
-                self.close()
-                self.workers = 0
-                part = None
-        if part is None:
-            part = _timed_chunk(items, settings, self.fixed)
-        sums, cpu_s = part
-        self.stats["search_cpu_s"] += cpu_s
-        return sums
+                heapq.heappush(self._todo, task)
+                self._workers_lost(err)
+                continue
+            self._record(task, result)
+
+    def _workers_lost(self, err: BaseException) -> None:
+        log.warning(
+            "post-processing search worker failed (%s); the search goes on in the training process",
+            helper_failure(err) or one_line(err),
+        )
+        for task in self._running.values():
+            heapq.heappush(self._todo, task)
+        self._running.clear()
+        self._kill()
+        self.workers = 0
+
+    def _kill(self) -> None:
+        """Stop the workers now, whatever they are doing (a stuck one too)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before 3.14
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.kill()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self._running.clear()
+        self._kill()
 
     def __getstate__(self) -> dict:  # a process pool does not pickle
-        return {**self.__dict__, "_pool": None, "_parts": []}
+        return {**self.__dict__, "_pool": None, "_finalizer": None, "_running": {}}
 
 
 def draw_detections(

@@ -18,11 +18,12 @@ import argparse
 import math
 import os
 import re
+import shlex
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from ..errors import UserError
 from ..files import check_writable
 from ..numeric import flag
 from ..ranking import RankedRun, Ranking, RunRecord, rank_runs
-from ..runfolder import MANIFEST_FILE, finite, read_history
+from ..runfolder import MANIFEST_FILE
 from ..wandb_auth import is_sweep_path, require_credentials
 from .presets import base_ref, preset_text, write_preset
 
@@ -56,6 +57,8 @@ class SweepRuns:
     default_preset: str | None
     metric: str = METRIC
     goal: str = "maximize"
+    hosts: dict[str, str] = field(default_factory=dict)
+    """Run id -> the machine whose disk holds its files (a sweep in a database)."""
 
 
 def _lookup(config: Mapping[str, Any], key: str) -> Any:
@@ -232,49 +235,40 @@ def wandb_runs(
 # -- embedded engine
 
 
-def _epochs(control_dir: str | None, n: int) -> list[int] | None:
-    """The epoch of each of a local run's `n` metric values (None unless they line up)."""
-    if not control_dir:
-        return None
-    epochs = [r.get("epoch") for r in read_history(control_dir) if finite(r.get(METRIC)) is not None]
-    return epochs if len(epochs) == n and all(isinstance(e, int) for e in epochs) else None
-
-
-def local_runs(ref: str | os.PathLike, *, sweeps_root: str | os.PathLike | None = None) -> SweepRuns:
-    """Read a local sweep (folder or id) of the embedded engine."""
+def local_runs(
+    ref: str | os.PathLike, *, sweeps_root: str | os.PathLike | None = None, storage: str | None = None
+) -> SweepRuns:
+    """Read a local sweep (folder or id) of the embedded engine; with `storage` (a database
+    URL), the sweep of that id in the database."""
     from ..sweep.engine import DEFAULT_SWEEPS_ROOT, LocalSweep
+    from ..sweep.winner import run_records
 
-    sweep = LocalSweep.open(ref, sweeps_root=sweeps_root or DEFAULT_SWEEPS_ROOT)
+    sweep = LocalSweep.open(ref, sweeps_root=sweeps_root or DEFAULT_SWEEPS_ROOT, storage=storage)
     spec = sweep.spec
     if (spec.metric_name or METRIC) != METRIC or spec.metric_goal != "maximize":
         raise UserError(
             f"sweep {ref} optimises {spec.metric_name} ({spec.metric_goal}); `best` ranks by {METRIC} (maximize)"
         )
     preset = spec.parameters.get("preset")
-    records = [
-        RunRecord(
-            id=r.run_id,
-            state=r.state,
-            config=dict(r.params),
-            history=list(r.history),
-            epochs=_epochs(r.control_dir, len(r.history)),
-            run_dir=r.run_dir,
-        )
-        for r in sweep.runs()
-    ]
+    runs = sweep.runs()
+    records = run_records(runs)  # what the dashboard ranks too: the same winner
     return SweepRuns(
-        str(sweep.root),
+        f"{sweep.sweep_id} in {sweep.location}" if sweep.in_database else str(sweep.root),
         "local",
         records,
         list(spec.parameters),
         str(preset.value) if preset is not None and preset.kind == "value" else None,
+        hosts={r.run_id: r.host for r in runs if r.host} if sweep.in_database else {},
     )
 
 
-def load_runs(ref: str, **wandb_kwargs: Any) -> SweepRuns:
-    """A local sweep folder or id, else `entity/project/sweep_id` on W&B."""
+def load_runs(ref: str, *, storage: str | None = None, **wandb_kwargs: Any) -> SweepRuns:
+    """A local sweep folder or id (in the database at URL `storage`, if given), else
+    `entity/project/sweep_id` on W&B."""
     from ..sweep.engine import DEFAULT_SWEEPS_ROOT
 
+    if storage is not None:
+        return local_runs(ref, storage=storage)
     p = Path(ref).expanduser()
     if (p / "sweep.json").is_file() or (DEFAULT_SWEEPS_ROOT / ref / "sweep.json").is_file():
         return local_runs(ref)
@@ -320,6 +314,17 @@ def exported_params(run: RunRecord, parameters: Sequence[str]) -> dict[str, Any]
     return out
 
 
+def _wandb_keys(sweep: SweepRuns) -> dict[str, Any]:
+    """A W&B sweep's preset logs to W&B, in the sweep's project: `kfold` then puts its folds
+    there, grouped by retrain. A local sweep's logged offline, with no account: its preset
+    leaves W&B off (`kfold PRESET wandb=true` turns it on)."""
+    if sweep.kind != "wandb":
+        return {}
+    parts = sweep.ref.split("/")
+    where = {"logging.project": parts[1], "logging.entity": parts[0]} if len(parts) == 3 else {}
+    return {"wandb": True, **where}
+
+
 def export_preset(
     out: str | os.PathLike, sweep: SweepRuns, winner: RankedRun, *, force: bool = False, now: datetime | None = None
 ) -> Path:
@@ -336,7 +341,7 @@ def export_preset(
 
         base = DEFAULT_PRESET
     base = base_ref(str(base))
-    params = exported_params(run, sweep.parameters)
+    params = {**exported_params(run, sweep.parameters), **_wandb_keys(sweep)}
     cfg = load_config({"preset": base, **params})
     provenance = {
         "sweep": sweep.ref,
@@ -357,10 +362,12 @@ def export_preset(
     }
     if run.run_dir:
         provenance["run_dir"] = str(run.run_dir)
+        if run.id in sweep.hosts:
+            provenance["run_host"] = sweep.hosts[run.id]
         manifest = Path(run.run_dir) / MANIFEST_FILE
         if manifest.is_file():
             provenance["folds"]["manifest"] = str(manifest.resolve())
-    return write_preset(out, preset_text(base, params, provenance), force=force)
+    return write_preset(out, preset_text(base, params, provenance), force=force, derives_from=[base])
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -418,17 +425,82 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="overwrite an existing --export file")
     ap.add_argument("--timeout", type=flag(float, gt=0), default=30.0, help="W&B HTTP timeout per request, seconds")
     ap.add_argument("--retries", type=flag(int, ge=0), default=3, help="W&B retries on transient errors")
+    ap.add_argument(
+        "--storage", metavar="URL", help="the database of a local sweep across machines (SWEEP is then its id)"
+    )
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.export is not None:  # before the sweep is read: a bad path fails in a second, not after W&B
-        check_writable(args.export, what="--export", overwrite=args.force)
-    sweep = load_runs(args.sweep, timeout=args.timeout, retries=args.retries)
+        check_export_path(args.export, force=args.force)
+    sweep = load_runs(args.sweep, storage=args.storage, timeout=args.timeout, retries=args.retries)
     ranking = rank_runs(sweep.runs)
     print_table(sweep, ranking, args.top)
     if ranking.best is None:
         raise UserError(f"sweep {args.sweep}: no finished run with a finite {METRIC} among {len(sweep.runs)} runs")
     w = ranking.best
     print(f"best: run {w.run.name or w.run.id}, {METRIC} {w.best:.4f} at epoch {w.epoch}")
+    if w.run.id in sweep.hosts and w.run.run_dir:
+        print(f"  its files: {sweep.hosts[w.run.id]}:{w.run.run_dir}")
     if args.export is not None:
         path = export_preset(args.export, sweep, w, force=args.force)
-        print(f"exported {path} (train it: hrnet_sweep train preset={path})")
+        print(f"exported {path}")
+        for line in next_commands(path, w.run):
+            print(f"  {line}")
     return 0
+
+
+def check_export_path(path: str | os.PathLike, *, force: bool) -> None:
+    """`files.check_writable` for `--export`, leaving nothing behind: the folders it makes
+    to probe a missing parent are removed again (the export makes them when it writes)."""
+    target = Path(path).expanduser()
+    missing = []
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)  # deepest first
+        folder = folder.parent
+    try:
+        check_writable(path, what="--export", overwrite=force)
+    finally:
+        for made in missing:
+            try:
+                made.rmdir()
+            except OSError:
+                break
+
+
+def _run_data_root(run: RunRecord) -> str | None:
+    """The data root the run trained on: its W&B config, else its run folder's config.yaml
+    (`data.root`, written there as an absolute path)."""
+    root = _lookup(run.config, "data.root")
+    if root is None and run.run_dir:
+        import yaml
+
+        try:
+            doc = yaml.safe_load((Path(run.run_dir) / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            doc = None
+        root = _lookup(doc, "data.root") if isinstance(doc, Mapping) else None
+    return str(root) if isinstance(root, str) and root.strip() else None
+
+
+def next_commands(preset: Path, run: RunRecord) -> list[str]:
+    """What to run next with an exported preset, as it works when printed: the preset keeps
+    what the run learned with, not where its data was (`data.root` is this machine's), so
+    the commands name the run's data root where this machine would look elsewhere, or say
+    that a `data.root=DIR` is needed."""
+    from ..config import load_config
+
+    cfg = load_config(preset=str(preset))
+    here = cfg.data.resolved_root()  # where `train` looks without data.root: $HRNET_SWEEP_DATA, else ./data
+    root = _run_data_root(run)
+    extra, note = "", ""
+    if root and Path(root).expanduser().resolve() != here.resolve():
+        extra = f" data.root={shlex.quote(root)}"
+        note = f"  (the run's data root; {here} is where train looks without data.root)"
+    elif not (here / cfg.data.train_json).is_file():
+        extra = " data.root=DIR"
+        note = f"  (DIR: the folder of {cfg.data.train_json}; {here / cfg.data.train_json} does not exist)"
+    quoted = shlex.quote(str(preset))
+    return [
+        f"train it: hrnet_sweep train preset={quoted}{extra}{note}",
+        f"retrain every fold: hrnet_sweep kfold {quoted} --folds 0-{cfg.data.num_folds - 1}{extra}",
+    ]

@@ -238,7 +238,7 @@ def _prepare(out: Path, say: Callable[[str], None]) -> None:
 
 
 def _make_data(budget: Budget, data: Path, test: Path, seed: int, say: Callable[[str], None]) -> None:
-    from ..synth import generate
+    from ..synth import generate, korean_note
 
     w, h = budget.canvas
     generate(
@@ -265,6 +265,9 @@ def _make_data(budget: Budget, data: Path, test: Path, seed: int, say: Callable[
         f"   {data / 'train.json'} ({budget.train_images} images), held out: {test / 'test.json'} "
         f"({budget.test_images} images, seed {seed + 1})"
     )
+    note = korean_note()
+    if note:  # once per demo; `synth` itself says it only when asked for Korean
+        say(f"   {note}")
 
 
 def _run_sweep(budget: Budget, out: Path, say: Callable[[str], None]) -> Path:

@@ -18,11 +18,16 @@ refuses to continue a retrain folder made with another split, compares every fol
 manifest with it, and compares it with the sweep's (the exported preset's provenance).
 `kfold_summary.json` records each fold's state, best checkpoint and score; it is
 rewritten atomically after every fold, and `predict` / `tune-postprocess` read it.
+
+Before anything is made, every path key and the checkpoint `ckpt_path` names are checked
+(`pipeline.train.check_path_keys`, `initial_weights`); a retrain folder is held by one
+`kfold` at a time (`retrain.retrain_lock`), and holds one preset's retrain only.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -34,23 +39,29 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..children import child_env, kill_group, start
+from ..children import STALL_TIMEOUT_S, OutputWatch, child_env, kill_group, start
 from ..constants import METRIC
 from ..errors import ConfigError, UserError
+from ..files import open_append
 from ..numeric import flag, number_text
-from ..runfolder import MANIFEST_FILE, HistoryTail, clear_status, finite, read_status
+from ..runfolder import MANIFEST_FILE, STATUS_FILE, HistoryTail, clear_status, finite, read_status, status_problem
 from .presets import preset_ref
 from .retrain import (
+    SUMMARY_FILE,
     FoldResult,
     check_sweep_split,
     load_summary,
     print_table,
+    read_summary,
+    retrain_lock,
     same_split,
     split_manifest,
     write_summary,
 )
 
 __all__ = ["fold_command", "main", "parse_folds", "retrain_dir", "run_kfold"]
+
+log = logging.getLogger(__name__)
 
 _OWN_KEYS = ("data.fold", "run_name", "output_dir", "resume_from_checkpoint", "logging.group", "preset")
 
@@ -115,6 +126,8 @@ class _Job:
     started: float = 0.0
     tail: HistoryTail | None = None  # metrics.jsonl rows not printed yet
     best: float | None = None
+    activity: OutputWatch | None = None  # its log and metrics: a fold silent for STALL_TIMEOUT_S is stopped
+    stalled: str | None = None
 
 
 def _print_progress(job: _Job, out: Callable[[str], None]) -> None:
@@ -143,6 +156,17 @@ def _finish(job: _Job, rc: int, manifest: Path) -> FoldResult:
     state = status.get("state") or ("crashed" if rc else "finished")
     if rc and state == "finished":
         state = "failed"
+    if not status and (job.run_dir / STATUS_FILE).is_file():  # written, but not as training writes it
+        import json
+
+        try:
+            problem = status_problem(json.loads((job.run_dir / STATUS_FILE).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            problem = f"unreadable ({type(err).__name__})"
+        state = "failed"
+        status = {"reason": f"{job.run_dir / STATUS_FILE}: {problem}"}
+    if job.stalled is not None:
+        state, status = "crashed", {**status, "reason": job.stalled}
     r = _fold_result(
         job.fold,
         job.run_dir,
@@ -187,7 +211,7 @@ def _skip_finished(rt: _Retrain, fold_list: Sequence[int], results: dict[int, Fo
     queue = []
     for k in fold_list:
         run_dir = rt.root / f"fold{k}"
-        status = read_status(run_dir)
+        status = read_status(run_dir, strict=True)  # a damaged status.json is named, not guessed at
         if not status or status.get("state") != "finished":
             queue.append(_Job(k, run_dir, rt.root / f"fold{k}.log"))
             continue
@@ -197,6 +221,11 @@ def _skip_finished(rt: _Retrain, fold_list: Sequence[int], results: dict[int, Fo
         results[k] = r
         best = "n/a" if r.best is None else f"{r.best:.4f}"
         rt.say(f"fold {k}: already finished (best {METRIC} {best}), skipped")
+        if r.best_ckpt and not Path(r.best_ckpt).is_file():
+            rt.say(
+                f"fold {k}: its best checkpoint {r.best_ckpt} is gone: predict refuses the retrain and "
+                f"tune-postprocess leaves the fold out; move {run_dir} away to train the fold again"
+            )
     return queue
 
 
@@ -206,7 +235,7 @@ def _launch(rt: _Retrain, job: _Job, gpu: str | None) -> None:
     clear_status(job.run_dir)  # the old state (interrupted, failed) is superseded
     cmd = fold_command(rt.preset, job.fold, rt.root, rt.extra, python=rt.python)
     job.log.parent.mkdir(parents=True, exist_ok=True)
-    with open(job.log, "ab") as log:
+    with open_append(job.log, "fold log") as log:
         log.write(f"=== {datetime.now():%Y-%m-%d %H:%M:%S} {' '.join(cmd)}\n".encode())
         log.flush()
         job.proc = start(cmd, env=child_env(rt.env, gpu=gpu, threads=rt.threads), log=log)
@@ -234,6 +263,21 @@ def _stop_running(rt: _Retrain, running: Mapping[int, _Job], results: dict[int, 
         results[job.fold] = _finish(job, job.proc.returncode, rt.manifest)
 
 
+def _stop_if_stalled(rt: _Retrain, job: _Job, stall_timeout_s: float = STALL_TIMEOUT_S) -> None:
+    """A fold whose log and metrics stayed unchanged for `stall_timeout_s` is hung (a
+    deadlock, a dead file system): stop it as the sweep agent stops a silent run, so that
+    `kfold` never waits on it for ever; it ends `crashed` with the reason."""
+    if job.activity is None:
+        job.activity = OutputWatch([job.log, job.run_dir / "metrics.jsonl"])
+    still = job.activity.still_for()
+    if job.stalled is None and still > stall_timeout_s:
+        job.stalled = f"stalled: no output in its log or metrics for {still:.0f} s; stopped (see {job.log})"
+        rt.say(f"fold {job.fold}: {job.stalled}")
+        kill_group(job.proc.pid, signal.SIGTERM)
+    elif job.stalled is not None and still > stall_timeout_s + 60:
+        kill_group(job.proc.pid, signal.SIGKILL)
+
+
 def _run_queue(
     rt: _Retrain, queue: list[_Job], slots: Sequence[str | None], results: dict[int, FoldResult], poll_s: float
 ) -> None:
@@ -251,6 +295,7 @@ def _run_queue(
                 _print_progress(job, rt.say)
                 rc = job.proc.poll()
                 if rc is None:
+                    _stop_if_stalled(rt, job)
                     continue
                 _print_progress(job, rt.say)
                 r = results[job.fold] = _finish(job, rc, rt.manifest)
@@ -267,13 +312,20 @@ def _run_queue(
         raise
 
 
-def _slots(gpus: Sequence[str] | None, cpu_jobs: int) -> tuple[list[str | None], int | None, str]:
-    """(one slot per concurrent fold, threads per CPU fold, where the folds run in words)."""
+def _slots(gpus: Sequence[str] | None, cpu_jobs: int, n_folds: int) -> tuple[list[str | None], int | None, str]:
+    """(one slot per concurrent fold, threads per CPU fold, where the folds run in words);
+    `cpu_jobs` bounded by the cores and the folds (`machine.cap_count`)."""
+    from ..machine import cap_count
     from ..sweep.launcher import detect_gpus
 
     if cpu_jobs < 1:
         raise UserError(f"--cpu-jobs {cpu_jobs} must be >= 1")
-    slots: list[str | None] = list(detect_gpus() if gpus is None else gpus) or [None] * cpu_jobs
+    found = list(detect_gpus() if gpus is None else gpus)
+    if found and cpu_jobs > 1:
+        log.warning("--cpu-jobs %d is ignored: the folds run on GPUs %s, one per GPU", cpu_jobs, ", ".join(found))
+    if not found:
+        cpu_jobs = cap_count(cpu_jobs, "--cpu-jobs", work=n_folds, work_name="folds", minimum=1)
+    slots: list[str | None] = found or [None] * cpu_jobs
     threads = None if slots[0] is not None or cpu_jobs == 1 else max(1, (os.cpu_count() or 1) // cpu_jobs)
     where = (
         f"{len(slots)} GPU(s) {', '.join(slots)}"
@@ -309,7 +361,8 @@ def run_kfold(
         out: the retrain folder (default `<output_dir>/<preset name>-kfold`).
         extra: more `key=value` overrides for every fold (not the keys kfold sets itself).
     """
-    from ..config import load_config, parse_overrides
+    from ..config import load_config, parse_overrides, warn_ignored_keys
+    from .train import check_path_keys, initial_weights
 
     say = printer or (lambda s: print(s, flush=True))
     extra = list(extra)
@@ -324,15 +377,55 @@ def run_kfold(
         )
     fold_list = folds if isinstance(folds, (list, tuple)) else parse_folds(folds, cfg.data.num_folds)
     fold_list = parse_folds(",".join(map(str, fold_list)), cfg.data.num_folds)
-    slots, threads, where = _slots(gpus, cpu_jobs)
+    warn_ignored_keys(cfg, parse_overrides(extra))
+    check_path_keys(cfg)  # every fold's paths, before the retrain folder is made
+    if cfg.ckpt_path:
+        initial_weights(cfg, cfg.ckpt_path)  # read as data and checked against the model, once for all folds
+    slots, threads, where = _slots(gpus, cpu_jobs, len(fold_list))
     root = retrain_dir(preset, cfg, out).resolve()
+    _check_same_preset(root, preset)
     root.mkdir(parents=True, exist_ok=True)
+    with retrain_lock(root):
+        return _run_locked(preset, cfg, root, fold_list, extra, slots, threads, where, python, env, say, poll_s)
+
+
+def _check_same_preset(root: Path, preset: str) -> None:
+    """A retrain folder holds one preset's retrain: another preset's (two presets of one
+    name in different folders share `<output_dir>/<name>-kfold`) is refused by name."""
+    summary = root / SUMMARY_FILE
+    if summary.is_file():
+        held = read_summary(summary)["preset"]
+        if held != preset:
+            raise UserError(
+                f"{root} holds the retrain of preset {held} ({summary}), not of {preset}; use --out to give this "
+                "retrain its own folder"
+            )
+
+
+def _run_locked(
+    preset: str,
+    cfg: Any,
+    root: Path,
+    fold_list: list[int],
+    extra: list[str],
+    slots: list[str | None],
+    threads: int | None,
+    where: str,
+    python: str,
+    env: Mapping[str, str] | None,
+    say: Callable[[str], None],
+    poll_s: float,
+) -> dict:
     manifest = split_manifest(cfg, root)
     rt = _Retrain(
         preset, cfg, root, manifest, extra, check_sweep_split(preset, cfg, manifest), python, env, threads, say
     )
     say(f"k-fold retrain {root.name}: folds {fold_list} of {cfg.data.num_folds} on {where}; {rt.split_note}")
     say(f"  folder {root}")
+    if cfg.wandb:
+        say(f"  W&B: every fold logs to project {cfg.logging.project}, group {root.name}")
+    else:
+        say(f"  W&B: off (add wandb=true to log every fold to W&B, grouped as {root.name})")
     results: dict[int, FoldResult] = {}
     queue = _skip_finished(rt, fold_list, results)
     if results:

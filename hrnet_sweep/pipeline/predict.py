@@ -23,6 +23,10 @@ from ..numeric import flag
 __all__ = ["main"]
 
 
+_PREDICT_KEYS = ("thresh", "box_thresh", "unclip_ratio", "use_polygon", "max_candidates", "min_size")
+_NOT_PREDICT = ("tune_on_val", "tune_workers", "tune_budget")  # validation's, not prediction's
+
+
 def _is_ckpt(arg: str) -> bool:
     return arg.endswith(".ckpt")
 
@@ -41,11 +45,8 @@ def _check_outputs(args: argparse.Namespace) -> str:
 
 
 def _check_weights(weights: Sequence[float] | None, n: int) -> None:
-    if weights is not None and (len(weights) != n or sum(weights) <= 0):
-        raise UserError(
-            f"--weights {' '.join(f'{w:g}' for w in weights)}: need {n} weight(s), one per "
-            "checkpoint / fold, >= 0 with a positive sum"
-        )
+    if weights is not None:
+        inference.normalized_weights(weights, n)  # the one rule: count, sign, a positive finite sum
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out_json = _check_outputs(args)  # before any checkpoint is read: a bad path fails at once
     overrides = parse_overrides(args.set)
+    ignored = [k for k in overrides if k.rsplit(".", 1)[0] != "models.postprocess" or k.endswith(_NOT_PREDICT)]
+    if ignored:
+        raise UserError(
+            f"--set {ignored[0]}={overrides[ignored[0]]}: predict would ignore it; it takes the post-processing "
+            f"keys only ({', '.join(f'models.postprocess.{k}' for k in _PREDICT_KEYS)}), the rest comes from the "
+            "checkpoints"
+        )
     if all(_is_ckpt(t) for t in args.targets):
         checkpoints = list(args.targets)
         if args.folds:

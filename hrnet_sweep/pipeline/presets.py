@@ -8,20 +8,27 @@ comments at the top, so any preset loader reads the file: the provenance block
 (`# provenance (hrnet_sweep best):` then `#   key: value` lines) and the tuning note
 (`# tuned post-processing: ...`). Every write is atomic and is loaded through the config
 first: no preset that fails to load is ever written.
+
+A user's file is never destroyed: a written preset never replaces a file it derives from
+(its `base:` chain) nor a shipped preset, and rewriting a preset that holds comments of
+the user's (beyond the header this module manages) first keeps a dated copy of it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..errors import ConfigError, UserError
-from ..files import atomic_write_text, check_writable
+from ..files import atomic_write_text, backup_copy, check_writable
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PROVENANCE_MARK",
@@ -110,19 +117,53 @@ def check_loads(text: str) -> None:
             raise UserError(f"the preset would not load: {err}") from None
 
 
-def write_preset(out: str | os.PathLike, text: str, *, force: bool = False) -> Path:
-    """Write a preset text atomically after checking that it loads (and that `out` is a
-    writable file path; an existing file only with `force`)."""
+def check_not_a_source(out: str | os.PathLike, derives_from: Sequence[str] = ()) -> None:
+    """Refuse to write a preset over a shipped preset or over a file it derives from (the
+    presets of the `base:` chain of each of `derives_from`), naming both."""
+    from ..config import PRESET_DIR, preset_files
+
+    target = Path(out).expanduser().resolve()
+    if target.parent == PRESET_DIR.resolve():
+        raise UserError(f"preset {out}: is a shipped preset; write the new preset to a file of your own")
+    for ref in derives_from:
+        for source in preset_files(str(ref)):
+            if source.resolve() == target:
+                raise UserError(
+                    f"preset {out}: the new preset derives from this file ({ref}); writing it there would destroy "
+                    "its own base: choose another path"
+                )
+
+
+def write_preset(out: str | os.PathLike, text: str, *, force: bool = False, derives_from: Sequence[str] = ()) -> Path:
+    """Write a preset text atomically after checking that it loads, that `out` is a
+    writable file path (an existing file only with `force`) and that it is neither a
+    shipped preset nor a file the preset derives from (`check_not_a_source`)."""
     path = check_writable(out, what="preset", overwrite=force)
+    check_not_a_source(path, derives_from)
     check_loads(text)
     return atomic_write_text(path, text, overwrite=force)
 
 
-def write_postprocess(path: str | os.PathLike, values: Mapping[str, Any], note: str) -> Path:
+def _user_comments(text: str) -> list[str]:
+    """Comment lines and trailing comments after the leading header: what a rewrite through
+    `yaml.safe_dump` drops (a `#` inside a quoted value counts too: a backup too many,
+    never one too few)."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() and not line.startswith("#")), len(lines))
+    return [line for line in lines[start:] if "#" in line]
+
+
+def write_postprocess(
+    path: str | os.PathLike, values: Mapping[str, Any], note: str, *, backup: bool = True
+) -> list[Path]:
     """Set `models.postprocess.*` in a preset YAML, keeping its comment header (the
-    provenance) and replacing an older tuning note with `note`."""
+    provenance) and replacing an older tuning note with `note`. Comments further down
+    (which the rewrite drops) are kept in a dated copy first (`files.backup_copy`),
+    unless `backup` is false. Returns the files written: the preset, then the copy."""
+    from ..files import read_text
+
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "preset")
     header = []
     for line in text.splitlines():
         if not line.startswith("#"):
@@ -140,4 +181,18 @@ def write_postprocess(path: str | os.PathLike, values: Mapping[str, Any], note: 
         pp[k] = bool(v) if k == "use_polygon" else float(v)
     body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
     out = "\n".join(header + [f"{TUNED_MARK}: {note}"]) + "\n" + body
-    return write_preset(path, out, force=True)
+    check_not_a_source(path)
+    check_loads(out)
+    written = []
+    lost = _user_comments(text)
+    if lost and backup:
+        copy = backup_copy(path)
+        log.warning(
+            "%s: the rewrite drops %d comment line(s) of yours (e.g. %r); the file as it was is kept in %s",
+            path,
+            len(lost),
+            lost[0].strip()[:60],
+            copy,
+        )
+        written.append(copy)
+    return [write_preset(path, out, force=True), *written]

@@ -7,7 +7,10 @@
   preset's provenance), so a retrain never silently trains on other folds.
 * `kfold_summary.json`: each fold's state, best checkpoint and score (paths relative to
   the folder, so it can be moved), the mean best score and the tuned post-processing;
-  rewritten atomically after every fold.
+  rewritten atomically after every fold. Read back through `read_summary`, which checks
+  its shape: a key of the wrong type is a `DataError` naming the file and the key.
+* `kfold.lock`: held by the one `kfold` or `tune-postprocess` working in the folder
+  (`retrain_lock`); a second one is told who holds it.
 """
 
 from __future__ import annotations
@@ -20,16 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from ..constants import METRIC
-from ..errors import UserError
+from ..errors import DataError, UserError
+from ..files import field, hold_lock, mapping
 from ..runfolder import MANIFEST_FILE
 from .presets import preset_ref, read_provenance
 
 __all__ = [
+    "LOCK_FILE",
     "SUMMARY_FILE",
     "FoldResult",
     "check_sweep_split",
     "load_summary",
     "print_table",
+    "read_summary",
+    "retrain_lock",
     "same_split",
     "split_manifest",
     "write_summary",
@@ -37,6 +44,13 @@ __all__ = [
 
 SUMMARY_FILE = "kfold_summary.json"
 SUMMARY_VERSION = 1
+LOCK_FILE = "kfold.lock"
+
+
+def retrain_lock(root: Path):
+    """The retrain folder's lock (`files.hold_lock`): one `kfold` or `tune-postprocess` in
+    it at a time; it dies with its holder, so a killed retrain resumes as before."""
+    return hold_lock(root / LOCK_FILE, f"retrain folder {root}")
 
 
 # ----------------------------------------------------------------------------- manifests
@@ -89,6 +103,8 @@ def check_sweep_split(preset: str, cfg, manifest: Path) -> str:
     folds = prov.get("folds") or {}
     if not folds:
         return "no sweep provenance in the preset: split not compared with a sweep"
+    if not isinstance(folds, dict):
+        raise DataError(f"{preset}: provenance key folds is a {type(folds).__name__}, not a mapping")
     d = cfg.data
     for key, mine in (("num_folds", d.num_folds), ("fold_seed", d.fold_seed), ("train_json", d.train_json)):
         if key in folds and folds[key] != mine:
@@ -139,10 +155,10 @@ def _rel(path: str | None, root: Path) -> str | None:
 def write_summary(
     root: Path, preset: str, extra: Sequence[str], cfg, results: Mapping[int, FoldResult], split_note: str
 ) -> Path:
-    from ..files import atomic_write_json, read_json
+    from ..files import atomic_write_json
 
     path = root / SUMMARY_FILE
-    old = read_json(path) if path.is_file() else {}
+    old = read_summary(path) if path.is_file() else {}
     folds = dict(old.get("folds") or {})
     for k, r in results.items():
         doc = {**r.__dict__}
@@ -169,15 +185,66 @@ def write_summary(
     return atomic_write_json(path, summary, indent=2)
 
 
-def load_summary(path_or_dir: str | os.PathLike) -> tuple[dict, Path]:
-    """Read a `kfold_summary.json` (or the retrain folder holding it); paths resolved."""
+_FOLD_KEYS: dict[str, type | tuple[type, ...]] = {
+    "state": str,
+    "run_dir": str,
+    "best": float,
+    "best_epoch": int,
+    "best_ckpt": str,
+    "last_ckpt": str,
+    "reason": str,
+    "exit_code": int,
+    "seconds": float,
+    "log": str,
+    "gpu": str,
+    "skipped": bool,
+    "manifest_ok": bool,
+}
+
+
+def read_summary(path: str | os.PathLike) -> dict:
+    """A `kfold_summary.json` as written, its shape checked: an object with `preset` (text),
+    `overrides` (a list of text), `folds` (fold number -> an object of `FoldResult`'s
+    keys, each of its type or null), `mean_best` (a number or null) and `postprocess`
+    (null, or its `best` setting); a `DataError` naming the file and the key otherwise."""
     from ..files import read_json
 
+    doc = mapping(read_json(path), path)
+    version = field(doc, "version", int, path, optional=True)
+    if version is not None and version != SUMMARY_VERSION:
+        raise DataError(f"{path}: key version is {version}; this hrnet_sweep reads version {SUMMARY_VERSION}")
+    field(doc, "preset", str, path)
+    overrides = field(doc, "overrides", list, path, optional=True) or []
+    for i, o in enumerate(overrides):
+        if not isinstance(o, str):
+            raise DataError(f"{path}: key overrides.{i} is {o!r}, not a key=value text")
+    for key, kind in (("mean_best", float), ("num_folds", int), ("fold_seed", int), ("train_json", str)):
+        field(doc, key, kind, path, optional=True)
+    folds = field(doc, "folds", dict, path, optional=True) or {}
+    for k, f in folds.items():
+        if not str(k).isdigit():
+            raise DataError(f"{path}: key folds.{k} is no fold number")
+        mapping(f, path, f"folds.{k}")
+        for key, kind in _FOLD_KEYS.items():
+            field(f, key, kind, path, optional=key != "state", prefix=f"folds.{k}.")
+    pp = field(doc, "postprocess", dict, path, optional=True)
+    if pp is not None:
+        best = field(pp, "best", dict, path, optional=True, prefix="postprocess.")
+        for key, kind in (("thresh", float), ("box_thresh", float), ("unclip_ratio", float), ("use_polygon", bool)):
+            if best is not None:
+                field(best, key, kind, path, prefix="postprocess.best.")
+        field(pp, "hmean", float, path, optional=True, prefix="postprocess.")
+    return doc
+
+
+def load_summary(path_or_dir: str | os.PathLike) -> tuple[dict, Path]:
+    """Read a `kfold_summary.json` (or the retrain folder holding it), shape checked
+    (`read_summary`); paths resolved against its folder."""
     p = Path(path_or_dir)
     path = p / SUMMARY_FILE if p.is_dir() else p
     if not path.is_file():
         raise UserError(f"{path}: no k-fold summary (run hrnet_sweep kfold first)")
-    doc = read_json(path)
+    doc = read_summary(path)
     root = path.parent
     for f in (doc.get("folds") or {}).values():
         for key in ("run_dir", "best_ckpt", "last_ckpt", "log"):

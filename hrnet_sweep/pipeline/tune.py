@@ -13,7 +13,6 @@ k-fold summary.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -23,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..dbnet.validation import PARAMS, Grid, Setting, score_settings, tune_postprocess
 from ..errors import UserError
-from ..files import atomic_write_json, read_json
+from ..files import atomic_write_json
+from ..machine import cap_count, usable_cores
 from ..numeric import flag, number_text
 from .presets import write_postprocess
+from .retrain import read_summary, retrain_lock
 
 if TYPE_CHECKING:
     from .ensemble import Retrain
@@ -58,6 +59,7 @@ def apply_tuned_postprocess(
                 "baseline": dict(baseline) if baseline else None,
                 "table": list(table),
                 "date": date,
+                "notes": list(target.notes),
             },
             indent=1,
         )
@@ -66,9 +68,9 @@ def apply_tuned_postprocess(
     if preset_file is not None:
         was = f", preset's own {baseline['hmean']:.4f}" if baseline else ""
         note = f"out-of-fold H-Mean {best['hmean']:.4f}{was} ({date}, {target.root / TUNE_FILE})"
-        written.append(write_postprocess(preset_file, values, note))
+        written.extend(write_postprocess(preset_file, values, note, backup=True))
     if write_preset:
-        summary = read_json(target.summary_path)
+        summary = read_summary(target.summary_path)
         summary["postprocess"] = {
             "best": values,
             "hmean": best["hmean"],
@@ -182,14 +184,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="values to search, e.g. thresh=0.2,0.3 box_thresh=0.5,0.6 unclip_ratio=1.5,2 mode=polygon,box",
     )
     ap.add_argument("--no-refine", action="store_true", help="coarse grid only")
-    ap.add_argument("--workers", type=flag(int, ge=1), default=min(8, os.cpu_count() or 1), help="scoring processes")
+    ap.add_argument(
+        "--workers", type=flag(int, ge=1), default=min(8, usable_cores()), help="scoring processes (at most the cores)"
+    )
     ap.add_argument("--device", help="device for computing missing maps (default: cuda if available)")
     ap.add_argument("--no-write", action="store_true", help="only report; do not change the preset")
     ap.add_argument("--top", type=flag(int, ge=1), default=10, help="rows of the table")
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     grid = parse_grid(args.grid, Grid(refine=not args.no_refine))
+    workers = cap_count(args.workers, "--workers", work=len(grid.settings()), work_name="settings", minimum=1)
     target = resolve_retrain(args.target)
-    best, baseline, table = tune_retrain(target, grid, workers=args.workers, device=args.device)
+    with retrain_lock(target.root):  # the cache and the summary: one writer at a time (kfold included)
+        return _tune_locked(target, grid, workers, args)
+
+
+def _tune_locked(target: Retrain, grid: Grid, workers: int, args: argparse.Namespace) -> int:
+    best, baseline, table = tune_retrain(target, grid, workers=workers, device=args.device)
     print_table(table, baseline, args.top)
     print(
         f"best: {'polygon' if best['use_polygon'] else 'box'} mode, thresh {best['thresh']}, box_thresh "

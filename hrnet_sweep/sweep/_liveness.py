@@ -2,7 +2,9 @@
 
 An agent records `agent_identity()` with each run: host, pid, the pid's start time
 (guards against pid reuse) and the boot id (guards against a restart). Linux `/proc`;
-where it is missing, only the pid is checked.
+where it is missing, only the pid is checked. `agent_alive` is a folder sweep's rule:
+that check on the same host, the age of the run's heartbeat file elsewhere (a shared
+disk). A sweep in a database uses the heartbeat rows' age instead (`_database`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
-__all__ = ["agent_identity", "boot_id", "pid_alive"]
+__all__ = ["agent_alive", "agent_identity", "boot_id", "pid_alive"]
 
 
 def boot_id() -> str | None:
@@ -61,3 +64,18 @@ def agent_identity(agent: str = "") -> dict:
         "pid_start": _pid_start(pid),
         "boot_id": boot_id(),
     }
+
+
+def agent_alive(run: dict[str, Any] | None, *, now: float, stale_after_s: float) -> bool:
+    """Is the agent of the run with record `run` (None: never named) alive? Same host:
+    its pid; another host: its heartbeat file touched within `stale_after_s`."""
+    if not run:
+        return False  # its agent died between asking and recording (both happen under the lock)
+    if run.get("host") == socket.gethostname():
+        boot = boot_id()
+        if run.get("boot_id") and boot and run["boot_id"] != boot:
+            return False  # the machine restarted since
+        return pid_alive(int(run["pid"]), run.get("pid_start"))
+    beat = Path(run["control_dir"]) / "heartbeat"
+    last = beat.stat().st_mtime if beat.exists() else run.get("started_at", 0)
+    return now - last < stale_after_s

@@ -26,6 +26,8 @@ class Suggestion:
     number: int
     params: dict[str, Any]
     control_dir: Path
+    resume: bool = False
+    """The run was stopped by the user: it continues, same id and folder, from its last.ckpt."""
 
 
 @dataclass
@@ -70,6 +72,11 @@ class RunInfo:
     @property
     def epochs(self) -> int:
         return len(self.history)
+
+    @property
+    def host(self) -> str | None:
+        """The machine whose disk holds the run's files (where its agent ran)."""
+        return self.agent.get("host")
 
     def checkpoints(self) -> list[Path]:
         return checkpoint_files(self.run_dir, self.outcome.get("best_ckpt"), self.outcome.get("last_ckpt"))

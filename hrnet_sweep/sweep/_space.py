@@ -159,7 +159,7 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 
 def make_sampler(
-    spec: SweepSpec, space: SearchSpace, *, sweep_id: str, run_cap: int | None = None
+    spec: SweepSpec, space: SearchSpace, *, sweep_id: str, run_cap: int | None = None, seed: int | None = None
 ) -> optuna.samplers.BaseSampler:
     """bayes -> TPESampler (multivariate, constant liar); random -> RandomSampler;
     grid -> GridSampler with a seed shared by every agent (its grid order must agree).
@@ -174,8 +174,8 @@ def make_sampler(
         assert space.grid is not None
         return _GridSampler(space.grid, seed=zlib.crc32(sweep_id.encode()))
     if spec.method == "random":
-        return optuna.samplers.RandomSampler()
+        return optuna.samplers.RandomSampler(seed=seed)
     startup = 10 if run_cap is None else max(3, min(10, run_cap // 4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(n_startup_trials=startup, multivariate=True, constant_liar=True)
+        return optuna.samplers.TPESampler(n_startup_trials=startup, multivariate=True, constant_liar=True, seed=seed)

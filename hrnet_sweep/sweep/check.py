@@ -441,7 +441,12 @@ def _print_findings(path: str, findings: Sequence[Finding], strict: bool) -> Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`hrnet_sweep check SWEEP.yaml [...] [--strict]`: 0 when clean, 2 on errors."""
-    ap = argparse.ArgumentParser(prog="hrnet_sweep check", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="hrnet_sweep check",
+        description="Validate sweep YAML files (W&B schema, config keys and values) and lint them: search ranges "
+        "that exclude the preset's value, eta_min above lr, T_max past the run, Hyperband bands that never fire, a "
+        "metric training never logs, bare python in the command. Exit 2 on an error (--strict: on a warning too).",
+    )
     ap.add_argument("sweeps", nargs="+", help="sweep YAML file(s)")
     ap.add_argument("--strict", action="store_true", help="treat warnings as errors")
     args = ap.parse_args(argv)

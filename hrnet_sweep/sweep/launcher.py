@@ -11,11 +11,17 @@ Each agent runs in its own session (so a Ctrl-C in the terminal reaches only thi
 launcher, which then stops the agents in order) and dies with the launcher (Linux
 parent-death signal), so even a SIGKILLed launcher leaves nothing behind; each local
 agent does the same for its training process.
+
+An agent gives up after `max_failures` failed runs in a row (`--max-failures`, passed to
+local agents and, where it has the flag, to `wandb agent` as
+`--max-consecutive-failed-runs`); the launcher reads why from the end of its log, does not
+restart it, and exits 1 with that cause as its last line. No endless loop of failing runs.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,13 +34,18 @@ from typing import Literal
 
 from ..children import child_env, kill_group, start
 from ..errors import UserError
+from ..files import open_append
 from ..numeric import flag
+from ..runfolder import USER_STOP
 from ..wandb_auth import credentials, is_sweep_path
-from .agent import EXIT_GAVE_UP, EXIT_RUNS_FAILED
+from .agent import EXIT_RUNS_FAILED, GAVE_UP, MAX_CONSECUTIVE_FAILURES, wandb_failure_args
 
 __all__ = ["AgentSlot", "LaunchResult", "agent_command", "detect_gpus", "parse_gpus", "run_agents"]
 
 Mode = Literal["wandb", "local"]
+
+WANDB_GAVE_UP = "consecutive failed runs, shutting down"
+"""`wandb agent`'s line when `--max-consecutive-failed-runs` stops it (it then exits 0)."""
 
 
 def parse_gpus(text: str) -> list[str]:
@@ -70,14 +81,20 @@ def detect_gpus(nvidia_smi: str = "nvidia-smi") -> list[str]:
 
 
 def agent_command(
-    sweep: str, mode: Mode, *, count: int | None = None, extra: Sequence[str] = (), python: str = sys.executable
+    sweep: str,
+    mode: Mode,
+    *,
+    count: int | None = None,
+    extra: Sequence[str] = (),
+    python: str = sys.executable,
+    max_failures: int = MAX_CONSECUTIVE_FAILURES,
 ) -> list[str]:
     """The command of one agent process."""
     count_args = ["--count", str(count)] if count else []
     if mode == "wandb":
-        return ["wandb", "agent", *count_args, sweep]
+        return ["wandb", "agent", *wandb_failure_args(max_failures), *count_args, sweep]
     if mode == "local":
-        return [python, "-m", "hrnet_sweep", "agent", sweep, *count_args, *extra]
+        return [python, "-m", "hrnet_sweep", "agent", sweep, *count_args, "--max-failures", str(max_failures), *extra]
     raise ValueError(f"mode {mode!r} must be 'wandb' or 'local'")
 
 
@@ -93,6 +110,8 @@ class AgentSlot:
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
     done: bool = False
+    log_offset: int = 0  # where the current process's output starts in the log
+    gave_up: str | None = None  # the cause, when the agent gave up on failing runs
 
     @property
     def label(self) -> str:
@@ -108,8 +127,19 @@ class LaunchResult:
     def exit_code(self) -> int:
         if self.interrupted is not None:
             return 128 + self.interrupted
+        if self.gave_up:
+            return 1
         # an agent whose own runs all failed is judged with the whole sweep (`_on_engine`)
         return 0 if all(s.exit_codes and s.exit_codes[-1] in (0, EXIT_RUNS_FAILED) for s in self.slots) else 1
+
+    @property
+    def gave_up(self) -> str | None:
+        """One line naming why the sweep stopped, when an agent gave up on failing runs."""
+        slots = [s for s in self.slots if s.gave_up]
+        if not slots:
+            return None
+        more = f" (and {len(slots) - 1} more agent(s))" if len(slots) > 1 else ""
+        return f"stopped: {slots[-1].label} gave up{more}: {slots[-1].gave_up}"
 
 
 class _Supervisor:
@@ -142,7 +172,7 @@ class _Supervisor:
     def _start(self, slot: AgentSlot) -> None:
         env = child_env(self.env, gpu=slot.gpu)
         slot.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(slot.log_path, "ab") as log:
+        with open_append(slot.log_path, "agent log") as log:
             head = (
                 f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {slot.label}"
                 + (f" restart {slot.restarts}" if slot.restarts else "")
@@ -150,6 +180,7 @@ class _Supervisor:
             )
             log.write(head.encode())
             log.flush()
+            slot.log_offset = log.tell()
             try:
                 slot.proc = start(self.cmd, env=env, log=log, cwd=self.cwd)
             except OSError as err:
@@ -162,11 +193,12 @@ class _Supervisor:
             return
         slot.exit_codes.append(rc)
         slot.proc = None
-        if rc == 0:
-            self.log(f"{slot.label} finished")
+        slot.gave_up = _gave_up(slot.log_path, slot.log_offset)
+        if slot.gave_up:
+            self.log(f"{slot.label} gave up, not restarted: {slot.gave_up}; see {slot.log_path}")
             slot.done = True
-        elif rc == EXIT_GAVE_UP:
-            self.log(f"{slot.label} gave up (its runs keep failing); see {slot.log_path}")
+        elif rc == 0:
+            self.log(f"{slot.label} finished")
             slot.done = True
         elif rc == EXIT_RUNS_FAILED:
             self.log(f"{slot.label} finished, but every run it started failed or crashed; see {slot.log_path}")
@@ -221,6 +253,26 @@ class _Supervisor:
         return LaunchResult(self.slots, self.signal)
 
 
+def _gave_up(log_path: Path, offset: int, max_bytes: int = 16 * 1024) -> str | None:
+    """The cause an agent gave for giving up, from the end of its log past `offset` (its
+    own output): our agent's last line (`agent.GAVE_UP`), or `wandb agent`'s."""
+    try:
+        with open(log_path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(offset, size - max_bytes))
+            text = fh.read(max_bytes).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    ours = re.compile(rf"^\[[0-9:]+\] agent \S+ {re.escape(GAVE_UP)}(.+)$")  # not a run's output quoted in the log
+    for line in reversed(text.splitlines()[-20:]):
+        found = ours.match(line)
+        if found:
+            return found.group(1).strip()
+        if WANDB_GAVE_UP in line:
+            return line.strip()
+    return None
+
+
 def run_agents(
     sweep: str,
     *,
@@ -239,6 +291,7 @@ def run_agents(
     env: dict[str, str] | None = None,
     cwd: str | None = None,
     out: Callable[[str], None] | None = None,
+    max_failures: int = MAX_CONSECUTIVE_FAILURES,
 ) -> LaunchResult:
     """Run agents for a sweep and wait for them.
 
@@ -255,6 +308,8 @@ def run_agents(
         log_dir: one `agent-<i>-gpu<g>.log` per agent, appended across restarts.
         agent_args: extra arguments of a local agent.
         term_grace_s: after SIGTERM, how long agents get to stop their runs cleanly.
+        max_failures: an agent gives up after this many failed runs in a row; it is not
+            restarted, and the result's `gave_up` names the cause (exit code 1).
     """
     if per_gpu < 1:
         raise UserError(f"--per-gpu {per_gpu} must be >= 1")
@@ -262,13 +317,16 @@ def run_agents(
         raise UserError(f"--agents {agents} must be >= 1")
     if max_restarts < 0:
         raise UserError(f"--max-restarts {max_restarts} must be >= 0")
+    if max_failures < 1:
+        raise UserError(f"--max-failures {max_failures} must be >= 1")
     printer = out or (lambda s: print(s, flush=True))
     gpu_list = detect_gpus() if gpus is None else list(gpus)
     if gpu_list:
         positions: list[str | None] = [g for g in gpu_list for _ in range(per_gpu)]
     else:
         positions = [None]
-        printer("no GPU found (nvidia-smi absent or none visible): running CPU agent(s)")
+        if gpus is None:  # looked for and none found; `--gpus cpu` asked for the CPU: nothing to say
+            printer("no GPU found (nvidia-smi absent or none visible): running CPU agent(s)")
     n = agents if agents is not None else len(positions) if gpu_list else 1
     assigned = [positions[i % len(positions)] for i in range(n)]
     now = time.monotonic()
@@ -278,7 +336,7 @@ def run_agents(
         )
         for i, g in enumerate(assigned)
     ]
-    cmd = agent_command(sweep, mode, count=count, extra=agent_args)
+    cmd = agent_command(sweep, mode, count=count, extra=agent_args, max_failures=max_failures)
     if mode == "wandb" and shutil.which("wandb", path=(env or os.environ).get("PATH")) is None:
         raise UserError("`wandb` is not on PATH; pip install wandb, or run on the embedded engine with --local")
     base_env = dict(os.environ if env is None else env)
@@ -337,8 +395,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--agents", type=flag(int, ge=1), help="total agents, round-robin over the GPUs")
     ap.add_argument("--count", type=flag(int, ge=1), help="runs per agent")
     ap.add_argument("--run-cap", type=flag(int, ge=1), help="total runs of the sweep (overrides the YAML's run_cap)")
-    ap.add_argument("--sweep-dir", help="folder of a new local sweep (default <sweeps-root>/<sweep id>)")
+    ap.add_argument(
+        "--sweep-dir",
+        help="folder of a new local sweep (default <sweeps-root>/<sweep id>); with --storage, this machine's "
+        "folder of the sweep (its runs)",
+    )
     ap.add_argument("--sweeps-root", default=str(DEFAULT_SWEEPS_ROOT), help="where local sweeps live")
+    ap.add_argument(
+        "--storage",
+        metavar="URL",
+        help="keep the local sweep in this PostgreSQL database (postgresql://user@host/db; the password from "
+        "~/.pgpass or PGPASSWORD), so that agents on other machines join it with --resume ID --storage URL; "
+        "implies --local",
+    )
     ap.add_argument(
         "--resume",
         metavar="SWEEP",
@@ -347,6 +416,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--stagger", type=flag(float, ge=0), default=10.0, help="seconds between agent starts (default 10)")
     ap.add_argument("--max-restarts", type=flag(int, ge=0), default=3, help="restarts of a crashed agent (default 3)")
+    ap.add_argument(
+        "--max-failures",
+        type=flag(int, ge=1),
+        default=MAX_CONSECUTIVE_FAILURES,
+        help="an agent gives up after this many failed runs in a row; the sweep then stops with exit 1 "
+        f"(default {MAX_CONSECUTIVE_FAILURES})",
+    )
     ap.add_argument(
         "--keep-stopped-checkpoints",
         action="store_true",
@@ -364,9 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stagger_s=args.stagger,
         max_restarts=args.max_restarts,
         count=args.count,
+        max_failures=args.max_failures,
     )
-    wandb_ref = args.resume if args.resume and is_sweep_path(args.resume) else None
-    creds = None if args.local or (args.resume and not wandb_ref) else credentials()
+    wandb_ref = args.resume if args.resume and is_sweep_path(args.resume) and not args.storage else None
+    creds = None if args.local or args.storage or (args.resume and not wandb_ref) else credentials()
     if wandb_ref or (creds and not args.resume):
         return _on_wandb(args, wandb_ref, creds, launch)
     return _on_engine(args, launch)
@@ -387,9 +464,12 @@ def _on_wandb(args, wandb_ref: str | None, creds: str | None, launch: dict) -> i
     if args.create_only:
         print(f"start agents with: hrnet_sweep sweep --resume {wandb_ref}")
         return 0
-    return run_agents(
+    result = run_agents(
         wandb_ref, mode="wandb", log_dir=Path("outputs") / "sweep-agents" / wandb_ref.split("/")[-1], **launch
-    ).exit_code
+    )
+    if result.gave_up:
+        print(result.gave_up, flush=True)
+    return result.exit_code
 
 
 def _open_or_create(args):
@@ -397,53 +477,84 @@ def _open_or_create(args):
     from .engine import LocalSweep
 
     if args.resume:
-        sweep = LocalSweep.open(args.resume, sweeps_root=args.sweeps_root)
+        sweep = LocalSweep.open(
+            args.resume, sweeps_root=args.sweeps_root, storage=args.storage, sweep_dir=args.sweep_dir
+        )
         if args.run_cap is not None:
-            from ..files import atomic_write_json
-
-            sweep.meta["run_cap"] = args.run_cap
-            atomic_write_json(sweep.root / "sweep.json", sweep.meta, indent=2)
-            sweep = LocalSweep(sweep.root)
+            sweep.set_run_cap(args.run_cap)
+            sweep = sweep.reopen()
         reaped = sweep.reap_dead_runs()
+        runs = sweep.runs()
+        stopped = [r.run_id for r in runs if r.state == "crashed" and r.reason == USER_STOP]
         print(
-            f"resuming local sweep {sweep.sweep_id} ({sweep.root}): {len(sweep.runs())} run(s) so far"
-            + (f"; marked crashed (agent gone): {', '.join(reaped)}" if reaped else ""),
+            f"resuming local sweep {sweep.sweep_id} ({sweep.location}): {len(runs)} run(s) so far"
+            + (f"; marked crashed (agent gone): {', '.join(reaped)}" if reaped else "")
+            + (
+                f"; stopped by the user, continuing from their last.ckpt (no new run of the cap): {', '.join(stopped)}"
+                if stopped
+                else ""
+            ),
             flush=True,
         )
         return sweep
-    why = "--local given" if args.local else "no W&B credentials (WANDB_API_KEY or ~/.netrc) found"
+    why = (
+        "--local given"
+        if args.local
+        else "--storage given"
+        if args.storage
+        else "no W&B credentials (WANDB_API_KEY or ~/.netrc) found"
+    )
     print(
         f"{why}: running the sweep on the embedded engine (no account, no network; runs log to W&B "
         "offline, sync them later with `wandb sync`)",
         flush=True,
     )
-    sweep = LocalSweep.create(args.yaml, sweeps_root=args.sweeps_root, sweep_dir=args.sweep_dir, run_cap=args.run_cap)
+    sweep = LocalSweep.create(
+        args.yaml, sweeps_root=args.sweeps_root, sweep_dir=args.sweep_dir, run_cap=args.run_cap, storage=args.storage
+    )
     cap = f", run cap {sweep.run_cap}" if sweep.run_cap else ""
-    print(f"local sweep created: {sweep.sweep_id} ({sweep.spec.method}{cap}) in {sweep.root}", flush=True)
+    print(f"local sweep created: {sweep.sweep_id} ({sweep.spec.method}{cap}) in {sweep.location}", flush=True)
     return sweep
 
 
 def _on_engine(args, launch: dict) -> int:
     """Run local agents on the embedded engine until the sweep is done; print its table."""
-    from .engine import LocalSweep
     from .status import render_status
 
     sweep = _open_or_create(args)
-    print(f"  status: hrnet_sweep status {sweep.root}\n  resume: hrnet_sweep sweep --resume {sweep.root}", flush=True)
+    ref = " ".join(sweep.ref_args())
+    print(f"  status: hrnet_sweep status {ref}\n  resume: hrnet_sweep sweep --resume {ref}", flush=True)
+    if sweep.location != str(sweep.root):  # the sweep lives elsewhere: other machines can join
+        print(
+            f"  this machine's runs: {sweep.root / 'runs'}\n  join from another machine: "
+            f"hrnet_sweep sweep --resume {ref} (one agent per GPU), or hrnet_sweep agent {ref}",
+            flush=True,
+        )
     if args.create_only:
         return 0
     done = sweep.exhausted()
+    result = None
     if done:
         print(f"nothing to run: {done}")
-        result_code = 0
     else:
         extra = ["--keep-stopped-checkpoints"] if args.keep_stopped_checkpoints else []
-        result_code = run_agents(
-            str(sweep.root), mode="local", log_dir=sweep.root / "agents", agent_args=extra, **launch
-        ).exit_code
-    sweep = LocalSweep(sweep.root)
+        # how an agent joins: the folder, or the sweep id and the database URL without its
+        # password (which goes in the agents' environment, never on a command line or in a log)
+        agent_ref, flags, agent_env = sweep.agent_args()
+        result = run_agents(
+            agent_ref,
+            mode="local",
+            log_dir=sweep.root / "agents",
+            agent_args=[*flags, *extra],
+            env={**os.environ, **agent_env} if agent_env else None,
+            **launch,
+        )
+    sweep = sweep.reopen()
     render_status(sweep)
-    return max(result_code, _all_runs_failed(sweep))
+    if result is not None and result.gave_up:
+        print(result.gave_up, flush=True)  # the cause, last
+        return 1
+    return max(0 if result is None else result.exit_code, _all_runs_failed(sweep))
 
 
 def _all_runs_failed(sweep) -> int:

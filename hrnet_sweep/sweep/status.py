@@ -1,17 +1,23 @@
 """`hrnet_sweep status` (a table of a local sweep's runs) and `hrnet_sweep clean`
-(delete the checkpoints of runs outside the top N, never the best run's)."""
+(delete the checkpoints of runs outside the top N, never the best run's).
+
+Both read a sweep in a folder, or in a database (`--storage URL SWEEP_ID`), where each
+run's files are on the disk of the machine that ran it: `status` names the host and the
+folder of each run (and of the winner), `clean` deletes what is on this machine and
+lists the rest by host."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import time
 from collections.abc import Sequence
 
 from ..numeric import flag
 from ..ranking import RunRecord, order_runs
 from ..ranking import rank_runs as _rank
-from .engine import DEFAULT_SWEEPS_ROOT, LocalSweep, RunInfo, delete_files
+from .engine import LocalSweep, RunInfo, add_sweep_flags, delete_files, open_sweep
 
 __all__ = ["main_clean", "main_status", "plan_clean", "rank_runs", "render_status", "sweep_summary"]
 
@@ -39,6 +45,7 @@ def sweep_summary(sweep: LocalSweep, runs: Sequence[RunInfo]) -> dict:
     return {
         "sweep_id": sweep.sweep_id,
         "folder": str(sweep.root),
+        "storage": sweep.location if sweep.in_database else "folder",
         "name": sweep.spec.name,
         "method": sweep.spec.method,
         "metric": sweep.spec.metric_name,
@@ -47,7 +54,15 @@ def sweep_summary(sweep: LocalSweep, runs: Sequence[RunInfo]) -> dict:
         "runs": len(runs),
         "counts": counts,
         "done": sweep.exhausted(),
-        "best": None if best is None else {"run_id": best.run_id, "value": best.best, "params": best.params},
+        "best": None
+        if best is None
+        else {
+            "run_id": best.run_id,
+            "value": best.best,
+            "params": best.params,
+            "host": best.host,
+            "run_dir": best.run_dir,
+        },
     }
 
 
@@ -90,8 +105,10 @@ def render_status(sweep: LocalSweep, runs: Sequence[RunInfo] | None = None, cons
     done = f"; done: {summary['done']}" if summary["done"] else ""
     console.print(
         f"[bold]sweep {sweep.sweep_id}[/bold] ({sweep.spec.method}, {sweep.spec.metric_goal} "
-        f"{sweep.spec.metric_name}) {sweep.root}"
+        f"{sweep.spec.metric_name}) {sweep.location}"
     )
+    if sweep.in_database:
+        console.print(f"run folders on this machine ({socket.gethostname()}): {sweep.root / 'runs'}")
     console.print(f"{len(runs)} run(s){cap}: {counts}{done}")
     best = best_run(runs, sweep.spec.metric_goal)
     searched = list(sweep.spec.searched())
@@ -104,6 +121,7 @@ def render_status(sweep: LocalSweep, runs: Sequence[RunInfo] | None = None, cons
         ("values", {"justify": "right"}),
         ("params", {}),
         ("time", {"justify": "right"}),
+        *([("host", {})] if sweep.in_database else []),
         ("stop / reason", {"overflow": "fold"}),
     ):
         table.add_column(col, **kw)
@@ -117,11 +135,14 @@ def render_status(sweep: LocalSweep, runs: Sequence[RunInfo] | None = None, cons
             str(r.epochs),
             _short_params(r, searched),
             _duration(r),
+            *([r.host or ""] if sweep.in_database else []),
             note or "",
         )
     console.print(table)
     if best is not None:
         console.print(f"best: run {best.run_id} {metric} {best.best:.4f}  (* in the table)")
+        if sweep.in_database and best.run_dir:
+            console.print(f"  its files: {best.host}:{best.run_dir}")
 
 
 def plan_clean(runs: Sequence[RunInfo], keep_top: int, goal: str) -> tuple[list[RunInfo], list[RunInfo]]:
@@ -138,8 +159,16 @@ def plan_clean(runs: Sequence[RunInfo], keep_top: int, goal: str) -> tuple[list[
     return keep, drop
 
 
-def _open(ref: str, sweeps_root: str) -> LocalSweep:
-    return LocalSweep.open(ref, sweeps_root=sweeps_root)
+def _list_database(url: str) -> int:
+    """`status --storage URL` without a sweep: the sweeps in that database."""
+    from ._database import DatabaseURL, list_sweeps
+
+    sweeps = list_sweeps(url)
+    print(f"{len(sweeps)} sweep(s) in {DatabaseURL(url).display}")
+    for m in sorted(sweeps, key=lambda m: m.get("created_at") or 0):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.get("created_at") or 0))
+        print(f"  {m['sweep_id']}  {when}  {m.get('method')}  {m['runs']} run(s)  {m.get('name') or ''}".rstrip())
+    return 0
 
 
 def main_status(argv: Sequence[str] | None = None) -> int:
@@ -148,11 +177,13 @@ def main_status(argv: Sequence[str] | None = None) -> int:
         description="Runs of a local sweep: state, "
         "params, best metric, logged values, Hyperband stop or failure reason.",
     )
-    ap.add_argument("sweep", help="sweep folder or local sweep id")
+    ap.add_argument("sweep", nargs="?", help="sweep folder or local sweep id (with --storage and no SWEEP: list them)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ap.add_argument("--sweeps-root", default=str(DEFAULT_SWEEPS_ROOT))
+    add_sweep_flags(ap)
     args = ap.parse_args(list(argv or []))
-    sweep = _open(args.sweep, args.sweeps_root)
+    if args.sweep is None and args.storage:
+        return _list_database(args.storage)
+    sweep = open_sweep(args)
     runs = sweep.runs()
     if args.json:
         print(
@@ -171,17 +202,21 @@ def main_clean(argv: Sequence[str] | None = None) -> int:
         description="Delete the checkpoints of runs outside "
         "the top N by best metric (never the best run's); report the bytes freed.",
     )
-    ap.add_argument("sweep", help="sweep folder or local sweep id")
+    ap.add_argument("sweep", nargs="?", help="sweep folder or local sweep id (with --storage: the sweep id)")
     ap.add_argument("--keep-top", type=flag(int, ge=0), required=True, metavar="N", help="runs whose checkpoints stay")
     ap.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
-    ap.add_argument("--sweeps-root", default=str(DEFAULT_SWEEPS_ROOT))
+    add_sweep_flags(ap)
     args = ap.parse_args(list(argv or []))
-    sweep = _open(args.sweep, args.sweeps_root)
+    sweep = open_sweep(args)
     runs = sweep.runs()
     keep, drop = plan_clean(runs, args.keep_top, sweep.spec.metric_goal)
     verb = "would free" if args.dry_run else "freed"
     total = 0
+    elsewhere: dict[str, list[str]] = {}
     for r in drop:
+        if not sweep.is_here(r):  # its files are on the disk of the machine that ran it
+            elsewhere.setdefault(r.host or "?", []).append(r.run_id)
+            continue
         files = r.checkpoints()
         if not files:
             continue
@@ -194,4 +229,9 @@ def main_clean(argv: Sequence[str] | None = None) -> int:
         )
     kept = ", ".join(r.run_id for r in keep if r.state != "running") or "none"
     print(f"{verb} {total / 1e6:.1f} MB ({total} bytes); checkpoints kept for: {kept}")
+    for host, ids in sorted(elsewhere.items()):
+        print(
+            f"on {host}: {len(ids)} run(s) outside the top {args.keep_top} ({', '.join(ids)}) keep their checkpoints "
+            f"there; run the same `hrnet_sweep clean` on {host}"
+        )
     return 0

@@ -17,11 +17,11 @@ One image, stage by stage:
 """
 
 from .dataset import DEFAULT_SIZE, IMAGES_DIR, INFO_FILE, generate, image_name, main, render
-from .fonts import FONT_DIRS, Font, FontSet, find_fonts
+from .fonts import FONT_DIRS, Font, FontSet, find_fonts, korean_note
 from .photo import SynthImage
 from .text import WORDS_PER_IMAGE
 
 __all__ = [
     "DEFAULT_SIZE", "FONT_DIRS", "IMAGES_DIR", "INFO_FILE", "WORDS_PER_IMAGE", "Font", "FontSet",
-    "SynthImage", "find_fonts", "generate", "image_name", "main", "render",
+    "SynthImage", "find_fonts", "generate", "image_name", "korean_note", "main", "render",
 ]  # fmt: skip

@@ -118,19 +118,36 @@ def find_fonts(dirs: tuple[str, ...] | None = None) -> FontSet:
     return FontSet(tuple(latin), tuple(korean), dirs)
 
 
-_announced: set[tuple[str, ...]] = set()
+def _searched(fonts: FontSet) -> str:
+    """The font folders searched that exist on this machine (the list of every standard
+    folder names macOS and Windows ones on Linux), or all of them when none does."""
+    here = [d for d in fonts.searched if Path(d).expanduser().is_dir()]
+    return ", ".join(here or fonts.searched)
+
+
+def korean_note(font_dirs: Sequence[str | os.PathLike] | None = None) -> str | None:
+    """A line saying that receipts will be English only (no font with Hangul glyphs), or
+    None when there is such a font. The demo says it once; `synth` only when asked for
+    Korean (`--korean`, an error then)."""
+    fonts = find_fonts(None if font_dirs is None else tuple(str(d) for d in font_dirs))
+    if fonts.korean:
+        return None
+    return (
+        f"no font with Hangul glyphs in {_searched(fonts)}: synthetic receipts are English only "
+        "(install one, e.g. Debian's fonts-nanum, for Korean receipts)"
+    )
 
 
 def fonts_for(korean: bool | None, font_dirs: Sequence[str | os.PathLike] | None = None) -> tuple[FontSet, bool]:
     """The fonts to use and whether Korean receipts are on. `korean=None`: where a Hangul
-    font exists (said once otherwise); `True`: required; `False`: never."""
+    font exists (quietly English only otherwise: `korean_note` says so where wanted);
+    `True`: required; `False`: never."""
     fonts = find_fonts(None if font_dirs is None else tuple(str(d) for d in font_dirs))
     if korean and not fonts.korean:
         raise UserError(
-            f"korean=True but no font with Hangul glyphs was found in {', '.join(fonts.searched)}; "
+            f"korean=True but no font with Hangul glyphs was found in {_searched(fonts)}; "
             "install one (e.g. Debian's fonts-nanum) or pass --no-korean"
         )
-    if korean is None and not fonts.korean and fonts.searched not in _announced:
-        _announced.add(fonts.searched)
-        log.warning("no font with Hangul glyphs in %s: synthetic receipts are English only", ", ".join(fonts.searched))
+    if korean is None and not fonts.korean:
+        log.debug(korean_note(font_dirs))
     return fonts, bool(fonts.korean) and korean is not False
