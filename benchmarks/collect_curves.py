@@ -6,7 +6,8 @@
 Writes `benchmarks/data/sroie_curves.json` (its format: `hrnet_sweep.sweep.curves`) and
 `docs/sroie_curves.png` (every curve, coloured by learning rate).
 Everything else lands in `outputs/curves/` (the warm start, the sweeps and their runs).
-Hours of CPU on a 2-core machine (about 2.5 min a run, 60 runs):
+Hours of CPU on a 2-core machine (a run took 4.6 min, median, with two runs side by
+side on the 2 cores, one thread each; 60 runs and the warm start: about 3 hours):
 run it in the background; every stage resumes where it stopped.
 
 The problem is the shipped sweep's (`sweeps/hrnet_w44_1280.yaml`: lr, weight_decay and

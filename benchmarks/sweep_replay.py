@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hrnet_sweep.analysis.plots import regret_curves  # noqa: E402
-from hrnet_sweep.files import atomic_write_json  # noqa: E402
+from hrnet_sweep.errors import UserError  # noqa: E402
+from hrnet_sweep.files import atomic_write_json, mapping, read_json  # noqa: E402
 from hrnet_sweep.sweep.curves import leave_one_out, read_curves, seed_noise  # noqa: E402
 from hrnet_sweep.sweep.replay import CLOCKS, Method, ReplayResult, gp, replay, tpe  # noqa: E402
 from hrnet_sweep.sweep.sweepfile import load_sweep  # noqa: E402
@@ -221,9 +222,56 @@ def describe(curves) -> list[str]:
         f"seed noise ({noise['configs']} configurations x {noise['seeds']} seeds): best val/hmean sd "
         f"{noise['best_sd']:.4f} (mean abs difference of two seeds {noise['best_mad']:.4f}); per-epoch sd "
         f"{noise['epoch_sd']:.4f}",
+        *(
+            f"  seeds of lr={g[0].params.get('models.optimizer.lr', math.nan):.3g}: best val/hmean "
+            + " ".join(f"{c.best:.4f}" for c in sorted(g, key=lambda c: c.seed))
+            + f" (sd {np.std([c.best for c in g], ddof=1):.4f})"
+            for g in curves.configs
+            if len(g) > 1
+        ),
         f"lookup leave-one-out (nearest other configuration): best val/hmean mean abs error "
         f"{loo['best_mae']:.4f} (median {loo['best_median']:.4f}); per-epoch RMSE {loo['epoch_rmse']:.4f}",
     ]
+
+
+def _run(args: argparse.Namespace, chosen: Mapping[str, Method]) -> tuple[list[tuple], list[dict]]:
+    """Every repetition of every method and setting, on `args.jobs` processes."""
+    tasks = [
+        (args.curves, name, k, cap, seed, args.clock)
+        for k in args.agents
+        for cap in args.budgets
+        for name in chosen
+        for seed in range(args.reps)
+    ]
+    print(
+        f"{len(tasks)} replays ({len(chosen)} methods x {len(args.agents)} x {len(args.budgets)} settings "
+        f"x {args.reps} repetitions), {args.jobs} process(es)",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    pool = ProcessPoolExecutor(args.jobs) if args.jobs > 1 else None
+    chunk = max(1, len(tasks) // (40 * args.jobs))
+    done = map(_one, tasks) if pool is None else pool.map(_one, tasks, chunksize=chunk)
+    results = []
+    for result in done:
+        results.append(result)
+        if len(results) % max(1, len(tasks) // 10) == 0:
+            print(f"  {len(results)}/{len(tasks)} replays, {time.perf_counter() - t0:.0f} s", flush=True)
+    if pool is not None:
+        pool.shutdown()
+    return [(n, k, c, s) for _, n, k, c, s, _ in tasks], results
+
+
+def _load(path: str, curves) -> list[dict]:
+    """The repetitions a `--json` run wrote, checked: they must be of these curves."""
+    doc = mapping(read_json(path), path)
+    if doc.get("target") != curves.best_value():
+        raise UserError(f"{path}: its target {doc.get('target')!r} is not the curve file's best {curves.best_value()}")
+    rows = doc.get("results")
+    need = ("method", "agents", "run_cap", "seed", "trajectory", "best", "hours_to", "hours", "runs", "stopped")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and all(k in r for k in need) for r in rows):
+        raise UserError(f"{path}: results must be a list of repetitions with {', '.join(need)}")
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="typical: every run at the median epoch times of the file; recorded: each at its own",
     )
     ap.add_argument("--json", help="write every repetition's summary here")
+    ap.add_argument("--load", metavar="JSON", help="tabulate and plot the repetitions a --json run wrote, no replay")
     ap.add_argument("--plot", help="PNG: median regret against training hours, one line per method")
     ap.add_argument(
         "--plot-methods",
@@ -262,52 +311,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     curves = _curves(args.curves)
     for line in describe(curves):
         print(line, flush=True)
-    tasks = [
-        (args.curves, name, k, cap, seed, args.clock)
-        for k in args.agents
-        for cap in args.budgets
-        for name in chosen
-        for seed in range(args.reps)
-    ]
-    print(
-        f"{len(tasks)} replays ({len(chosen)} methods x {len(args.agents)} x {len(args.budgets)} settings "
-        f"x {args.reps} repetitions), {args.jobs} process(es)",
-        flush=True,
-    )
     t0 = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            results = list(pool.map(_one, tasks, chunksize=max(1, len(tasks) // (20 * args.jobs))))
+    if args.load:
+        rows_read = _load(args.load, curves)
+        keys = [(r["method"], r["agents"], r["run_cap"], r["seed"]) for r in rows_read]
+        results = [{k: v for k, v in r.items() if k not in ("method", "agents", "run_cap", "seed")} for r in rows_read]
+        print(f"{len(results)} replays read from {args.load}", flush=True)
     else:
-        results = []
-        for i, task in enumerate(tasks):
-            results.append(_one(task))
-            if (i + 1) % max(1, len(tasks) // 10) == 0:
-                print(f"  {i + 1}/{len(tasks)} replays, {time.perf_counter() - t0:.0f} s", flush=True)
+        keys, results = _run(args, chosen)
     by: dict[tuple[int, int], dict[str, list[dict]]] = {}
-    for (_, name, k, cap, _, _), res in zip(tasks, results):
+    for (name, k, cap, _), res in zip(keys, results):
         by.setdefault((k, cap), {}).setdefault(name, []).append(res)
     for (k, cap), rows in by.items():
-        print(f"\n{k} agent(s), run cap {cap}, {args.reps} repetitions; target {curves.best_value():.4f} - {WITHIN}")
+        reps = max(len(v) for v in rows.values())
+        print(f"\n{k} agent(s), run cap {cap}, {reps} repetitions; target {curves.best_value():.4f} - {WITHIN}")
         for line in table(rows, shipped):
             print(line)
         if (line := goal(rows, shipped)) is not None:
             print(line)
-    print(f"\n{len(tasks)} replays in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not args.load:
+        print(f"\n{len(results)} replays in {time.perf_counter() - t0:.0f} s", flush=True)
     if args.json:
         doc = {
             "curves": args.curves,
             "target": curves.best_value(),
             "within": WITHIN,
             "results": [
-                {"method": n, "agents": k, "run_cap": c, "seed": s, **r}
-                for (_, n, k, c, s, _), r in zip(tasks, results)
+                {"method": n, "agents": k, "run_cap": c, "seed": s, **r} for (n, k, c, s), r in zip(keys, results)
             ],
         }
         print(f"wrote {atomic_write_json(args.json, doc)}")
     if args.plot:
+        names = list(dict.fromkeys(n for n, *_ in keys))
         early = {"none", early_name(SHIPPED_HB), shipped.split(" + ", 1)[1]}
-        drawn = set(args.plot_methods or [n for n in chosen if n.split(" + ", 1)[1] in early])
+        drawn = set(args.plot_methods or [n for n in names if n.split(" + ", 1)[1] in early])
         panels = [
             (f"{k} agent(s), {cap} runs", {n: [x["trajectory"] for x in rows[n]] for n in rows if n in drawn})
             for (k, cap), rows in by.items()
@@ -317,4 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as err:  # a damaged curve file or --load file: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)

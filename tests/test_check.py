@@ -218,9 +218,9 @@ def test_check_and_explain_are_registered(capsys):
     assert "OK" in capsys.readouterr().out
     assert cli.main(["explain", str(SWEEPS / "hrnet_w44_1280.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "min_iter 5, eta 3, strict true" in out
+    assert "min_iter 8, eta 3, strict false" in out
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
-    assert [r[:5] for r in rows] == [["1", "5", "5", "27", "10"], ["2", "15", "15", "10", "4"]]
+    assert [r[:5] for r in rows] == [["1", "8", "8", "27", "10"]]  # one band: 24 > 20 epochs
 
 
 def test_explain_without_early_terminate(capsys):

@@ -238,7 +238,12 @@ def test_the_real_optuna_dashboard_over_http(sweep, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the server stops at once, requests or not
         stopped = time.monotonic()
-        out, _ = proc.communicate(timeout=SLOW)
+        try:
+            out, _ = proc.communicate(timeout=SLOW)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never leave a server behind, whatever failed
+            out, _ = proc.communicate()
+            raise AssertionError(f"the dashboard outlived Ctrl-C by {SLOW} s:\n{out}") from None
     assert proc.returncode == 0, out
     assert time.monotonic() - stopped < 60, out
     assert f"http://127.0.0.1:{port}/dashboard/studies/" in out and "read-only" in out and "dashboard stopped" in out

@@ -36,9 +36,15 @@ def test_user_plan_parses():
     assert s.parameters["models.optimizer.weight_decay"].bounds() == (6.1e-6, 1.23e-4)
     assert s.parameters["models.scheduler.eta_min"].bounds() == (2.2e-6, 4.5e-5)
     assert s.parameters["models.scheduler.T_max"].values == (15, 18, 20, 25)
-    assert s.fixed() == {"preset": "hrnet_w44_1280", "trainer.max_epochs": 20, "data.fold": 0}
+    assert s.fixed() == {
+        "preset": "hrnet_w44_1280",
+        "trainer.max_epochs": 20,
+        "data.fold": 0,
+        "callbacks.early_stopping.patience": 7,
+    }
     assert s.presets == ["hrnet_w44_1280"]
-    assert s.early_terminate == HyperbandSpec(min_iter=5, max_iter=None, s=None, eta=3.0, strict=True)
+    # Hyperband as benchmarks/sweep_replay.py chose it (one band, at 8, on the best so far)
+    assert s.early_terminate == HyperbandSpec(min_iter=8, max_iter=None, s=None, eta=3.0, strict=False)
     assert s.command == TRAIN_CMD
 
 

@@ -446,15 +446,21 @@ def regret_curves(
     title: str = "",
 ) -> Path:
     """Regret (target - best finished val/hmean so far) against training hours, the
-    median over repetitions, one line per method and one panel per setting. A method
-    named "SAMPLER + VARIANT" gets its sampler's colour and its variant's line style.
+    median over repetitions, one line per method and one panel per setting (two panels a
+    row). A method named "SAMPLER + VARIANT" gets its sampler's colour and its variant's
+    line style.
 
     Each method's repetitions are step functions given as (hours, best so far) points;
     before a repetition's first finished run its regret is `target` (nothing found).
     The y axis is logarithmic, floored at 1e-4; `within` is drawn as a dotted line.
     """
-    fig = _figure(5.0 * len(panels) + 2.5, 4.6)
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = _figure(5.5 * cols + 2.5, 4.2 * rows)
+    grid_axes = fig.subplots(rows, cols, sharey=True, squeeze=False)
+    axes = list(grid_axes.flat)[: len(panels)]
+    for extra in list(grid_axes.flat)[len(panels) :]:
+        extra.set_visible(False)
     styles = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))]
     names = list(dict.fromkeys(n for _, by_method in panels for n in by_method))
     kinds = list(dict.fromkeys(n.split(" + ")[0] for n in names))
@@ -478,8 +484,9 @@ def regret_curves(
         ax.set_xlabel("training hours, all agents (CPU proxy)")
         ax.grid(alpha=0.3, which="both")
         ax.set_title(panel_title, fontsize=10)
-    axes[0].set_ylabel("median regret (best config - best found)")
-    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    for row in grid_axes:
+        row[0].set_ylabel("median regret (best config - best found)")
+    axes[cols - 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     if title:
         fig.suptitle(title, fontsize=11)
     return _save(fig, path)
