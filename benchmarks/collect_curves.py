@@ -225,7 +225,10 @@ def export() -> Path:
         "command": "python benchmarks/collect_curves.py",
         "problem": PROBLEM,
         "metric": METRIC,
-        "machine": f"{os.cpu_count()} CPU cores, one run at a time",
+        "machine": (
+            f"{os.cpu_count()} CPU cores, one thread per run; the runs were recorded two side by side "
+            "(a second agent, or the repeats beside the random sweep), so epoch_s are times on a shared machine"
+        ),
     }
     write_curves(CURVES, sweep=doc, epochs=EPOCHS, runs=curves, meta=meta)
     n_cfg = len({tuple(sorted(c.params.items())) for c in curves})
