@@ -432,11 +432,19 @@ class LocalSweep:
     def _continue(self, stopped: FrozenTrial, agent: str) -> Suggestion:
         """A new trial for a run the user stopped: its parameters, its run id and folder (the
         training goes on from its last.ckpt there); the old trial stays as it ended."""
-        old = stopped.user_attrs.get("run") or {}
+        run_id = (stopped.user_attrs.get("run") or {})["run_id"]
         self.study.enqueue_trial(dict(stopped.params))
         trial = self.study.ask(self.space.distributions)
-        control = Path(old["control_dir"])
+        control = self.control_dir(run_id)  # the journal's path is never followed as is
         control.mkdir(parents=True, exist_ok=True)
+        return self._hand_out(trial, run_id, control, agent, continues=stopped.number)
+
+    def _hand_out(
+        self, trial: optuna.Trial, run_id: str, control: Path, agent: str, continues: int | None = None
+    ) -> Suggestion:
+        """Record `trial` as run `run_id` of `agent` (its decoded parameters, its folder; with
+        `continues`, the trial number of the stopped run it goes on from) and return it as a
+        suggestion; the trial's running mark is undone if that fails."""
         trial_id = self._trial_id(trial.number)
         self._store.run_started(trial_id, control)
         try:
@@ -444,18 +452,18 @@ class LocalSweep:
             trial.set_user_attr(
                 "run",
                 {
-                    "run_id": old["run_id"],
+                    "run_id": run_id,
                     "params": params,
                     "started_at": time.time(),
                     "control_dir": str(control),
-                    "continues": stopped.number,
+                    **({} if continues is None else {"continues": continues}),
                     **agent_identity(agent),
                 },
             )
         except BaseException:
             self._store.run_ended(trial_id)
             raise
-        return Suggestion(old["run_id"], trial.number, params, control, resume=True)
+        return Suggestion(run_id, trial.number, params, control, resume=continues is not None)
 
     def _suggest(self, agent: str) -> Suggestion | None:
         # One step under the lock: count runs, check the cap, pick a grid point, ask. Two
@@ -479,24 +487,7 @@ class LocalSweep:
             run_id = new_id(lambda r: r in taken or self.control_dir(r).exists())
             control = self.control_dir(run_id)
             control.mkdir(parents=True)
-            trial_id = self._trial_id(trial.number)
-            self._store.run_started(trial_id, control)
-            try:
-                params = self.space.decode(trial.params)
-                trial.set_user_attr(
-                    "run",
-                    {
-                        "run_id": run_id,
-                        "params": params,
-                        "started_at": time.time(),
-                        "control_dir": str(control),
-                        **agent_identity(agent),
-                    },
-                )
-            except BaseException:
-                self._store.run_ended(trial_id)
-                raise
-            return Suggestion(run_id, trial.number, params, control)
+            return self._hand_out(trial, run_id, control, agent)
 
     # -- during a run
 
