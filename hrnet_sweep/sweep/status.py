@@ -15,9 +15,9 @@ import time
 from collections.abc import Sequence
 
 from ..numeric import flag
-from ..ranking import RunRecord, order_runs
-from ..ranking import rank_runs as _rank
+from ..ranking import order_runs
 from .engine import LocalSweep, RunInfo, add_sweep_flags, delete_files, open_sweep
+from .winner import winner
 
 __all__ = ["main_clean", "main_status", "plan_clean", "rank_runs", "render_status", "sweep_summary"]
 
@@ -30,11 +30,10 @@ def rank_runs(runs: Sequence[RunInfo], goal: str) -> list[RunInfo]:
 
 
 def best_run(runs: Sequence[RunInfo], goal: str) -> RunInfo | None:
-    """The best finished run: what `hrnet_sweep best` picks (`ranking.rank_runs`), or None."""
-    ranking = _rank([RunRecord(r.run_id, r.state, history=r.history) for r in runs], goal=goal)
-    if ranking.best is None:
-        return None
-    return next(r for r in runs if r.run_id == ranking.best.run.id)
+    """The best finished run: what `hrnet_sweep best` picks (`winner.winner`, ties broken by
+    epoch as there), or None."""
+    best = winner(runs, goal)
+    return None if best is None else next(r for r in runs if r.run_id == best.run.id)
 
 
 def sweep_summary(sweep: LocalSweep, runs: Sequence[RunInfo]) -> dict:
