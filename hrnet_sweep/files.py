@@ -21,6 +21,8 @@
   dies, so a killed holder never blocks a resume); the next one is told who holds it.
 * `backup_copy`: a dated copy of a user's file before it is rewritten without something
   it holds (comments).
+* `image_size`: an image's (width, height) as it is shown (EXIF orientation applied, as
+  the data pipeline applies it), from its header only.
 """
 
 from __future__ import annotations
@@ -413,3 +415,22 @@ def backup_copy(path: str | os.PathLike) -> Path:
             os.fsync(out.fileno())
         return backup
     raise DataError(f"{path}: cannot make a backup copy next to it")  # pragma: no cover
+
+
+_EXIF_ORIENTATION = 0x0112
+_EXIF_SWAPS_SIDES = {5, 6, 7, 8}  # the rotations by 90 or 270 degrees
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) after EXIF orientation, from the header only; None when the file is
+    no readable image (a folder or a FIFO is never opened)."""
+    from PIL import Image
+
+    try:
+        with Image.open(check_readable_file(path, "image")) as im:
+            w, h = im.size
+            if im.getexif().get(_EXIF_ORIENTATION) in _EXIF_SWAPS_SIDES:
+                w, h = h, w
+            return int(w), int(h)
+    except (OSError, SyntaxError, ValueError, DataError):
+        return None

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .constants import MAX_DETECTIONS
 from .errors import DataError
-from .files import check_readable_file
+from .files import check_readable_file, image_size
 from .formats import CSV_HEADER, csv_field_limit
 from .numeric import flag
 
@@ -122,18 +122,12 @@ def _check_polygons(text: str, line: int, row: int, name: str, report: Report, s
 
 
 def _image_sizes(images: Path, names: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """(width, height) after EXIF orientation, read from the headers only."""
-    from PIL import Image
-
+    """(width, height) after EXIF orientation, read from the headers only; an unreadable
+    image (or a FIFO) is left out: its size stays unknown."""
     sizes = {}
     for name in names:
-        try:
-            with Image.open(check_readable_file(images / name, "image")) as im:
-                w, h = im.size
-                orientation = im.getexif().get(0x0112, 1)
-                sizes[name] = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-        except (OSError, DataError):  # not an image (or a FIFO): its size stays unknown
-            continue
+        if (size := image_size(images / name)) is not None:
+            sizes[name] = size
     return sizes
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..constants import MAX_DETECTIONS
 from ..errors import DataError
-from ..files import check_readable_file, read_json
+from ..files import image_size, read_json
 from ..formats import load_annotations, read_submission
 
 
@@ -61,24 +61,6 @@ def _load_gt(path) -> dict | None:
     return gt
 
 
-_EXIF_ORIENTATION = 274
-_EXIF_SWAPS_SIDES = {5, 6, 7, 8}  # the rotations by 90 or 270 degrees
-
-
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) after EXIF orientation, from the header only; None if unreadable."""
-    from PIL import Image
-
-    try:
-        with Image.open(check_readable_file(path, "image")) as im:
-            w, h = im.size
-            if im.getexif().get(_EXIF_ORIENTATION) in _EXIF_SWAPS_SIDES:
-                w, h = h, w
-            return int(w), int(h)
-    except (OSError, SyntaxError, ValueError, DataError):  # DataError: a folder or a FIFO, never opened
-        return None
-
-
 def _image_sizes(names, images_dir, gt, preds: Sequence[_Loaded]) -> dict[str, tuple[int, int]]:
     """Sizes from the image files, else the GT's img_w/img_h, else the prediction JSON's."""
     sizes: dict[str, tuple[int, int]] = {}
@@ -88,7 +70,7 @@ def _image_sizes(names, images_dir, gt, preds: Sequence[_Loaded]) -> dict[str, t
         sizes.update({n: (a.width, a.height) for n, a in gt.items() if a.width and a.height})
     if images_dir is not None:
         for name in names:
-            size = _image_size(Path(images_dir) / name)
+            size = image_size(Path(images_dir) / name)
             if size:
                 sizes[name] = size
     return sizes

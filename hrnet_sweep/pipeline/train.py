@@ -24,6 +24,7 @@ from ..children import DATA_WORKER_TIMEOUT_S, helper_failure
 from ..config import Config, apply_overrides, load_config, save_config, warn_ignored_keys
 from ..constants import CONTROL_DIR_ENV, DATA_ROOT_ENV, METRIC
 from ..errors import ConfigError, UserError
+from ..files import image_size
 from ..formats import load_annotations
 from ..runfolder import (
     MANIFEST_FILE,
@@ -142,7 +143,8 @@ def small_text_problem(cfg: Config, split: DataSplit) -> str | None:
     spans = []
     for name in names[::step][:_TEXT_SAMPLE]:
         ann = split.train_ann[name]
-        size = (ann.height, ann.width) if ann.height and ann.width else _image_size(split.train_images / name)
+        shown = (ann.width, ann.height) if ann.height and ann.width else image_size(split.train_images / name)
+        size = None if shown is None else (shown[1], shown[0])  # (height, width)
         if size is None or not ann.words:
             continue
         scale, _ = letterbox_size(size[0], size[1], d.image_height, d.image_width)
@@ -165,17 +167,6 @@ def small_text_problem(cfg: Config, split: DataSplit) -> str | None:
         f"data.image_height and data.image_width (data.image_height={height} data.image_width={width} keeps "
         f"most words above it), or lower data.targets.min_text_size"
     )
-
-
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """(height, width) from the image header, or None when it cannot be read."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, ValueError):
-        return None
 
 
 def build_datasets(cfg: Config, run_dir: Path | None = None):
