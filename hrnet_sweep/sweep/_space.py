@@ -23,7 +23,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from ..errors import UserError
 from .spec import ParamSpec, SweepSpec
 
-__all__ = ["SearchSpace", "build_search_space", "make_sampler"]
+__all__ = ["SearchSpace", "build_search_space", "make_sampler", "tpe_sampler"]
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,11 @@ def make_sampler(
         return _GridSampler(space.grid, seed=zlib.crc32(sweep_id.encode()))
     if spec.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    startup = 10 if run_cap is None else max(3, min(10, run_cap // 4))
+    return tpe_sampler(10 if run_cap is None else max(3, min(10, run_cap // 4)), seed=seed)
+
+
+def tpe_sampler(startup: int, *, seed: int | None = None) -> optuna.samplers.TPESampler:
+    """The engine's TPE (multivariate, constant liar) with `startup` random runs first."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(n_startup_trials=startup, multivariate=True, constant_liar=True, seed=seed)

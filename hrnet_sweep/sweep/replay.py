@@ -51,6 +51,7 @@ import yaml
 
 from ..ranking import RunRecord, rank_runs
 from ..runfolder import best_in_history, stop_requested
+from ._space import tpe_sampler
 from .agent import check_hyperband, classify_exit
 from .curves import Curve, CurveSet, lookup
 from .engine import LocalSweep, Suggestion
@@ -281,10 +282,7 @@ def tpe(startup: int | Callable[[int | None], int]) -> SamplerFactory:
     """The engine's TPE settings (multivariate, constant liar) with another startup count."""
 
     def make(run_cap: int | None, seed: int) -> optuna.samplers.BaseSampler:
-        n = startup(run_cap) if callable(startup) else startup
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(n_startup_trials=n, multivariate=True, constant_liar=True, seed=seed)
+        return tpe_sampler(startup(run_cap) if callable(startup) else startup, seed=seed)
 
     return make
 
